@@ -1,0 +1,74 @@
+//! `ragpipe worker`: run the ingest, query and scheduler roles (all by default) until Ctrl-C or
+//! SIGTERM, then drain in-flight work.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Settings, redact_url};
+use crate::worker::{self, Role, Services};
+
+/// Arguments of `ragpipe worker`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Roles to run (repeat or comma-separate); default: all of them in one process.
+    #[arg(long = "role", value_enum, value_delimiter = ',')]
+    pub roles: Vec<Role>,
+}
+
+/// Runs the worker until a shutdown signal.
+///
+/// # Errors
+/// A backend cannot be reached at start, or the ops endpoint cannot bind.
+pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
+    let roles = if args.roles.is_empty() { vec![Role::Ingest, Role::Query, Role::Scheduler] } else { args.roles };
+    tracing::info!(
+        ?roles,
+        broker = %settings.broker.url.as_ref().map(redact_url).unwrap_or_default(),
+        database = %settings.database.url.as_ref().map(redact_url).unwrap_or_default(),
+        cache = %settings.cache.url.as_ref().map(redact_url).unwrap_or_else(|| "in-process".into()),
+        "starting worker"
+    );
+    let program = std::env::current_exe().context("locating the ragpipe binary for the extraction sandbox")?;
+    let http = settings.http.clone();
+    let services = Arc::new(Services::connect(settings, program).await.context("starting the worker")?);
+    let shutdown = CancellationToken::new();
+    if http.enabled {
+        let addr = format!("{}:{}", http.bind, http.port);
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding http endpoint {addr}"))?;
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr), "serving /metrics, /health, /ready");
+        tokio::spawn(crate::http::serve(listener, services.clone(), shutdown.clone()));
+    }
+    tokio::spawn(watch_signals(shutdown.clone()));
+    worker::run(services.clone(), &roles, shutdown).await?;
+    services.broker.close().await;
+    tracing::info!("worker stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels on the first Ctrl-C or SIGTERM; a second one exits at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    for round in 0..2 {
+        let terminated = async {
+            match term.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminated => {}
+        }
+        if round == 0 {
+            tracing::info!("shutting down: finishing in-flight work (signal again to exit now)");
+            shutdown.cancel();
+        } else {
+            std::process::exit(130);
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! Typed settings: built-in defaults < `workers.toml` < environment (`RAGPIPE__SECTION__KEY`).
+//!
+//! Every section has a `Default`, so a missing file or section means "use the defaults". Unknown
+//! keys are rejected (a typo must not silently fall back to a default), and [`Settings::validate`]
+//! checks the values at start with messages that name the key. URLs may carry passwords, so they
+//! are [`SecretString`]s and are only ever logged through [`redact_url`].
+
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::chunk::ChunkSettings;
+pub use crate::embed::settings::{AZURE_API_KEY_ENV, EmbedderKind, EmbedderSettings, LongInputs, OPENAI_API_KEY_ENV};
+use crate::extract::ExtractSettings;
+
+/// Environment variable that names the config file (default `workers.toml` if it exists).
+pub const CONFIG_ENV: &str = "RAGPIPE_CONFIG";
+
+/// All settings of a ragpipe process.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// RabbitMQ connection and topology names.
+    pub broker: BrokerSettings,
+    /// PostgreSQL connection and pool.
+    pub database: DatabaseSettings,
+    /// Redis connection, key prefix and TTLs.
+    pub cache: CacheSettings,
+    /// Content-addressable storage and the roots `file://` uploads may come from.
+    pub storage: StorageSettings,
+    /// The staged ingest pipeline: concurrency and channel sizes.
+    pub ingest: IngestSettings,
+    /// Text extraction limits and sandbox.
+    pub extract: ExtractSettings,
+    /// Chunking strategy and token budgets.
+    pub chunk: ChunkSettings,
+    /// The embedding model and its batching.
+    pub embedder: EmbedderSettings,
+    /// The FAISS indexes and their snapshots.
+    pub index: IndexSettings,
+    /// The query worker.
+    pub query: QuerySettings,
+    /// The operations HTTP endpoint (`/metrics`, `/health`, `/ready`).
+    pub http: HttpSettings,
+}
+
+/// `[broker]`: RabbitMQ.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// `amqp://user:pass@host:port/vhost`; absent means the embedded queue (not available yet).
+    pub url: Option<SecretString>,
+    /// Direct exchange uploads are published to.
+    pub ingest_exchange: String,
+    /// Routing key of uploads on `ingest_exchange`.
+    pub ingest_routing_key: String,
+    /// Durable quorum queue the ingest workers consume.
+    pub ingest_queue: String,
+    /// Exchange that receives dead letters.
+    pub dead_letter_exchange: String,
+    /// Queue that keeps dead letters for inspection.
+    pub dead_letter_queue: String,
+    /// How many times a message may be delivered before RabbitMQ dead-letters it.
+    pub delivery_limit: u32,
+    /// Queue that query requests are sent to (default exchange, standard RPC).
+    pub query_queue: String,
+    /// Topic exchange for `document.*` and `index.*` events.
+    pub events_exchange: String,
+    /// Unacknowledged uploads one ingest worker may hold.
+    pub prefetch: u16,
+    /// Unacknowledged queries one query worker may hold.
+    pub query_prefetch: u16,
+    /// Seconds to wait for a publisher confirm before treating the publish as failed.
+    pub confirm_timeout_secs: u64,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            ingest_exchange: "ragpipe.ingest".into(),
+            ingest_routing_key: "upload".into(),
+            ingest_queue: "ragpipe.ingest".into(),
+            dead_letter_exchange: "ragpipe.dlx".into(),
+            dead_letter_queue: "ragpipe.ingest.dead".into(),
+            delivery_limit: 5,
+            query_queue: "ragpipe.query".into(),
+            events_exchange: "ragpipe.events".into(),
+            prefetch: 16,
+            query_prefetch: 32,
+            confirm_timeout_secs: 30,
+        }
+    }
+}
+
+/// `[database]`: PostgreSQL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://user:pass@host:port/db`; absent means the embedded SQLite store (not available yet).
+    pub url: Option<SecretString>,
+    /// Most connections the pool opens (the seed article's pool-exhaustion lesson: size it).
+    pub pool_size: u32,
+    /// Connections kept open when idle.
+    pub min_connections: u32,
+    /// Seconds to wait for a free connection before failing (transiently).
+    pub acquire_timeout_secs: u64,
+    /// Seconds after which a connection is closed and replaced.
+    pub max_lifetime_secs: u64,
+    /// Seconds an idle connection is kept.
+    pub idle_timeout_secs: u64,
+    /// Run pending migrations when a worker starts.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            pool_size: 10,
+            min_connections: 1,
+            acquire_timeout_secs: 10,
+            max_lifetime_secs: 1800,
+            idle_timeout_secs: 600,
+            migrate_on_start: true,
+        }
+    }
+}
+
+/// `[cache]`: Redis, or an in-process cache when `url` is absent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// `redis://host:port/db`; absent means the in-process cache.
+    pub url: Option<SecretString>,
+    /// Prefix of every key, so several deployments (or tests) can share one Redis.
+    pub key_prefix: String,
+    /// Seconds an embedding stays cached.
+    pub embedding_ttl_secs: u64,
+    /// Seconds a retrieval result stays cached (keys include the index version).
+    pub retrieval_ttl_secs: u64,
+    /// Seconds a full query response stays cached (keys include the index version).
+    pub response_ttl_secs: u64,
+    /// Entries the in-process cache holds at most.
+    pub memory_capacity: u64,
+    /// Milliseconds a Redis command may take before it counts as a miss.
+    pub timeout_ms: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "ragpipe:".into(),
+            embedding_ttl_secs: 24 * 3600,
+            retrieval_ttl_secs: 3600,
+            response_ttl_secs: 1800,
+            memory_capacity: 100_000,
+            timeout_ms: 250,
+        }
+    }
+}
+
+/// `[storage]`: where original bytes are kept and where uploads may be read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Root of the content-addressable store (`<root>/ab/cd/<sha256>`).
+    pub root: PathBuf,
+    /// Directories a `file://` upload may name. Anything else is refused.
+    pub allowed_roots: Vec<PathBuf>,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self { root: PathBuf::from("data/blobs"), allowed_roots: Vec::new() }
+    }
+}
+
+/// `[ingest]`: the staged pipeline. Every stage is bounded: channels give backpressure.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Capacity of each channel between two stages.
+    pub channel_capacity: usize,
+    /// Documents hashed and stored at once.
+    pub dedup_concurrency: usize,
+    /// Extraction child processes at once.
+    pub extract_concurrency: usize,
+    /// Documents chunked at once (CPU work, on the blocking pool).
+    pub chunk_concurrency: usize,
+    /// Persist transactions at once (each holds one pooled connection).
+    pub persist_concurrency: usize,
+    /// Largest inline (`content_b64`) upload accepted, in bytes.
+    pub max_inline_bytes: usize,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            channel_capacity: 16,
+            dedup_concurrency: 4,
+            extract_concurrency: 2,
+            chunk_concurrency: 2,
+            persist_concurrency: 4,
+            max_inline_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[index]`: FAISS indexes (one per collection) and their snapshots.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexSettings {
+    /// Directory holding one sub-directory of snapshots per collection.
+    pub dir: PathBuf,
+    /// Seconds between snapshots of an index that changed.
+    pub snapshot_interval_secs: u64,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("data/index"), snapshot_interval_secs: 30 }
+    }
+}
+
+/// `[query]`: the query worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySettings {
+    /// Collection used when a request names none.
+    pub default_collection: String,
+    /// Results returned when a request gives no `top_k`.
+    pub default_top_k: usize,
+    /// Largest `top_k` a request may ask for.
+    pub max_top_k: usize,
+    /// FAISS candidates fetched per requested result (room for filtering deleted chunks).
+    pub candidate_factor: usize,
+    /// Longest query text accepted, in characters.
+    pub max_query_chars: usize,
+    /// Queries handled at once per worker.
+    pub concurrency: usize,
+    /// Seconds `ragpipe query` waits for a reply.
+    pub client_timeout_secs: u64,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        Self {
+            default_collection: "default".into(),
+            default_top_k: 5,
+            max_top_k: 100,
+            candidate_factor: 2,
+            max_query_chars: 8_000,
+            concurrency: 8,
+            client_timeout_secs: 30,
+        }
+    }
+}
+
+/// `[http]`: the operations endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address to bind; port 0 picks a free port, `enabled = false` serves nothing.
+    pub bind: String,
+    /// Port of `/metrics`, `/health` and `/ready`.
+    pub port: u16,
+    /// Serve the endpoint at all.
+    pub enabled: bool,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { bind: "127.0.0.1".into(), port: 9464, enabled: true }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or the environment could not be read or parsed.
+    #[error("could not load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// One or more values are out of range; each line names the key.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Settings {
+    /// Loads defaults, then the config file, then `RAGPIPE__SECTION__KEY` variables, and validates.
+    ///
+    /// `file` is used if given; otherwise `$RAGPIPE_CONFIG`, otherwise `./workers.toml` if present.
+    ///
+    /// # Errors
+    /// A file that is named but missing, a parse error, an unknown key, or an invalid value.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let named = file.map(Path::to_path_buf).or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+        let mut builder = config::Config::builder();
+        match named {
+            Some(path) => builder = builder.add_source(config::File::from(path).required(true)),
+            None => builder = builder.add_source(config::File::with_name("workers.toml").required(false)),
+        }
+        // Double underscores because keys like `pool_size` contain single ones.
+        let env = config::Environment::with_prefix("RAGPIPE")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("storage.allowed_roots");
+        let mut settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        // API keys come from their own variables only, never from a file.
+        settings.embedder.load_api_key();
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value that has a valid range.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every problem found, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut positive = |key: &str, value: u64| {
+            if value == 0 {
+                problems.push(format!("{key} must be greater than 0"));
+            }
+        };
+        positive("broker.prefetch", self.broker.prefetch.into());
+        positive("broker.query_prefetch", self.broker.query_prefetch.into());
+        positive("broker.delivery_limit", self.broker.delivery_limit.into());
+        positive("broker.confirm_timeout_secs", self.broker.confirm_timeout_secs);
+        positive("database.pool_size", self.database.pool_size.into());
+        positive("database.acquire_timeout_secs", self.database.acquire_timeout_secs);
+        positive("cache.embedding_ttl_secs", self.cache.embedding_ttl_secs);
+        positive("cache.retrieval_ttl_secs", self.cache.retrieval_ttl_secs);
+        positive("cache.response_ttl_secs", self.cache.response_ttl_secs);
+        positive("ingest.channel_capacity", self.ingest.channel_capacity as u64);
+        positive("ingest.dedup_concurrency", self.ingest.dedup_concurrency as u64);
+        positive("ingest.extract_concurrency", self.ingest.extract_concurrency as u64);
+        positive("ingest.chunk_concurrency", self.ingest.chunk_concurrency as u64);
+        positive("ingest.persist_concurrency", self.ingest.persist_concurrency as u64);
+        positive("index.snapshot_interval_secs", self.index.snapshot_interval_secs);
+        positive("query.default_top_k", self.query.default_top_k as u64);
+        positive("query.candidate_factor", self.query.candidate_factor as u64);
+        positive("query.concurrency", self.query.concurrency as u64);
+        positive("query.max_query_chars", self.query.max_query_chars as u64);
+        if self.database.min_connections > self.database.pool_size {
+            problems.push(format!(
+                "database.min_connections ({}) must not exceed database.pool_size ({})",
+                self.database.min_connections, self.database.pool_size
+            ));
+        }
+        if self.query.default_top_k > self.query.max_top_k {
+            problems.push(format!(
+                "query.default_top_k ({}) must not exceed query.max_top_k ({})",
+                self.query.default_top_k, self.query.max_top_k
+            ));
+        }
+        for (key, url, schemes) in [
+            ("broker.url", &self.broker.url, &["amqp", "amqps"][..]),
+            ("database.url", &self.database.url, &["postgres", "postgresql"][..]),
+            ("cache.url", &self.cache.url, &["redis", "rediss"][..]),
+        ] {
+            if let Some(url) = url {
+                check_url(key, url.expose_secret(), schemes, &mut problems);
+            }
+        }
+        self.embedder.validate_into(&mut problems);
+        if let Err(problem) = self.extract.validate() {
+            problems.push(problem);
+        }
+        if let Err(problem) = self.chunk.validate() {
+            problems.push(problem);
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+}
+
+/// Pushes a problem unless `raw` parses as a URL with one of `schemes`.
+pub(crate) fn check_url(key: &str, raw: &str, schemes: &[&str], problems: &mut Vec<String>) {
+    match url::Url::parse(raw) {
+        Ok(url) if schemes.contains(&url.scheme()) => {}
+        Ok(url) => problems.push(format!(
+            "{key} has scheme `{}`; expected one of {}",
+            url.scheme(),
+            schemes.join(", ")
+        )),
+        // The parse error never echoes the URL, so no password can leak through it.
+        Err(error) => problems.push(format!("{key} is not a valid URL: {error}")),
+    }
+}
+
+/// A URL with any password replaced by `***`, safe to log.
+pub fn redact_url(secret: &SecretString) -> String {
+    match url::Url::parse(secret.expose_secret()) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                // Setting a password only fails for URLs that cannot have one.
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparseable url>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default().validate().expect("defaults must validate");
+    }
+
+    #[test]
+    fn invalid_values_name_their_keys() {
+        let mut settings = Settings::default();
+        settings.database.pool_size = 0;
+        settings.broker.url = Some(SecretString::from("http://guest:guest@localhost"));
+        let message = settings.validate().expect_err("must fail").to_string();
+        assert!(message.contains("database.pool_size must be greater than 0"), "{message}");
+        assert!(message.contains("broker.url has scheme `http`"), "{message}");
+        assert!(!message.contains("guest:guest"), "secrets must not leak: {message}");
+    }
+
+    #[test]
+    fn redacted_urls_hide_passwords() {
+        let url = SecretString::from("amqp://user:hunter2@localhost:5672/%2f");
+        let shown = redact_url(&url);
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("user:***@localhost"));
+        assert!(!format!("{url:?}").contains("hunter2"));
+    }
+}

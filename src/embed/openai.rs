@@ -1,0 +1,168 @@
+//! OpenAI-compatible servers (OpenAI, vLLM, Ollama, TEI, ...) and Azure OpenAI, through
+//! async-openai over [`PlainHttp`] (one attempt per call; retries are the service's).
+//!
+//! Tokens are counted with cl100k_base, the encoding of OpenAI's embedding models; for other
+//! models it is an approximation, so give `max_input_tokens` some margin there.
+
+use async_openai::Client;
+use async_openai::config::{AzureConfig, Config, OpenAIConfig};
+use async_openai::types::embeddings::{CreateEmbeddingRequest, CreateEmbeddingResponse, EmbeddingInput};
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use tiktoken_rs::CoreBPE;
+
+use super::http::{PlainHttp, Provider, classify};
+use super::{EmbedError, Embedder, normalize, tokens};
+use crate::config::{EmbedderKind, EmbedderSettings};
+
+/// Seconds to wait for a TCP/TLS connection (the request timeout covers the whole call).
+const CONNECT_TIMEOUT_SECS: u64 = 10;
+
+enum Api {
+    OpenAi(Client<OpenAIConfig>),
+    Azure(Client<AzureConfig>),
+}
+
+/// An embedder calling a remote `/embeddings` endpoint.
+pub struct RemoteEmbedder {
+    api: Api,
+    model: String,
+    dimensions: usize,
+    send_dimensions: bool,
+    bpe: &'static CoreBPE,
+    provider: Provider,
+}
+
+impl RemoteEmbedder {
+    /// A client for `kind = "openai"` or `kind = "azure"`.
+    ///
+    /// # Errors
+    /// The API key is missing, the kind is not remote, or the HTTP client cannot be built.
+    pub fn new(settings: &EmbedderSettings) -> Result<Self, EmbedError> {
+        let config_error = |reason: String| EmbedError::permanent("embedding_config", reason);
+        let key_env = settings.api_key_env().ok_or_else(|| config_error("the hash embedder is not a remote API".into()))?;
+        let key = settings
+            .api_key
+            .as_ref()
+            .ok_or_else(|| config_error(format!("no API key: set the {key_env} environment variable")))?
+            .expose_secret()
+            .to_owned();
+        // async-openai panics on a key that is not a valid header value; refuse it here instead.
+        if !key.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(config_error(format!("{key_env} contains characters that cannot be sent in an HTTP header")));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(settings.request_timeout_secs))
+            .connect_timeout(std::time::Duration::from_secs(CONNECT_TIMEOUT_SECS))
+            .build()
+            .map_err(|e| config_error(format!("cannot build the HTTP client: {e}")))?;
+        let transport = PlainHttp::new(http.clone());
+        let (api, provider) = match settings.kind {
+            EmbedderKind::Azure => {
+                let endpoint = settings.azure_endpoint.trim_end_matches('/');
+                let config = AzureConfig::new()
+                    .with_api_base(endpoint)
+                    .with_deployment_id(&settings.deployment)
+                    .with_api_version(&settings.api_version)
+                    .with_api_key(key);
+                let provider = Provider {
+                    key_env,
+                    target: format!("deployment `{}` at {endpoint} (api-version {})", settings.deployment, settings.api_version),
+                    target_keys: "azure_endpoint, deployment and api_version",
+                };
+                (Api::Azure(Client::build(http, config).with_http_service(transport)), provider)
+            }
+            _ => {
+                let base = settings.base_url.trim_end_matches('/');
+                let config = OpenAIConfig::new().with_api_base(base).with_api_key(key);
+                let provider = Provider {
+                    key_env,
+                    target: format!("model `{}` at {base}", settings.model),
+                    target_keys: "model and base_url",
+                };
+                (Api::OpenAi(Client::build(http, config).with_http_service(transport)), provider)
+            }
+        };
+        Ok(Self {
+            api,
+            model: settings.model.clone(),
+            dimensions: settings.dimensions,
+            send_dimensions: settings.send_dimensions,
+            bpe: tokens::cl100k()?,
+            provider,
+        })
+    }
+
+    /// Vectors of `response` in input order, checked against the request and normalised.
+    fn vectors(&self, response: CreateEmbeddingResponse, inputs: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut slots: Vec<Option<Vec<f32>>> = vec![None; inputs];
+        for item in response.data {
+            let slot = slots.get_mut(item.index as usize).filter(|s| s.is_none()).ok_or_else(|| {
+                EmbedError::transient(format!("the reply has a bad or repeated index {} for {inputs} inputs", item.index))
+            })?;
+            if item.embedding.len() != self.dimensions {
+                return Err(EmbedError::permanent(
+                    "embedding_config",
+                    format!(
+                        "{} returned {}-dimensional vectors but [embedder] dimensions = {}; set dimensions to {} \
+                         (in a new collection, or reindex), or send_dimensions = true if the model can shorten its vectors",
+                        self.provider.target,
+                        item.embedding.len(),
+                        self.dimensions,
+                        item.embedding.len()
+                    ),
+                ));
+            }
+            let mut vector = item.embedding;
+            // OpenAI's vectors are unit length already; other servers' may not be.
+            normalize(&mut vector);
+            *slot = Some(vector);
+        }
+        slots
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| EmbedError::transient(format!("the reply is missing vectors for some of its {inputs} inputs")))
+    }
+}
+
+async fn create<C: Config>(client: &Client<C>, request: CreateEmbeddingRequest) -> Result<CreateEmbeddingResponse, async_openai::error::OpenAIError> {
+    client.embeddings().create(request).await
+}
+
+#[async_trait]
+impl Embedder for RemoteEmbedder {
+    fn model_id(&self) -> &str {
+        &self.model
+    }
+
+    fn dimensions(&self) -> usize {
+        self.dimensions
+    }
+
+    fn count_tokens(&self, text: &str) -> usize {
+        tokens::count(self.bpe, text)
+    }
+
+    fn split_tokens(&self, text: &str, max_tokens: usize) -> Vec<String> {
+        tokens::split(self.bpe, text, max_tokens)
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request = CreateEmbeddingRequest {
+            model: self.model.clone(),
+            input: EmbeddingInput::StringArray(texts.to_vec()),
+            encoding_format: None,
+            user: None,
+            dimensions: self.send_dimensions.then(|| u32::try_from(self.dimensions).unwrap_or(u32::MAX)),
+        };
+        let response = match &self.api {
+            Api::OpenAi(client) => create(client, request).await,
+            Api::Azure(client) => create(client, request).await,
+        }
+        .map_err(|e| classify(e, &self.provider))?;
+        self.vectors(response, texts.len())
+    }
+}

@@ -1,0 +1,317 @@
+//! The vector indexes a process holds: one FAISS index per collection, loaded from its newest
+//! snapshot, caught up from the store (`id > watermark`), kept fresh by events, and snapshotted
+//! periodically. FAISS is derived data; PostgreSQL stays the source of truth.
+
+pub mod snapshot;
+pub mod vectors;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+pub use self::vectors::{IndexError, VectorIndex};
+use crate::messages::{DOCUMENT_INGESTED, DocumentIngested};
+use crate::queue::Broker;
+use crate::store::{Collection, Store};
+use crate::telemetry::metrics;
+
+/// Chunk ids read per catch-up page.
+const CATCH_UP_PAGE: i64 = 10_000;
+
+/// One collection's index and where it stands.
+pub struct CollectionIndex {
+    collection: Collection,
+    /// Whether the index started from a snapshot (false: rebuilt from the store).
+    from_snapshot: bool,
+    state: Mutex<State>,
+    /// Serialises catch-ups and snapshots of this collection.
+    maintenance: tokio::sync::Mutex<()>,
+}
+
+impl CollectionIndex {
+    /// Locks the state. A panic while holding the lock cannot leave FAISS half-updated in a way
+    /// that matters more than losing the process, so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+struct State {
+    index: VectorIndex,
+    /// Vectors added by catch-up from the store (not by this process's own ingest).
+    caught_up: usize,
+    watermark: i64,
+    generation: u64,
+    dirty: bool,
+}
+
+/// Where one collection's index stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Vectors held.
+    pub vectors: usize,
+    /// Whether it was loaded from a snapshot (false: built from the store).
+    pub from_snapshot: bool,
+    /// Vectors added by catch-up from the store since it was opened.
+    pub caught_up: usize,
+    /// Every chunk id up to this one is included.
+    pub watermark: i64,
+    /// Index generation.
+    pub generation: u64,
+}
+
+/// All collection indexes of this process.
+pub struct Indexes {
+    root: PathBuf,
+    store: Arc<dyn Store>,
+    dimensions: usize,
+    model: String,
+    open: tokio::sync::Mutex<HashMap<String, Arc<CollectionIndex>>>,
+}
+
+impl Indexes {
+    /// Indexes of `dimensions`-long vectors of `model`, with snapshots under `root`.
+    pub fn new(root: PathBuf, store: Arc<dyn Store>, dimensions: usize, model: &str) -> Self {
+        Self { root, store, dimensions, model: model.to_owned(), open: tokio::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// The collection's index, loading its snapshot and catching up from the store on first use.
+    ///
+    /// # Errors
+    /// The snapshot directory is unreadable, FAISS fails, or the store is unavailable.
+    pub async fn open(&self, collection: &Collection) -> Result<Arc<CollectionIndex>, IndexError> {
+        let mut open = self.open.lock().await;
+        if let Some(found) = open.get(&collection.name) {
+            return Ok(found.clone());
+        }
+        let (root, name, dims, model) = (self.root.clone(), collection.name.clone(), self.dimensions, self.model.clone());
+        let loaded = tokio::task::spawn_blocking(move || snapshot::load(&root, &name, dims, &model))
+            .await
+            .map_err(|e| IndexError::Snapshot(format!("load task: {e}")))??;
+        let state = match loaded {
+            Some(l) => State {
+                index: l.index,
+                caught_up: 0,
+                watermark: l.manifest.watermark,
+                generation: l.manifest.generation,
+                dirty: false,
+            },
+            None => State { index: VectorIndex::new(self.dimensions)?, caught_up: 0, watermark: 0, generation: 1, dirty: true },
+        };
+        let from_snapshot = !state.dirty;
+        metrics::INDEX_VECTORS.add(state.index.len() as i64);
+        let slot = Arc::new(CollectionIndex {
+            collection: collection.clone(),
+            from_snapshot,
+            state: Mutex::new(state),
+            maintenance: tokio::sync::Mutex::new(()),
+        });
+        self.catch_up_slot(&slot).await?;
+        open.insert(collection.name.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    /// Adds a document's vectors (ids already present are skipped).
+    ///
+    /// # Errors
+    /// Wrong dimension or a FAISS failure.
+    pub async fn add(&self, collection: &Collection, ids: Vec<i64>, vectors: Vec<f32>) -> Result<usize, IndexError> {
+        let slot = self.open(collection).await?;
+        let added = tokio::task::spawn_blocking(move || {
+            let mut state = slot.lock();
+            let added = state.index.add(&ids, &vectors)?;
+            state.dirty |= added > 0;
+            Ok::<_, IndexError>(added)
+        })
+        .await
+        .map_err(|e| IndexError::Faiss(format!("add task: {e}")))??;
+        metrics::INDEX_VECTORS.add(added as i64);
+        Ok(added)
+    }
+
+    /// The `k` best chunk ids for `query`, with scores, and the index generation.
+    ///
+    /// # Errors
+    /// Wrong dimension, FAISS failure, or the index could not be opened.
+    pub async fn search(&self, collection: &Collection, query: Vec<f32>, k: usize) -> Result<(Vec<(i64, f32)>, u64), IndexError> {
+        let slot = self.open(collection).await?;
+        tokio::task::spawn_blocking(move || {
+            let mut state = slot.lock();
+            Ok((state.index.search(&query, k)?, state.generation))
+        })
+        .await
+        .map_err(|e| IndexError::Faiss(format!("search task: {e}")))?
+    }
+
+    /// Where a collection's open index stands (`None` if it is not open in this process).
+    pub async fn stats(&self, collection: &str) -> Option<IndexStats> {
+        let open = self.open.lock().await;
+        open.get(collection).map(|slot| {
+            let state = slot.lock();
+            IndexStats {
+                vectors: state.index.len(),
+                from_snapshot: slot.from_snapshot,
+                caught_up: state.caught_up,
+                watermark: state.watermark,
+                generation: state.generation,
+            }
+        })
+    }
+
+    /// Brings an open collection up to date with the store (no-op if it is not open).
+    ///
+    /// # Errors
+    /// The store is unavailable or FAISS fails.
+    pub async fn catch_up(&self, collection: &str) -> Result<(), IndexError> {
+        let slot = self.open.lock().await.get(collection).cloned();
+        match slot {
+            Some(slot) => self.catch_up_slot(&slot).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn catch_up_slot(&self, slot: &Arc<CollectionIndex>) -> Result<(), IndexError> {
+        let _guard = slot.maintenance.lock().await;
+        loop {
+            let watermark = slot.lock().watermark;
+            let ids = self.store.chunk_ids_after(slot.collection.id, watermark, CATCH_UP_PAGE).await?;
+            let Some(&last) = ids.last() else { return Ok(()) };
+            let missing: Vec<i64> = {
+                let state = slot.lock();
+                ids.iter().copied().filter(|id| !state.index.contains(*id)).collect()
+            };
+            let stored = if missing.is_empty() {
+                Default::default()
+            } else {
+                self.store.vectors_by_ids(&missing, self.dimensions).await?
+            };
+            let slot = slot.clone();
+            let added = tokio::task::spawn_blocking(move || {
+                let mut state = slot.lock();
+                let added = state.index.add(&stored.ids, &stored.vectors)?;
+                state.caught_up += added;
+                // Ids of a collection commit in id order (see the chunks table), so every id up to
+                // `last` that will ever exist is now present.
+                state.watermark = state.watermark.max(last);
+                state.dirty = true;
+                Ok::<_, IndexError>(added)
+            })
+            .await
+            .map_err(|e| IndexError::Faiss(format!("catch-up task: {e}")))??;
+            metrics::INDEX_VECTORS.add(added as i64);
+            if (ids.len() as i64) < CATCH_UP_PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes a snapshot of every open index that changed since its last one.
+    ///
+    /// # Errors
+    /// The first collection that could not be snapshotted (the others are still attempted).
+    pub async fn snapshot_all(&self) -> Result<(), IndexError> {
+        let slots: Vec<_> = self.open.lock().await.values().cloned().collect();
+        let mut first_error = None;
+        for slot in slots {
+            if let Err(error) = self.snapshot_slot(&slot).await {
+                tracing::error!(collection = %slot.collection.name, %error, "index snapshot failed");
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn snapshot_slot(&self, slot: &Arc<CollectionIndex>) -> Result<(), IndexError> {
+        if !slot.lock().dirty {
+            return Ok(());
+        }
+        // Advance the watermark over what ingest added directly, so a restart reads little.
+        self.catch_up_slot(slot).await?;
+        let _guard = slot.maintenance.lock().await;
+        let (slot, root, model) = (slot.clone(), self.root.clone(), self.model.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut state = slot.lock();
+            let manifest = snapshot::Manifest {
+                format: 0,
+                collection: slot.collection.name.clone(),
+                generation: state.generation,
+                watermark: state.watermark,
+                count: 0,
+                dimensions: state.index.dimensions(),
+                model,
+                file: String::new(),
+                crc32: String::new(),
+            };
+            snapshot::write(&root, &state.index, manifest)?;
+            state.dirty = false;
+            Ok(())
+        })
+        .await
+        .map_err(|e| IndexError::Snapshot(format!("snapshot task: {e}")))?
+    }
+
+    /// Snapshots changed indexes every `interval` until `shutdown`, then once more.
+    pub async fn run_snapshots(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            let _ = self.snapshot_all().await;
+        }
+        let _ = self.snapshot_all().await;
+    }
+
+    /// Follows `document.ingested` events from other workers and catches the named collection
+    /// up from the store; also catches every open index up every `interval` as a safety net for
+    /// events missed while disconnected.
+    pub async fn run_follower(self: Arc<Self>, broker: Arc<dyn Broker>, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        let mut events = match broker.subscribe_events(&[DOCUMENT_INGESTED]).await {
+            Ok(events) => Some(events),
+            Err(error) => {
+                tracing::warn!(%error, "cannot subscribe to events; following by polling only");
+                None
+            }
+        };
+        loop {
+            let event = async {
+                match events.as_mut() {
+                    Some(stream) => stream.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => {
+                    let names: Vec<String> = self.open.lock().await.keys().cloned().collect();
+                    for name in names {
+                        if let Err(error) = self.catch_up(&name).await {
+                            tracing::warn!(collection = %name, %error, "index catch-up failed");
+                        }
+                    }
+                }
+                item = event => match item {
+                    Some(Ok(message)) => {
+                        if let Ok(event) = serde_json::from_slice::<DocumentIngested>(&message.body)
+                            && let Err(error) = self.catch_up(&event.collection).await
+                        {
+                            tracing::warn!(collection = %event.collection, %error, "index catch-up failed");
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "event stream failed; following by polling only");
+                        events = None;
+                    }
+                    None => events = None,
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Index snapshots on disk: `<dir>/<collection>/manifest.json` naming one `index-*.faiss` file.
+//!
+//! Writing: the index goes to a fresh file (temp name, fsync, rename), then the manifest (temp,
+//! fsync, rename), then the directory is fsynced and unreferenced index files are removed. The
+//! manifest rename is the commit point, so a crash at any moment leaves either the old snapshot
+//! or the new one. Loading verifies the checksum, count, dimension and model; anything off means
+//! "rebuild from the store", never "load it anyway".
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::vectors::{IndexError, VectorIndex};
+use crate::blobs::sync_dir;
+
+/// Snapshot format version.
+const FORMAT: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version of this manifest.
+    pub format: u32,
+    /// Collection name.
+    pub collection: String,
+    /// Index generation (bumped by rebuilds).
+    pub generation: u64,
+    /// Every chunk id `<= watermark` of the collection is in the index.
+    pub watermark: i64,
+    /// Vectors in the index file.
+    pub count: usize,
+    /// Vector dimension.
+    pub dimensions: usize,
+    /// Embedding model of the vectors.
+    pub model: String,
+    /// Index file name, relative to the collection directory.
+    pub file: String,
+    /// CRC-32 of the index file, hex.
+    pub crc32: String,
+}
+
+/// A loaded snapshot.
+pub struct Loaded {
+    /// The index.
+    pub index: VectorIndex,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+/// Directory of one collection's snapshots.
+pub fn collection_dir(root: &Path, collection: &str) -> PathBuf {
+    root.join(collection)
+}
+
+/// Writes a snapshot of `index` described by `manifest` (whose `file`, `count` and `crc32` are
+/// filled in here). Blocking: run it off the async threads.
+///
+/// # Errors
+/// Any I/O or FAISS error; the previous snapshot stays valid.
+pub fn write(root: &Path, index: &VectorIndex, mut manifest: Manifest) -> Result<Manifest, IndexError> {
+    let dir = collection_dir(root, &manifest.collection);
+    std::fs::create_dir_all(&dir).map_err(io("create snapshot directory"))?;
+    let file = format!("index-{}-{}-{}.faiss", manifest.generation, manifest.watermark, uuid::Uuid::new_v4().simple());
+    let tmp = dir.join(format!(".{file}.tmp"));
+    index.write(&tmp)?;
+    let crc = file_crc32(&tmp)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("sync index file"))?;
+    std::fs::rename(&tmp, dir.join(&file)).map_err(io("rename index file"))?;
+
+    manifest.format = FORMAT;
+    manifest.file = file;
+    manifest.count = index.len();
+    manifest.crc32 = format!("{crc:08x}");
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| IndexError::Snapshot(e.to_string()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io("create manifest"))?;
+    tmp.write_all(&json).map_err(io("write manifest"))?;
+    tmp.as_file().sync_all().map_err(io("sync manifest"))?;
+    tmp.persist(dir.join(MANIFEST)).map_err(|e| IndexError::Snapshot(format!("rename manifest: {}", e.error)))?;
+    sync_dir(&dir).map_err(io("sync snapshot directory"))?;
+    remove_unreferenced(&dir, &manifest.file);
+    Ok(manifest)
+}
+
+/// Loads the collection's snapshot if there is one that matches `dimensions` and `model`.
+///
+/// `Ok(None)` means "no usable snapshot" (none, torn, mismatched); the reason is logged and the
+/// caller rebuilds from the store.
+///
+/// # Errors
+/// Never for a bad snapshot; only for an unreadable directory.
+pub fn load(root: &Path, collection: &str, dimensions: usize, model: &str) -> Result<Option<Loaded>, IndexError> {
+    let dir = collection_dir(root, collection);
+    let manifest_path = dir.join(MANIFEST);
+    let bytes = match std::fs::read(&manifest_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(IndexError::Snapshot(format!("read {}: {e}", manifest_path.display()))),
+    };
+    match verify(&dir, &bytes, collection, dimensions, model) {
+        Ok(loaded) => Ok(Some(loaded)),
+        Err(reason) => {
+            tracing::warn!(collection, %reason, "index snapshot rejected; rebuilding from the store");
+            Ok(None)
+        }
+    }
+}
+
+fn verify(dir: &Path, manifest: &[u8], collection: &str, dimensions: usize, model: &str) -> Result<Loaded, String> {
+    let manifest: Manifest = serde_json::from_slice(manifest).map_err(|e| format!("manifest unreadable: {e}"))?;
+    if manifest.format != FORMAT {
+        return Err(format!("manifest format {} (expected {FORMAT})", manifest.format));
+    }
+    if manifest.collection != collection || manifest.dimensions != dimensions || manifest.model != model {
+        return Err(format!(
+            "snapshot is for {}/{}d/{}, expected {collection}/{dimensions}d/{model}",
+            manifest.collection, manifest.dimensions, manifest.model
+        ));
+    }
+    if manifest.file.contains('/') || manifest.file.contains("..") {
+        return Err(format!("manifest names a file outside its directory: {}", manifest.file));
+    }
+    let path = dir.join(&manifest.file);
+    let crc = file_crc32(&path).map_err(|e| e.to_string())?;
+    if format!("{crc:08x}") != manifest.crc32 {
+        return Err(format!("checksum mismatch on {}", manifest.file));
+    }
+    let index = VectorIndex::read(&path).map_err(|e| e.to_string())?;
+    if index.len() != manifest.count || index.dimensions() != dimensions {
+        return Err(format!("index holds {} vectors of {}d; manifest says {}", index.len(), index.dimensions(), manifest.count));
+    }
+    Ok(Loaded { index, manifest })
+}
+
+fn file_crc32(path: &Path) -> Result<u32, IndexError> {
+    let mut file = std::fs::File::open(path).map_err(io("open index file"))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io("read index file"))?;
+        if n == 0 {
+            return Ok(hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Removes index files (and leftover temp files) other than `keep`. Best effort: a file another
+/// writer is still producing will be collected by a later snapshot.
+fn remove_unreferenced(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let stale = name.ends_with(".faiss") && name != keep;
+        let old_tmp = name.ends_with(".faiss.tmp")
+            && entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 3600));
+        if stale || old_tmp {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> IndexError {
+    move |e| IndexError::Snapshot(format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: FORMAT,
+            collection: "c".into(),
+            generation: 1,
+            watermark: 9,
+            count: 0,
+            dimensions: 2,
+            model: "m".into(),
+            file: String::new(),
+            crc32: String::new(),
+        }
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_torn_files_are_rejected() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut index = VectorIndex::new(2).expect("index");
+        index.add(&[3, 9], &[1.0, 0.0, 0.0, 1.0]).expect("add");
+        let written = write(root.path(), &index, manifest()).expect("write");
+        let loaded = load(root.path(), "c", 2, "m").expect("load").expect("snapshot");
+        assert_eq!(loaded.manifest, written);
+        assert!(loaded.index.contains(9));
+        assert!(load(root.path(), "c", 2, "other-model").expect("load").is_none());
+
+        // Corrupt the index file: the checksum must catch it.
+        let path = root.path().join("c").join(&written.file);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).expect("write");
+        assert!(load(root.path(), "c", 2, "m").expect("load").is_none());
+    }
+
+    #[test]
+    fn a_new_snapshot_replaces_the_old_file() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let index = VectorIndex::new(2).expect("index");
+        let first = write(root.path(), &index, manifest()).expect("first");
+        let second = write(root.path(), &index, Manifest { watermark: 20, ..manifest() }).expect("second");
+        assert!(!root.path().join("c").join(&first.file).exists());
+        assert!(root.path().join("c").join(&second.file).exists());
+    }
+}

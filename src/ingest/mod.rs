@@ -1,0 +1,217 @@
+//! The staged ingest pipeline: tokio tasks joined by bounded channels.
+//!
+//! ```text
+//! consume ─▶ dedup ─▶ extract ─▶ chunk ─▶ embed (batched across documents) ─▶ persist + index ─▶ event, ack
+//! ```
+//!
+//! Each stage has its own concurrency; channels are bounded, so a slow stage slows intake down
+//! instead of piling work up (and the broker's prefetch bounds what is in flight at all). A
+//! message is acknowledged only after its document is committed and added to the index; every
+//! stage is idempotent, so a redelivery never duplicates rows or vectors.
+
+mod batcher;
+pub mod fetch;
+mod finish;
+mod stages;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::finish::Finisher;
+use crate::error::Failure;
+use crate::messages::{self, UploadMessage};
+use crate::queue::{Deliveries, Delivery};
+use crate::store::Collection;
+use crate::worker::Services;
+
+/// One upload on its way through the pipeline.
+pub(crate) struct Job {
+    delivery: Delivery,
+    upload: UploadMessage,
+    received: Instant,
+}
+
+/// The document row an upload maps to, known from the dedup stage on.
+#[derive(Debug, Clone)]
+pub(crate) struct Doc {
+    collection: Collection,
+    document_id: i64,
+    sha256: String,
+}
+
+/// A job with its document and the current stage's payload.
+pub(crate) struct Work<T> {
+    job: Job,
+    doc: Doc,
+    data: T,
+}
+
+/// A stage's failure, carrying the job so the finisher can settle its message.
+pub(crate) struct Failed {
+    job: Job,
+    doc: Option<Doc>,
+    failure: Failure,
+}
+
+/// Consumes uploads until `shutdown`, reconsuming after a broken connection.
+pub async fn run(services: Arc<Services>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match services.broker.consume_uploads().await {
+            Ok(deliveries) => {
+                backoff = Duration::from_millis(500);
+                run_pipeline(services.clone(), deliveries, shutdown.clone()).await;
+            }
+            Err(error) => tracing::error!(%error, "cannot consume uploads"),
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        tracing::warn!(?backoff, "upload stream ended; consuming again");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Runs one consumer's pipeline until its delivery stream ends or `shutdown`, then drains.
+async fn run_pipeline(services: Arc<Services>, deliveries: Deliveries, shutdown: CancellationToken) {
+    let cfg = &services.settings.ingest;
+    let finisher = Finisher::new(services.clone());
+    let (to_dedup, dedup_rx) = mpsc::channel(cfg.channel_capacity);
+    let (to_extract, extract_rx) = mpsc::channel(cfg.channel_capacity);
+    let (to_chunk, chunk_rx) = mpsc::channel(cfg.channel_capacity);
+    let (to_embed, embed_rx) = mpsc::channel(cfg.channel_capacity);
+    let (to_persist, persist_rx) = mpsc::channel(cfg.channel_capacity);
+    let s = &services;
+    let f = &finisher;
+    tokio::join!(
+        intake(deliveries, to_dedup, f, shutdown),
+        stage(dedup_rx, Some(to_extract), cfg.dedup_concurrency, f, |job| stages::dedup(s, f, job)),
+        stage(extract_rx, Some(to_chunk), cfg.extract_concurrency, f, |w| stages::extract(s, f, w)),
+        stage(chunk_rx, Some(to_embed), cfg.chunk_concurrency, f, |w| stages::chunk(s, f, w)),
+        batcher::run(embed_rx, to_persist, s.clone(), f.clone()),
+        stage(persist_rx, None::<mpsc::Sender<()>>, cfg.persist_concurrency, f, |w| stages::persist(s, f, w)),
+    );
+}
+
+/// Decodes deliveries into jobs until the stream ends or `shutdown`; undecodable messages are
+/// dead-lettered right here.
+async fn intake(mut deliveries: Deliveries, next: mpsc::Sender<Job>, finisher: &Finisher, shutdown: CancellationToken) {
+    loop {
+        let delivery = tokio::select! {
+            () = shutdown.cancelled() => return,
+            item = deliveries.next() => match item {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "upload consumer failed");
+                    return;
+                }
+                None => return,
+            },
+        };
+        let received = Instant::now();
+        match decode_upload(&delivery.body) {
+            Ok(upload) => {
+                let job = Job { delivery, upload, received };
+                if next.send(job).await.is_err() {
+                    return;
+                }
+            }
+            Err(failure) => finisher.reject_undecodable(delivery, failure).await,
+        }
+    }
+}
+
+/// Decodes and validates an upload message.
+fn decode_upload(body: &[u8]) -> Result<UploadMessage, Failure> {
+    let upload: UploadMessage =
+        messages::decode(body).map_err(|e| Failure::permanent(e.code(), e.to_string()))?;
+    validate_collection(&upload.collection)?;
+    if upload.upload_id.trim().is_empty() {
+        return Err(Failure::permanent("invalid_message", "`upload_id` must not be empty"));
+    }
+    if upload.filename.trim().is_empty() {
+        return Err(Failure::permanent("invalid_message", "`filename` must not be empty"));
+    }
+    Ok(upload)
+}
+
+/// Collection names become directory names: keep them to a safe alphabet.
+pub fn validate_collection(name: &str) -> Result<(), Failure> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::permanent(
+            "invalid_collection",
+            format!("collection name `{name}` must be 1-128 characters of A-Z a-z 0-9 - _ . and not start with `.`"),
+        ))
+    }
+}
+
+/// Runs `step` on every item of `rx` with at most `concurrency` at once, forwarding results to
+/// `next` and failures to the finisher.
+async fn stage<In, Out, F, Fut>(
+    rx: mpsc::Receiver<In>,
+    next: Option<mpsc::Sender<Out>>,
+    concurrency: usize,
+    finisher: &Finisher,
+    step: F,
+) where
+    F: Fn(In) -> Fut,
+    Fut: Future<Output = Result<Option<Out>, Failed>>,
+{
+    let mut rx = rx;
+    let items = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    items
+        .for_each_concurrent(concurrency, |item| {
+            let next = next.clone();
+            let fut = step(item);
+            async move {
+                match fut.await {
+                    Ok(Some(out)) => {
+                        if let Some(next) = next {
+                            // Only fails when the next stage is gone (shutdown); the unacked
+                            // message then goes back to the queue.
+                            let _ = next.send(out).await;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(failed) => finisher.fail(failed).await,
+                }
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collection_names_are_restricted() {
+        assert!(validate_collection("docs-2024_v1.0").is_ok());
+        for bad in ["", "../etc", "a/b", ".hidden", "é"] {
+            assert_eq!(validate_collection(bad).expect_err(bad).code, "invalid_collection");
+        }
+    }
+
+    #[test]
+    fn uploads_are_validated_after_decoding() {
+        let body = br#"{"v":1,"upload_id":"u","collection":"../x","filename":"a.txt","content_b64":""}"#;
+        assert_eq!(decode_upload(body).expect_err("bad collection").code, "invalid_collection");
+        let body = br#"{"v":3,"upload_id":"u"}"#;
+        assert_eq!(decode_upload(body).expect_err("version").code, "unsupported_version");
+    }
+}

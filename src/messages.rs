@@ -1,0 +1,259 @@
+//! Versioned wire types (DESIGN.md §8): uploads, queries, replies and events, all JSON.
+//!
+//! Parsing goes through [`decode`], which checks the version before the shape, so an unknown
+//! version is reported as such rather than as a confusing missing-field error.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The only wire version this build speaks.
+pub const VERSION: u32 = 1;
+
+/// Why a message could not be decoded. Always permanent: redelivery would not fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON, or JSON of the wrong shape.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// A version this build does not understand.
+    #[error("unsupported message version {found}; this worker speaks v{VERSION}")]
+    UnsupportedVersion {
+        /// The `v` field as sent.
+        found: serde_json::Value,
+    },
+}
+
+impl DecodeError {
+    /// Stable short code for replies, headers and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::UnsupportedVersion { .. } => "unsupported_version",
+        }
+    }
+}
+
+/// Decodes a versioned JSON message.
+///
+/// # Errors
+/// [`DecodeError::Malformed`] for bad JSON or shape, [`DecodeError::UnsupportedVersion`] for a
+/// `v` other than [`VERSION`].
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    match value.get("v") {
+        Some(v) if v.as_u64() == Some(u64::from(VERSION)) => {}
+        Some(v) => return Err(DecodeError::UnsupportedVersion { found: v.clone() }),
+        None => return Err(DecodeError::Malformed("missing field `v` (message version)".into())),
+    }
+    serde_json::from_value(value).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// Encodes a message as JSON. Our types always serialise, so this cannot fail.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    serde_json::to_vec(message).unwrap_or_else(|e| {
+        // Only reachable with a non-string map key, which none of our types have.
+        format!(r#"{{"v":1,"error":{{"code":"internal","message":"encode: {e}"}}}}"#).into_bytes()
+    })
+}
+
+/// A document to ingest. Exactly one of `uri` and `content_b64` carries the bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadMessage {
+    /// Wire version, always [`VERSION`].
+    pub v: u32,
+    /// Caller's id for this upload; echoed in events.
+    pub upload_id: String,
+    /// Collection (tenant) the document belongs to.
+    pub collection: String,
+    /// Original file name (used for type hints and citations, never for storage paths).
+    pub filename: String,
+    /// Declared MIME type, a hint only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// `file://` URI under one of the configured allowed roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// The document's bytes, base64 (standard alphabet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_b64: Option<String>,
+    /// Free-form metadata kept with the document (e.g. `password` for an encrypted PDF).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+/// A query, sent to the query queue with `reply_to` and `correlation_id` properties.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// Wire version, always [`VERSION`].
+    pub v: u32,
+    /// The question or search text.
+    pub query: String,
+    /// Collection to search; the worker's default collection when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    /// Results wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// Drop results scoring below this (inner product of normalised vectors, so cosine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_score: Option<f32>,
+    /// Ask for an LLM answer (needs an `[llm]` section; not available yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<bool>,
+    /// Reserved for metadata filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// One retrieved chunk with its citation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultChunk {
+    /// Chunk id (also its FAISS id).
+    pub chunk_id: i64,
+    /// Document the chunk belongs to.
+    pub document_id: i64,
+    /// The document's original file name.
+    pub filename: String,
+    /// The chunk's text.
+    pub text: String,
+    /// Similarity (cosine).
+    pub score: f32,
+    /// Start of the chunk in the extracted text, in characters.
+    pub char_start: i64,
+    /// End of the chunk in the extracted text, in characters.
+    pub char_end: i64,
+    /// First page of the chunk, for paged sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<i32>,
+    /// Heading path (`Install > Linux`) for structured sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heading_path: Option<String>,
+}
+
+/// A successful query reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryResponse {
+    /// Wire version, always [`VERSION`].
+    pub v: u32,
+    /// LLM answer, when one was asked for and produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Retrieved chunks, best first.
+    pub chunks: Vec<ResultChunk>,
+    /// Whether the reply came from the response cache.
+    pub cached: bool,
+    /// Index generation the results came from.
+    pub generation: u64,
+    /// Time spent per step, in milliseconds.
+    pub timings_ms: BTreeMap<String, f64>,
+}
+
+/// A failed query reply: `{v:1, error:{code, message}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// Wire version, always [`VERSION`].
+    pub v: u32,
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+/// Body of an [`ErrorReply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable code: `malformed`, `unsupported_version`, `invalid_request`, `unknown_collection`, `internal`, ...
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ErrorReply {
+    /// Builds an error reply.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self { v: VERSION, error: ErrorBody { code: code.into(), message: message.into() } }
+    }
+}
+
+/// Routing key of [`DocumentIngested`].
+pub const DOCUMENT_INGESTED: &str = "document.ingested";
+/// Routing key of [`DocumentFailed`].
+pub const DOCUMENT_FAILED: &str = "document.failed";
+
+/// Published once a document's chunks are committed and indexed (or it was a duplicate).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentIngested {
+    /// Wire version, always [`VERSION`].
+    pub v: u32,
+    /// The upload this event answers.
+    pub upload_id: String,
+    /// Collection of the document.
+    pub collection: String,
+    /// The document (for a duplicate: the one already stored).
+    pub document_id: i64,
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
+    /// Chunks stored for the document.
+    pub chunks: i64,
+    /// The bytes were already ingested in this collection; nothing new was stored.
+    pub duplicate: bool,
+    /// Final document status: `ingested`, or `no_text` for a file with no extractable text.
+    pub status: String,
+}
+
+/// Published when an upload fails permanently (or a transient failure gives up).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentFailed {
+    /// Wire version, always [`VERSION`].
+    pub v: u32,
+    /// The upload this event answers (empty when the message was too malformed to tell).
+    pub upload_id: String,
+    /// Collection, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    /// Document row marked `failed`, when one exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_id: Option<i64>,
+    /// Stable short code (`malformed`, `not_found`, `forbidden_path`, `unsupported_type`, ...).
+    pub code: String,
+    /// Human-readable reason.
+    pub reason: String,
+    /// Whether the message was requeued for another attempt.
+    pub retryable: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_versions_are_named() {
+        let err = decode::<UploadMessage>(br#"{"v":2,"upload_id":"u"}"#).expect_err("v2");
+        assert_eq!(err.code(), "unsupported_version");
+        assert!(err.to_string().contains("version 2"));
+    }
+
+    #[test]
+    fn malformed_json_is_malformed() {
+        assert_eq!(decode::<QueryRequest>(b"{nope").expect_err("bad").code(), "malformed");
+        assert_eq!(decode::<QueryRequest>(br#"{"query":"x"}"#).expect_err("no v").code(), "malformed");
+    }
+
+    #[test]
+    fn uploads_round_trip() {
+        let msg = UploadMessage {
+            v: VERSION,
+            upload_id: "u1".into(),
+            collection: "c".into(),
+            filename: "a.txt".into(),
+            content_type: None,
+            uri: Some("file:///tmp/a.txt".into()),
+            content_b64: None,
+            metadata: BTreeMap::new(),
+        };
+        assert_eq!(decode::<UploadMessage>(&encode(&msg)).expect("round trip"), msg);
+    }
+}

@@ -1,0 +1,193 @@
+//! The query worker: consumes `QueryRequest`s and replies to `reply_to` with the same
+//! `correlation_id` (RabbitMQ direct reply-to works). Every request gets a reply: results, or an
+//! error body with a code. Retrieval is embed → FAISS (k × candidate factor) → one SQL query for
+//! the chunks and their documents → filter and rank.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::messages::{self, ErrorReply, QueryRequest, QueryResponse, ResultChunk, VERSION};
+use crate::queue::Delivery;
+use crate::store::QueryLogEntry;
+use crate::telemetry::metrics;
+use crate::worker::Services;
+
+/// Consumes queries until `shutdown`, reconsuming after a broken connection.
+pub async fn run(services: Arc<Services>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match services.broker.consume_queries().await {
+            Ok(deliveries) => {
+                backoff = Duration::from_millis(500);
+                let concurrency = services.settings.query.concurrency;
+                let s = &services;
+                deliveries
+                    .take_until(shutdown.cancelled())
+                    .for_each_concurrent(concurrency, |item| async move {
+                        match item {
+                            Ok(delivery) => handle(s, delivery).await,
+                            Err(error) => tracing::warn!(%error, "query consumer failed"),
+                        }
+                    })
+                    .await;
+            }
+            Err(error) => tracing::error!(%error, "cannot consume queries"),
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Answers one request and acknowledges it. Queries are never requeued: a client that got no
+/// reply retries on its own terms.
+async fn handle(s: &Arc<Services>, delivery: Delivery) {
+    let started = Instant::now();
+    let (body, log) = match answer(s, &delivery.body).await {
+        Ok((response, log)) => (messages::encode(&response), log),
+        Err((error, log)) => (messages::encode(&error), log),
+    };
+    let outcome = if log.as_ref().is_some_and(|l| l.error_code.is_some()) { "error" } else { "ok" };
+    match &delivery.reply_to {
+        Some(reply_to) => {
+            if let Err(error) = s.broker.reply(reply_to, delivery.correlation_id.as_deref(), &body).await {
+                tracing::warn!(%error, "could not send a query reply");
+            }
+        }
+        None => tracing::warn!("query without reply_to: nowhere to send the answer; dropped"),
+    }
+    if let Err(error) = delivery.acker.ack().await {
+        tracing::warn!(%error, "query ack failed");
+    }
+    metrics::QUERIES.with_label_values(&[outcome]).inc();
+    metrics::QUERY_SECONDS.observe(started.elapsed().as_secs_f64());
+    if let Some(mut entry) = log {
+        entry.latency_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        let store = s.store.clone();
+        // The log is for analytics: never delay or fail the reply for it.
+        tokio::spawn(async move {
+            if let Err(error) = store.log_query(&entry).await {
+                tracing::warn!(%error, "query log write failed");
+            }
+        });
+    }
+}
+
+type Answer = Result<(QueryResponse, Option<QueryLogEntry>), (ErrorReply, Option<QueryLogEntry>)>;
+
+async fn answer(s: &Services, body: &[u8]) -> Answer {
+    let cfg = &s.settings.query;
+    let request: QueryRequest = messages::decode(body).map_err(|e| {
+        // Logged too: bad requests are what an operator most needs to see.
+        let log = QueryLogEntry {
+            collection: String::new(),
+            query: String::from_utf8_lossy(body).chars().take(cfg.max_query_chars).collect(),
+            top_k: 0,
+            chunk_ids: Vec::new(),
+            scores: Vec::new(),
+            error_code: Some(e.code().to_owned()),
+            latency_ms: 0,
+        };
+        (ErrorReply::new(e.code(), e.to_string()), Some(log))
+    })?;
+    let collection_name = request.collection.clone().unwrap_or_else(|| cfg.default_collection.clone());
+    let top_k = request.top_k.unwrap_or(cfg.default_top_k);
+    let mut log = QueryLogEntry {
+        collection: collection_name.clone(),
+        query: request.query.chars().take(cfg.max_query_chars).collect(),
+        top_k: top_k.min(i32::MAX as usize) as i32,
+        chunk_ids: Vec::new(),
+        scores: Vec::new(),
+        error_code: None,
+        latency_ms: 0,
+    };
+    match retrieve(s, &request, &collection_name, top_k).await {
+        Ok(response) => {
+            log.chunk_ids = response.chunks.iter().map(|c| c.chunk_id).collect();
+            log.scores = response.chunks.iter().map(|c| c.score).collect();
+            Ok((response, Some(log)))
+        }
+        Err(error) => {
+            log.error_code = Some(error.error.code.clone());
+            Err((error, Some(log)))
+        }
+    }
+}
+
+async fn retrieve(s: &Services, request: &QueryRequest, collection_name: &str, top_k: usize) -> Result<QueryResponse, ErrorReply> {
+    let cfg = &s.settings.query;
+    let mut timings = BTreeMap::new();
+    let query = request.query.trim();
+    if query.is_empty() {
+        return Err(ErrorReply::new("invalid_request", "`query` must not be empty"));
+    }
+    if query.chars().count() > cfg.max_query_chars {
+        return Err(ErrorReply::new("invalid_request", format!("`query` is longer than {} characters", cfg.max_query_chars)));
+    }
+    if top_k == 0 || top_k > cfg.max_top_k {
+        return Err(ErrorReply::new("invalid_request", format!("`top_k` must be between 1 and {}", cfg.max_top_k)));
+    }
+    if request.answer == Some(true) {
+        return Err(ErrorReply::new("llm_not_configured", "answers need an [llm] section; ask without `answer` for chunks"));
+    }
+    crate::ingest::validate_collection(collection_name).map_err(|f| ErrorReply::new(&f.code, f.reason))?;
+    let collection = s
+        .store
+        .collection(collection_name)
+        .await
+        .map_err(|e| ErrorReply::new("unavailable", e.to_string()))?
+        .ok_or_else(|| ErrorReply::new("unknown_collection", format!("no collection named `{collection_name}`")))?;
+
+    let t = Instant::now();
+    // Through the embedding cache: a repeated query costs no API call.
+    let vector = s.embedding.embed_one(query).await.map_err(|e| ErrorReply::new("embedding_failed", e.to_string()))?;
+    timings.insert("embed".to_owned(), ms(t));
+
+    let t = Instant::now();
+    let (hits, generation) = s
+        .indexes
+        .search(&collection, vector, top_k * cfg.candidate_factor)
+        .await
+        .map_err(|e| ErrorReply::new("index_failed", e.to_string()))?;
+    timings.insert("search".to_owned(), ms(t));
+
+    let t = Instant::now();
+    let ids: Vec<i64> = hits.iter().map(|(id, _)| *id).collect();
+    let rows = s.store.fetch_chunks(&ids).await.map_err(|e| ErrorReply::new("unavailable", e.to_string()))?;
+    timings.insert("fetch".to_owned(), ms(t));
+
+    let min_score = request.min_score.unwrap_or(f32::NEG_INFINITY);
+    let scores: std::collections::HashMap<i64, f32> = hits.into_iter().collect();
+    let chunks = rows
+        .into_iter()
+        .filter_map(|row| {
+            let score = *scores.get(&row.chunk_id)?;
+            (score >= min_score).then_some(ResultChunk {
+                chunk_id: row.chunk_id,
+                document_id: row.document_id,
+                filename: row.filename,
+                text: row.text,
+                score,
+                char_start: row.char_start,
+                char_end: row.char_end,
+                page: row.page,
+                heading_path: row.heading_path,
+            })
+        })
+        .take(top_k)
+        .collect();
+    Ok(QueryResponse { v: VERSION, answer: None, chunks, cached: false, generation, timings_ms: timings })
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}

@@ -1,0 +1,276 @@
+//! The relational store: collections, documents, chunks (with their embeddings) and the query log.
+//!
+//! [`Store`] is what the pipeline and the query worker need, nothing more; [`postgres::PgStore`]
+//! implements it over a sized sqlx pool. The store knows nothing of stages or workers.
+
+pub mod postgres;
+
+use async_trait::async_trait;
+
+use crate::error::Failure;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached, the pool was exhausted, or the server gave up.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The collection already holds vectors of another model or dimension.
+    #[error(
+        "collection `{collection}` holds {existing_model} vectors of dimension {existing_dims}; \
+         refusing {model} vectors of dimension {dims} (changing models needs a reindex)"
+    )]
+    ModelMismatch {
+        /// Collection name.
+        collection: String,
+        /// Model already stored.
+        existing_model: String,
+        /// Dimension already stored.
+        existing_dims: i32,
+        /// Model offered.
+        model: String,
+        /// Dimension offered.
+        dims: i32,
+    },
+    /// Any other database error (constraint, bad data): retrying will not help.
+    #[error("database error: {0}")]
+    Query(String),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migrate(String),
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        match &error {
+            StoreError::Unavailable(_) => Failure::transient("database", error.to_string()),
+            StoreError::ModelMismatch { .. } => Failure::permanent("model_mismatch", error.to_string()),
+            StoreError::Query(_) | StoreError::Migrate(_) => Failure::permanent("database", error.to_string()),
+        }
+    }
+}
+
+/// A collection row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Collection {
+    /// Row id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+}
+
+/// A document about to be ingested.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    /// Collection it belongs to.
+    pub collection_id: i64,
+    /// Hex SHA-256 of its bytes.
+    pub sha256: String,
+    /// The upload that brought it.
+    pub upload_id: String,
+    /// Original file name.
+    pub filename: String,
+    /// Declared content type.
+    pub content_type: Option<String>,
+    /// Size in bytes.
+    pub size_bytes: i64,
+    /// Where the bytes are kept (content-addressable path).
+    pub storage_path: String,
+    /// Upload metadata.
+    pub metadata: serde_json::Value,
+}
+
+/// What [`Store::claim_document`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// A new document row, or an earlier attempt (failed, pending, deleted) to resume: process it.
+    Process {
+        /// The document row.
+        document_id: i64,
+    },
+    /// The same bytes are already ingested in this collection by another upload.
+    Duplicate {
+        /// The existing document.
+        document_id: i64,
+        /// Its chunk count.
+        chunks: i64,
+        /// Its status (`ingested` or `no_text`).
+        status: String,
+    },
+    /// This very upload was already ingested (a redelivery): make sure it is indexed, then ack.
+    AlreadyDone {
+        /// The document row.
+        document_id: i64,
+        /// Its chunk count.
+        chunks: i64,
+        /// Its status (`ingested` or `no_text`).
+        status: String,
+    },
+}
+
+/// A chunk ready to be written, with its embedding.
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    /// Position in the document, from 0.
+    pub ordinal: i32,
+    /// The chunk's text.
+    pub text: String,
+    /// Tokens in the text.
+    pub token_count: i32,
+    /// Start in the extracted text, in characters.
+    pub char_start: i32,
+    /// End in the extracted text, in characters.
+    pub char_end: i32,
+    /// First page, for paged sources.
+    pub page_start: Option<i32>,
+    /// Last page, for paged sources.
+    pub page_end: Option<i32>,
+    /// Heading path for structured sources.
+    pub heading_path: Option<String>,
+    /// The embedding.
+    pub embedding: Vec<f32>,
+}
+
+/// Vectors of one document as stored: what the index needs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredVectors {
+    /// Chunk ids, in ordinal order.
+    pub ids: Vec<i64>,
+    /// Their embeddings, concatenated (`ids.len() * dims` values).
+    pub vectors: Vec<f32>,
+}
+
+/// Result of [`Store::persist_chunks`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Persisted {
+    /// False when the document was already ingested (a concurrent or repeated attempt).
+    pub inserted: bool,
+    /// The document's chunk ids and vectors (inserted now, or read back).
+    pub stored: StoredVectors,
+}
+
+/// A chunk fetched for a query reply, with its document's citation data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkHit {
+    /// Chunk id.
+    pub chunk_id: i64,
+    /// Document id.
+    pub document_id: i64,
+    /// Document file name.
+    pub filename: String,
+    /// Chunk text.
+    pub text: String,
+    /// Start offset in characters.
+    pub char_start: i64,
+    /// End offset in characters.
+    pub char_end: i64,
+    /// First page.
+    pub page: Option<i32>,
+    /// Heading path.
+    pub heading_path: Option<String>,
+}
+
+/// One row of `ragpipe status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusRow {
+    /// Collection name.
+    pub collection: String,
+    /// Document status.
+    pub status: String,
+    /// Documents with that status.
+    pub documents: i64,
+    /// Their chunks.
+    pub chunks: i64,
+}
+
+/// A query log entry.
+#[derive(Debug, Clone)]
+pub struct QueryLogEntry {
+    /// Collection searched.
+    pub collection: String,
+    /// Query text.
+    pub query: String,
+    /// Results asked for.
+    pub top_k: i32,
+    /// Returned chunk ids.
+    pub chunk_ids: Vec<i64>,
+    /// Their scores.
+    pub scores: Vec<f32>,
+    /// Error code, if the query failed.
+    pub error_code: Option<String>,
+    /// Time to answer.
+    pub latency_ms: i32,
+}
+
+/// The relational store the pipeline and the query worker use.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Returns the collection with this name, creating it if needed.
+    async fn ensure_collection(&self, name: &str) -> Result<Collection, StoreError>;
+    /// Looks a collection up by name.
+    async fn collection(&self, name: &str) -> Result<Option<Collection>, StoreError>;
+    /// Inserts the document or finds the existing one with the same `(collection, sha256)`.
+    async fn claim_document(&self, doc: &NewDocument) -> Result<Claim, StoreError>;
+    /// Marks a document `failed` with a reason.
+    async fn mark_failed(&self, document_id: i64, reason: &str) -> Result<(), StoreError>;
+    /// Marks a document `no_text` (parsed fine, nothing to index).
+    async fn mark_no_text(&self, document_id: i64, reason: &str) -> Result<(), StoreError>;
+    /// Writes all chunks of a document and marks it `ingested`, in one transaction. Idempotent:
+    /// if the document is already ingested, nothing is written and its stored vectors are returned.
+    async fn persist_chunks(
+        &self,
+        document_id: i64,
+        model: &str,
+        dimensions: usize,
+        chunks: &[NewChunk],
+    ) -> Result<Persisted, StoreError>;
+    /// Stored vectors of one document (for re-indexing after a redelivery).
+    async fn document_vectors(&self, document_id: i64, dimensions: usize) -> Result<StoredVectors, StoreError>;
+    /// Ids of live chunks of a collection with `id > after`, ascending, at most `limit` (index catch-up).
+    async fn chunk_ids_after(&self, collection_id: i64, after: i64, limit: i64) -> Result<Vec<i64>, StoreError>;
+    /// Stored vectors of the given chunks, in ascending id order (missing ids are skipped).
+    async fn vectors_by_ids(&self, ids: &[i64], dimensions: usize) -> Result<StoredVectors, StoreError>;
+    /// Fetches chunks and their documents in one query, skipping deleted ones; order follows `ids`.
+    async fn fetch_chunks(&self, ids: &[i64]) -> Result<Vec<ChunkHit>, StoreError>;
+    /// Appends to the query log.
+    async fn log_query(&self, entry: &QueryLogEntry) -> Result<(), StoreError>;
+    /// Document and chunk counts per collection and status.
+    async fn status(&self) -> Result<Vec<StatusRow>, StoreError>;
+    /// Cheap liveness check for `/ready`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Encodes an embedding as little-endian f32 bytes (the `bytea` format).
+pub fn encode_vector(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Appends the f32 values of a little-endian `bytea` embedding to `out`.
+///
+/// # Errors
+/// The byte length is not `dimensions * 4`.
+pub fn decode_vector_into(bytes: &[u8], dimensions: usize, out: &mut Vec<f32>) -> Result<(), StoreError> {
+    if bytes.len() != dimensions * 4 {
+        return Err(StoreError::Query(format!(
+            "stored embedding has {} bytes, expected {} for dimension {dimensions}",
+            bytes.len(),
+            dimensions * 4
+        )));
+    }
+    out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectors_round_trip_through_bytes() {
+        let v = vec![0.5f32, -1.25, 3.0];
+        let mut out = Vec::new();
+        decode_vector_into(&encode_vector(&v), 3, &mut out).expect("decode");
+        assert_eq!(out, v);
+        assert!(decode_vector_into(&encode_vector(&v), 4, &mut out).is_err());
+    }
+}

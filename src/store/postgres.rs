@@ -1,0 +1,487 @@
+//! [`Store`] over PostgreSQL with a sized sqlx pool and embedded migrations.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::{
+    Claim, ChunkHit, Collection, NewChunk, NewDocument, Persisted, QueryLogEntry, StatusRow, Store,
+    StoreError, StoredVectors, decode_vector_into, encode_vector,
+};
+use crate::config::DatabaseSettings;
+
+/// Namespace of ragpipe's advisory locks (first key of the two-key form): "rp".
+const LOCK_NAMESPACE: i32 = 0x7270;
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Opens a pool sized from `[database]`.
+    ///
+    /// # Errors
+    /// No URL configured, or the first connection fails.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let url = settings
+            .url
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("database.url is not set".into()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.pool_size)
+            .min_connections(settings.min_connections)
+            .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+            .max_lifetime(Duration::from_secs(settings.max_lifetime_secs))
+            .idle_timeout(Duration::from_secs(settings.idle_timeout_secs))
+            .connect(url.expose_secret())
+            .await
+            .map_err(map_err)?;
+        Ok(Self { pool })
+    }
+
+    /// Creates the configured database if it does not exist yet (needs CREATEDB rights).
+    ///
+    /// # Errors
+    /// No URL configured, the server is unreachable, or creation is refused.
+    pub async fn create_database_if_missing(settings: &DatabaseSettings) -> Result<(), StoreError> {
+        use sqlx::migrate::MigrateDatabase;
+        let url = settings
+            .url
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("database.url is not set".into()))?
+            .expose_secret();
+        if !Postgres::database_exists(url).await.map_err(map_err)? {
+            Postgres::create_database(url).await.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// Wraps an existing pool (tests).
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the embedded migrations (`migrations/postgres`).
+    ///
+    /// # Errors
+    /// A migration fails or the database is unreachable.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))
+    }
+
+    async fn read_vectors(
+        tx: &mut Transaction<'_, Postgres>,
+        document_id: i64,
+        dimensions: usize,
+    ) -> Result<StoredVectors, StoreError> {
+        let rows = sqlx::query("SELECT id, embedding FROM chunks WHERE document_id = $1 ORDER BY ordinal")
+            .bind(document_id)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(map_err)?;
+        collect_vectors(&rows, dimensions)
+    }
+}
+
+fn collect_vectors(rows: &[sqlx::postgres::PgRow], dimensions: usize) -> Result<StoredVectors, StoreError> {
+    let mut out = StoredVectors { ids: Vec::with_capacity(rows.len()), vectors: Vec::with_capacity(rows.len() * dimensions) };
+    for row in rows {
+        out.ids.push(row.try_get("id").map_err(map_err)?);
+        let bytes: Vec<u8> = row.try_get("embedding").map_err(map_err)?;
+        decode_vector_into(&bytes, dimensions, &mut out.vectors)?;
+    }
+    Ok(out)
+}
+
+/// Classifies sqlx errors: connection and resource problems are transient, the rest permanent.
+fn map_err(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error.to_string()),
+        sqlx::Error::Database(db) => {
+            // SQLSTATE classes: 08 connection, 40 transaction rollback (deadlock, serialization),
+            // 53 insufficient resources, 57 operator intervention (shutdown).
+            let class = db.code().map(|c| c.chars().take(2).collect::<String>()).unwrap_or_default();
+            if matches!(class.as_str(), "08" | "40" | "53" | "57") {
+                StoreError::Unavailable(error.to_string())
+            } else {
+                StoreError::Query(error.to_string())
+            }
+        }
+        _ => StoreError::Query(error.to_string()),
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ensure_collection(&self, name: &str) -> Result<Collection, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO collections (name) VALUES ($1)
+             ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+             RETURNING id, name",
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(Collection { id: row.try_get("id").map_err(map_err)?, name: row.try_get("name").map_err(map_err)? })
+    }
+
+    async fn collection(&self, name: &str) -> Result<Option<Collection>, StoreError> {
+        let row = sqlx::query("SELECT id, name FROM collections WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.map(|r| Ok(Collection { id: r.try_get("id").map_err(map_err)?, name: r.try_get("name").map_err(map_err)? }))
+            .transpose()
+    }
+
+    async fn claim_document(&self, doc: &NewDocument) -> Result<Claim, StoreError> {
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO documents
+                 (collection_id, sha256, upload_id, filename, content_type, size_bytes, storage_path, metadata)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (collection_id, sha256) DO NOTHING
+             RETURNING id",
+        )
+        .bind(doc.collection_id)
+        .bind(&doc.sha256)
+        .bind(&doc.upload_id)
+        .bind(&doc.filename)
+        .bind(&doc.content_type)
+        .bind(doc.size_bytes)
+        .bind(&doc.storage_path)
+        .bind(&doc.metadata)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        if let Some(document_id) = inserted {
+            return Ok(Claim::Process { document_id });
+        }
+        let row = sqlx::query(
+            "SELECT id, status, upload_id, chunk_count::bigint AS chunks FROM documents
+             WHERE collection_id = $1 AND sha256 = $2",
+        )
+        .bind(doc.collection_id)
+        .bind(&doc.sha256)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let document_id: i64 = row.try_get("id").map_err(map_err)?;
+        let status: String = row.try_get("status").map_err(map_err)?;
+        let owner: String = row.try_get("upload_id").map_err(map_err)?;
+        let chunks: i64 = row.try_get("chunks").map_err(map_err)?;
+        match status.as_str() {
+            "ingested" | "no_text" if owner == doc.upload_id => Ok(Claim::AlreadyDone { document_id, chunks, status }),
+            "ingested" | "no_text" => Ok(Claim::Duplicate { document_id, chunks, status }),
+            // Another attempt may be in flight; persist_chunks settles who wins.
+            "pending" => Ok(Claim::Process { document_id }),
+            _ => {
+                // failed or deleted: this upload takes the document over and resumes it.
+                sqlx::query(
+                    "UPDATE documents SET status = 'pending', failure_reason = NULL, deleted_at = NULL,
+                         upload_id = $2, filename = $3, content_type = $4, metadata = $5, updated_at = now()
+                     WHERE id = $1 AND status IN ('failed', 'deleted')",
+                )
+                .bind(document_id)
+                .bind(&doc.upload_id)
+                .bind(&doc.filename)
+                .bind(&doc.content_type)
+                .bind(&doc.metadata)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(Claim::Process { document_id })
+            }
+        }
+    }
+
+    async fn mark_failed(&self, document_id: i64, reason: &str) -> Result<(), StoreError> {
+        // Never downgrade a document another attempt already ingested.
+        sqlx::query(
+            "UPDATE documents SET status = 'failed', failure_reason = $2, updated_at = now()
+             WHERE id = $1 AND status NOT IN ('ingested', 'no_text')",
+        )
+        .bind(document_id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn mark_no_text(&self, document_id: i64, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE documents SET status = 'no_text', failure_reason = $2, chunk_count = 0,
+                 ingested_at = now(), updated_at = now()
+             WHERE id = $1 AND status <> 'ingested'",
+        )
+        .bind(document_id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn persist_chunks(
+        &self,
+        document_id: i64,
+        model: &str,
+        dimensions: usize,
+        chunks: &[NewChunk],
+    ) -> Result<Persisted, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let doc = sqlx::query(
+            "SELECT d.status, d.collection_id, c.name, c.embedding_model, c.embedding_dimensions
+             FROM documents d JOIN collections c ON c.id = d.collection_id
+             WHERE d.id = $1 FOR UPDATE OF d",
+        )
+        .bind(document_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let status: String = doc.try_get("status").map_err(map_err)?;
+        let collection_id: i64 = doc.try_get("collection_id").map_err(map_err)?;
+        if status == "ingested" {
+            let stored = Self::read_vectors(&mut tx, document_id, dimensions).await?;
+            tx.commit().await.map_err(map_err)?;
+            return Ok(Persisted { inserted: false, stored });
+        }
+        // Chunk ids of one collection must be allocated in commit order, so that an index
+        // snapshot's watermark ("every id <= W is included") stays exact: hold a per-collection
+        // lock from id allocation to commit.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(LOCK_NAMESPACE)
+            .bind(i32::try_from(collection_id).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        check_model(&mut tx, &doc, collection_id, model, dimensions).await?;
+        let stored = insert_chunks(&mut tx, document_id, collection_id, model, chunks).await?;
+        sqlx::query(
+            "UPDATE documents SET status = 'ingested', chunk_count = $2, failure_reason = NULL,
+                 ingested_at = now(), updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(document_id)
+        .bind(i32::try_from(chunks.len()).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        let mut vectors = Vec::with_capacity(chunks.len() * dimensions);
+        for chunk in chunks {
+            vectors.extend_from_slice(&chunk.embedding);
+        }
+        Ok(Persisted { inserted: true, stored: StoredVectors { ids: stored, vectors } })
+    }
+
+    async fn document_vectors(&self, document_id: i64, dimensions: usize) -> Result<StoredVectors, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let stored = Self::read_vectors(&mut tx, document_id, dimensions).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(stored)
+    }
+
+    async fn chunk_ids_after(&self, collection_id: i64, after: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM chunks
+             WHERE collection_id = $1 AND id > $2 AND deleted_at IS NULL
+             ORDER BY id LIMIT $3",
+        )
+        .bind(collection_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn vectors_by_ids(&self, ids: &[i64], dimensions: usize) -> Result<StoredVectors, StoreError> {
+        let rows = sqlx::query("SELECT id, embedding FROM chunks WHERE id = ANY($1) ORDER BY id")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        collect_vectors(&rows, dimensions)
+    }
+
+    async fn fetch_chunks(&self, ids: &[i64]) -> Result<Vec<ChunkHit>, StoreError> {
+        // One query for all chunks and their documents: no N+1.
+        let rows = sqlx::query(
+            "SELECT c.id, c.document_id, d.filename, c.text, c.char_start, c.char_end,
+                    c.page_start, c.heading_path
+             FROM chunks c JOIN documents d ON d.id = c.document_id
+             WHERE c.id = ANY($1) AND c.deleted_at IS NULL AND d.deleted_at IS NULL
+               AND d.status = 'ingested'",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let mut hits = Vec::with_capacity(rows.len());
+        for row in rows {
+            hits.push(ChunkHit {
+                chunk_id: row.try_get("id").map_err(map_err)?,
+                document_id: row.try_get("document_id").map_err(map_err)?,
+                filename: row.try_get("filename").map_err(map_err)?,
+                text: row.try_get("text").map_err(map_err)?,
+                char_start: i64::from(row.try_get::<i32, _>("char_start").map_err(map_err)?),
+                char_end: i64::from(row.try_get::<i32, _>("char_end").map_err(map_err)?),
+                page: row.try_get("page_start").map_err(map_err)?,
+                heading_path: row.try_get("heading_path").map_err(map_err)?,
+            });
+        }
+        hits.sort_by_key(|hit| ids.iter().position(|id| *id == hit.chunk_id));
+        Ok(hits)
+    }
+
+    async fn log_query(&self, entry: &QueryLogEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO query_log (collection, query, top_k, result_chunk_ids, scores, error_code, latency_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&entry.collection)
+        .bind(&entry.query)
+        .bind(entry.top_k)
+        .bind(&entry.chunk_ids)
+        .bind(&entry.scores)
+        .bind(&entry.error_code)
+        .bind(entry.latency_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn status(&self) -> Result<Vec<StatusRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.name, d.status, count(*) AS documents, coalesce(sum(d.chunk_count), 0)::bigint AS chunks
+             FROM documents d JOIN collections c ON c.id = d.collection_id
+             GROUP BY c.name, d.status ORDER BY c.name, d.status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StatusRow {
+                    collection: r.try_get("name").map_err(map_err)?,
+                    status: r.try_get("status").map_err(map_err)?,
+                    documents: r.try_get("documents").map_err(map_err)?,
+                    chunks: r.try_get("chunks").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
+        Ok(())
+    }
+}
+
+/// Fixes the collection's model on first use and refuses any other model or dimension after.
+async fn check_model(
+    tx: &mut Transaction<'_, Postgres>,
+    doc: &sqlx::postgres::PgRow,
+    collection_id: i64,
+    model: &str,
+    dimensions: usize,
+) -> Result<(), StoreError> {
+    let dims = i32::try_from(dimensions).unwrap_or(i32::MAX);
+    let existing_model: Option<String> = doc.try_get("embedding_model").map_err(map_err)?;
+    let existing_dims: Option<i32> = doc.try_get("embedding_dimensions").map_err(map_err)?;
+    match (existing_model, existing_dims) {
+        (Some(m), Some(d)) if m == model && d == dims => Ok(()),
+        (Some(existing_model), Some(existing_dims)) => Err(StoreError::ModelMismatch {
+            collection: doc.try_get("name").map_err(map_err)?,
+            existing_model,
+            existing_dims,
+            model: model.into(),
+            dims,
+        }),
+        _ => {
+            sqlx::query("UPDATE collections SET embedding_model = $2, embedding_dimensions = $3 WHERE id = $1")
+                .bind(collection_id)
+                .bind(model)
+                .bind(dims)
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?;
+            Ok(())
+        }
+    }
+}
+
+/// Bulk-inserts a document's chunks with one statement; returns their ids in ordinal order.
+async fn insert_chunks(
+    tx: &mut Transaction<'_, Postgres>,
+    document_id: i64,
+    collection_id: i64,
+    model: &str,
+    chunks: &[NewChunk],
+) -> Result<Vec<i64>, StoreError> {
+    // Leftovers of a document that was deleted and is now uploaded again.
+    sqlx::query("DELETE FROM chunks WHERE document_id = $1")
+        .bind(document_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    let ordinals: Vec<i32> = chunks.iter().map(|c| c.ordinal).collect();
+    let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+    let tokens: Vec<i32> = chunks.iter().map(|c| c.token_count).collect();
+    let starts: Vec<i32> = chunks.iter().map(|c| c.char_start).collect();
+    let ends: Vec<i32> = chunks.iter().map(|c| c.char_end).collect();
+    let page_starts: Vec<Option<i32>> = chunks.iter().map(|c| c.page_start).collect();
+    let page_ends: Vec<Option<i32>> = chunks.iter().map(|c| c.page_end).collect();
+    let headings: Vec<Option<&str>> = chunks.iter().map(|c| c.heading_path.as_deref()).collect();
+    let embeddings: Vec<Vec<u8>> = chunks.iter().map(|c| encode_vector(&c.embedding)).collect();
+    let rows = sqlx::query(
+        "INSERT INTO chunks (document_id, collection_id, model, ordinal, text, token_count, char_start,
+                             char_end, page_start, page_end, heading_path, embedding)
+         SELECT $1, $2, $3, * FROM UNNEST($4::int[], $5::text[], $6::int[], $7::int[], $8::int[],
+                                          $9::int[], $10::int[], $11::text[], $12::bytea[])
+         RETURNING id, ordinal",
+    )
+    .bind(document_id)
+    .bind(collection_id)
+    .bind(model)
+    .bind(&ordinals)
+    .bind(&texts)
+    .bind(&tokens)
+    .bind(&starts)
+    .bind(&ends)
+    .bind(&page_starts)
+    .bind(&page_ends)
+    .bind(&headings)
+    .bind(&embeddings)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    let mut ids: Vec<(i32, i64)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.push((row.try_get("ordinal").map_err(map_err)?, row.try_get("id").map_err(map_err)?));
+    }
+    ids.sort_unstable();
+    Ok(ids.into_iter().map(|(_, id)| id).collect())
+}

@@ -1,0 +1,245 @@
+//! Test harness: every test gets its own PostgreSQL database, RabbitMQ queue and exchange names,
+//! Redis key prefix and temp directories, so tests run in parallel and repeat on the same
+//! servers. Everything is removed again when the [`TestEnv`] is dropped (even after a panic).
+//!
+//! Server URLs can be overridden with RAGPIPE_TEST_DATABASE_URL (an admin database to create
+//! test databases from), RAGPIPE_TEST_AMQP_URL and RAGPIPE_TEST_REDIS_URL.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use ragpipe::client::{self, Outcome};
+use ragpipe::config::{EmbedderKind, Settings};
+use ragpipe::messages::{self, UploadMessage, VERSION};
+use ragpipe::queue::{Broker, Events};
+use ragpipe::worker::{self, Role, Services};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+
+pub fn admin_database_url() -> String {
+    std::env::var("RAGPIPE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("RAGPIPE_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("RAGPIPE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// The shared test corpus, `../shared/corpus` next to the project.
+pub fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
+}
+
+/// One test's isolated world.
+pub struct TestEnv {
+    pub settings: Settings,
+    pub id: String,
+    pub dir: tempfile::TempDir,
+    database: String,
+}
+
+impl TestEnv {
+    /// A fresh database, queue names, key prefix and directories.
+    pub async fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let database = format!("ragpipe_test_{id}");
+        let mut admin = sqlx::PgConnection::connect(&admin_database_url()).await.expect("connect to the admin database");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let mut db_url = url::Url::parse(&admin_database_url()).expect("database url");
+        db_url.set_path(&database);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inbox = dir.path().join("inbox");
+        std::fs::create_dir_all(&inbox).expect("inbox");
+        let mut settings = Settings::default();
+        settings.database.url = Some(SecretString::from(db_url.to_string()));
+        settings.database.pool_size = 5;
+        settings.broker.url = Some(SecretString::from(amqp_url()));
+        let b = &mut settings.broker;
+        for name in [
+            &mut b.ingest_exchange,
+            &mut b.ingest_queue,
+            &mut b.dead_letter_exchange,
+            &mut b.dead_letter_queue,
+            &mut b.query_queue,
+            &mut b.events_exchange,
+        ] {
+            *name = format!("test.{id}.{name}");
+        }
+        b.delivery_limit = 3;
+        settings.cache.url = Some(SecretString::from(redis_url()));
+        settings.cache.key_prefix = format!("ragpipe-test:{id}:");
+        settings.storage.root = dir.path().join("blobs");
+        settings.storage.allowed_roots = vec![inbox, corpus()];
+        settings.index.dir = dir.path().join("index");
+        settings.index.snapshot_interval_secs = 3600;
+        settings.embedder.kind = EmbedderKind::Hash;
+        settings.embedder.max_wait_ms = 5;
+        settings.http.enabled = false;
+        Self { settings, id, dir, database }
+    }
+
+    /// Where tests write their own files (an allowed root).
+    pub fn inbox(&self) -> PathBuf {
+        self.dir.path().join("inbox")
+    }
+
+    /// Writes a file into the inbox and returns its path.
+    pub fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.inbox().join(name);
+        std::fs::write(&path, contents).expect("write test file");
+        path
+    }
+
+    /// Connects every backend and runs a worker with `roles` in this process.
+    pub async fn start_worker(&self, roles: &[Role]) -> TestWorker {
+        self.start_worker_with(roles, None).await
+    }
+
+    /// Like [`TestEnv::start_worker`], with failure injection at the pipeline's commit points.
+    pub async fn start_worker_with(&self, roles: &[Role], faults: Option<ragpipe::worker::FaultHook>) -> TestWorker {
+        let program = PathBuf::from(env!("CARGO_BIN_EXE_ragpipe"));
+        let mut services = Services::connect(self.settings.clone(), program).await.expect("start worker");
+        services.faults = faults;
+        let services = Arc::new(services);
+        let shutdown = CancellationToken::new();
+        let roles = roles.to_vec();
+        let handle = tokio::spawn({
+            let (services, shutdown) = (services.clone(), shutdown.clone());
+            async move { worker::run(services, &roles, shutdown).await.expect("worker run") }
+        });
+        TestWorker { services, shutdown, handle }
+    }
+
+    /// A broker client (declares the same topology).
+    pub async fn broker(&self) -> ragpipe::queue::amqp::AmqpBroker {
+        ragpipe::queue::amqp::AmqpBroker::connect(&self.settings.broker).await.expect("broker")
+    }
+
+    /// A pool on the test database.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        let url = self.settings.database.url.as_ref().expect("url").expose_secret().to_owned();
+        sqlx::PgPool::connect(&url).await.expect("pool")
+    }
+
+    /// An upload of a file by reference.
+    pub fn upload_file(&self, path: &Path, collection: &str) -> UploadMessage {
+        let uri = url::Url::from_file_path(path.canonicalize().expect("canonical")).expect("uri");
+        UploadMessage {
+            v: VERSION,
+            upload_id: uuid::Uuid::new_v4().to_string(),
+            collection: collection.to_owned(),
+            filename: path.file_name().expect("name").to_string_lossy().into_owned(),
+            content_type: None,
+            uri: Some(uri.to_string()),
+            content_b64: None,
+            metadata: Default::default(),
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let (settings, database) = (self.settings.clone(), self.database.clone());
+        // Drop runs outside any async context we can use: clean up on a thread with its own runtime.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                delete_topology(&settings).await;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_database_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")))
+                        .execute(&mut admin)
+                        .await;
+                }
+                delete_keys(&settings.cache.key_prefix).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn delete_topology(settings: &Settings) {
+    let Ok(conn) = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await else { return };
+    let Ok(channel) = conn.create_channel().await else { return };
+    let b = &settings.broker;
+    for queue in [&b.ingest_queue, &b.dead_letter_queue, &b.query_queue] {
+        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    for exchange in [&b.ingest_exchange, &b.dead_letter_exchange, &b.events_exchange] {
+        let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+async fn delete_keys(prefix: &str) {
+    let Ok(client) = redis::Client::open(redis_url()) else { return };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+    }
+}
+
+/// A worker running inside the test process.
+pub struct TestWorker {
+    pub services: Arc<Services>,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl TestWorker {
+    /// Stops the worker, waits for it to drain (and write its final snapshot) and closes its
+    /// broker connection, so anything it left unacknowledged is redelivered.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("worker stops within 30 s")
+            .expect("worker task");
+        self.services.broker.close().await;
+    }
+}
+
+/// Publishes uploads (subscribing to outcomes first) and waits for all of them.
+pub async fn ingest(broker: &dyn Broker, uploads: &[UploadMessage]) -> std::collections::HashMap<String, Outcome> {
+    let mut events = client::subscribe_outcomes(broker).await.expect("subscribe");
+    for upload in uploads {
+        broker.publish_upload(&messages::encode(upload)).await.expect("publish upload");
+    }
+    let ids: Vec<String> = uploads.iter().map(|u| u.upload_id.clone()).collect();
+    wait(&mut events, &ids).await
+}
+
+/// Waits for the outcomes of `ids`, failing the test after 60 s.
+pub async fn wait(events: &mut Events, ids: &[String]) -> std::collections::HashMap<String, Outcome> {
+    let outcomes = client::wait_for_outcomes(events, ids, Duration::from_secs(60), |_| {}).await;
+    assert_eq!(outcomes.len(), ids.len(), "every upload must reach an outcome within 60 s: {outcomes:?}");
+    outcomes
+}
+
+/// The ingested event, or a test failure naming what happened instead.
+pub fn ingested(outcome: &Outcome) -> &messages::DocumentIngested {
+    match outcome {
+        Outcome::Ingested(event) => event,
+        Outcome::Failed(event) => panic!("expected document.ingested, got {event:?}"),
+    }
+}
+
+/// The failed event, or a test failure.
+pub fn failed(outcome: &Outcome) -> &messages::DocumentFailed {
+    match outcome {
+        Outcome::Failed(event) => event,
+        Outcome::Ingested(event) => panic!("expected document.failed, got {event:?}"),
+    }
+}

@@ -115,7 +115,7 @@ impl ModelFiles {
         if config.hidden_act != "gelu" {
             return Err(ModelError::new(&config_path, format!("hidden_act {:?} is not supported (gelu only)", config.hidden_act)));
         }
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err(ModelError::new(&config_path, "hidden_size must be a multiple of num_attention_heads"));
         }
 
@@ -253,13 +253,13 @@ mod tests {
         assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
         assert_eq!(f16_to_f32(0x8001), -(2f32.powi(-24)));
         assert!(f16_to_f32(0x7c00).is_infinite());
-        let bf16 = to_f32(Dtype::BF16, &[0x80, 0x3f]).unwrap();
+        let bf16 = to_f32(Dtype::BF16, &[0x80, 0x3f]).expect("bf16 converts");
         assert_eq!(bf16, vec![1.0]);
     }
 
     #[test]
     fn a_missing_directory_says_how_to_get_the_model() {
-        let err = ModelFiles::load(Path::new("/nonexistent/model")).err().unwrap().to_string();
+        let err = ModelFiles::load(Path::new("/nonexistent/model")).err().expect("fails").to_string();
         assert!(err.contains("ops/fetch-model.sh"), "{err}");
     }
 }

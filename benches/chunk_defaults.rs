@@ -36,30 +36,12 @@ fn corpus() -> std::io::Result<Vec<Doc>> {
     let mut quijote = load("text/pg2000_don_quijote_es.txt")?;
     quijote.truncate(quijote.floor_char_boundary(600_000));
     Ok(vec![
-        Doc {
-            text: load("markdown/pandoc_MANUAL.md")?,
-            markdown: true,
-        },
-        Doc {
-            text: load("markdown/mammoth.js_README.md")?,
-            markdown: true,
-        },
-        Doc {
-            text: load("text/rfc2616.txt")?,
-            markdown: false,
-        },
-        Doc {
-            text: load("text/tinyshakespeare.txt")?,
-            markdown: false,
-        },
-        Doc {
-            text: load("text/alice29.txt")?,
-            markdown: false,
-        },
-        Doc {
-            text: quijote,
-            markdown: false,
-        },
+        Doc { text: load("markdown/pandoc_MANUAL.md")?, markdown: true },
+        Doc { text: load("markdown/mammoth.js_README.md")?, markdown: true },
+        Doc { text: load("text/rfc2616.txt")?, markdown: false },
+        Doc { text: load("text/tinyshakespeare.txt")?, markdown: false },
+        Doc { text: load("text/alice29.txt")?, markdown: false },
+        Doc { text: quijote, markdown: false },
     ])
 }
 
@@ -85,26 +67,14 @@ fn chunker(settings: ChunkSettings) -> Result<Chunker, Box<dyn std::error::Error
 }
 
 fn input(doc: &Doc) -> ChunkInput<'_> {
-    ChunkInput {
-        text: &doc.text,
-        markdown: doc.markdown,
-        pages: &[],
-    }
+    ChunkInput { text: &doc.text, markdown: doc.markdown, pages: &[] }
 }
 
 fn strategies(docs: &[Doc]) -> Result<(), Box<dyn std::error::Error>> {
     println!("\n1. strategies at {} tokens (all documents)", max_tokens());
-    println!(
-        "{:<10} {:>7} {:>6} {:>9} {:>11}",
-        "strategy", "chunks", "fill", "<32 tok", "clean ends"
-    );
+    println!("{:<10} {:>7} {:>6} {:>9} {:>11}", "strategy", "chunks", "fill", "<32 tok", "clean ends");
     let chunker = chunker(ChunkSettings::default())?;
-    for strategy in [
-        Strategy::Semantic,
-        Strategy::Markdown,
-        Strategy::Recursive,
-        Strategy::Fixed,
-    ] {
+    for strategy in [Strategy::Semantic, Strategy::Markdown, Strategy::Recursive, Strategy::Fixed] {
         let (mut chunks, mut tokens, mut tiny, mut clean) = (0, 0, 0, 0);
         for doc in docs {
             let out = chunker.chunk_with(&input(doc), strategy, max_tokens(), 0);
@@ -127,13 +97,8 @@ fn strategies(docs: &[Doc]) -> Result<(), Box<dyn std::error::Error>> {
 /// The chunk ends where a paragraph ends, or after sentence-final punctuation.
 fn ends_cleanly(text: &str, chunk: &Chunk) -> bool {
     let rest = &text[chunk.byte_end..];
-    let paragraph_end =
-        rest.trim_start_matches([' ', '\t']).starts_with("\n\n") || rest.trim().is_empty();
-    let last = chunk
-        .text
-        .trim_end_matches(['"', '\'', ')', ']', '`', '*', '”', '’', '»'])
-        .chars()
-        .next_back();
+    let paragraph_end = rest.trim_start_matches([' ', '\t']).starts_with("\n\n") || rest.trim().is_empty();
+    let last = chunk.text.trim_end_matches(['"', '\'', ')', ']', '`', '*', '”', '’', '»']).chars().next_back();
     paragraph_end || matches!(last, Some('.' | '!' | '?' | ':' | ';' | '。' | '！' | '？'))
 }
 
@@ -151,35 +116,21 @@ fn uniform_paragraphs(source: &str) -> Result<Doc, Box<dyn std::error::Error>> {
         }
         paragraphs.push(p.trim_end().to_owned());
     }
-    Ok(Doc {
-        text: paragraphs.join("\n\n"),
-        markdown: false,
-    })
+    Ok(Doc { text: paragraphs.join("\n\n"), markdown: false })
 }
 
 fn resync(docs: &[Doc]) -> Result<(), Box<dyn std::error::Error>> {
-    println!(
-        "resync_tokens: cost in chunks vs chunks disturbed by one edit ({EDITS_PER_DOC} edits per document)"
-    );
-    println!(
-        "{:<8} {:>7} {:>6} {:>14} {:>9} {:>5}",
-        "resync", "chunks", "fill", "disturbed mean", "p95", "max"
-    );
+    println!("resync_tokens: cost in chunks vs chunks disturbed by one edit ({EDITS_PER_DOC} edits per document)");
+    println!("{:<8} {:>7} {:>6} {:>14} {:>9} {:>5}", "resync", "chunks", "fill", "disturbed mean", "p95", "max");
     for resync in [0, 512, 1024, 2048, 4096, 8192] {
-        let chunker = chunker(ChunkSettings {
-            resync_tokens: resync,
-            ..ChunkSettings::default()
-        })?;
+        let chunker = chunker(ChunkSettings { resync_tokens: resync, ..ChunkSettings::default() })?;
         let (mut chunks, mut tokens, mut disturbed) = (0, 0, Vec::new());
         for doc in docs {
             let original = chunker.chunk(&input(doc));
             chunks += original.len();
             tokens += original.iter().map(|c| c.token_count).sum::<usize>();
             for edited in edits(&doc.text) {
-                let after = chunker.chunk(&ChunkInput {
-                    text: &edited,
-                    ..input(doc)
-                });
+                let after = chunker.chunk(&ChunkInput { text: &edited, ..input(doc) });
                 disturbed.push(changed(&original, &after));
             }
         }
@@ -201,26 +152,16 @@ fn edits(text: &str) -> Vec<String> {
         .match_indices("\n\n")
         .map(|(i, _)| i)
         .filter(|&i| {
-            let line = text[..i]
-                .rsplit('\n')
-                .next()
-                .unwrap_or_default()
-                .trim_start();
+            let line = text[..i].rsplit('\n').next().unwrap_or_default().trim_start();
             !line.starts_with("```") && !line.starts_with("~~~")
         })
         .collect();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     (0..EDITS_PER_DOC)
         .filter_map(|_| {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             let at = *ends.get((seed >> 33) as usize % ends.len().max(1))?;
-            Some(format!(
-                "{} This sentence was added by an edit.{}",
-                &text[..at],
-                &text[at..]
-            ))
+            Some(format!("{} This sentence was added by an edit.{}", &text[..at], &text[at..]))
         })
         .collect()
 }
@@ -245,23 +186,12 @@ fn changed(before: &[Chunk], after: &[Chunk]) -> usize {
 
 fn min_tokens(docs: &[Doc]) -> Result<(), Box<dyn std::error::Error>> {
     println!("\n3. min_tokens: tiny chunks left (default strategies)");
-    println!(
-        "{:<6} {:>7} {:>9} {:>9}",
-        "min", "chunks", "<16 tok", "<32 tok"
-    );
+    println!("{:<6} {:>7} {:>9} {:>9}", "min", "chunks", "<16 tok", "<32 tok");
     for min in [0, 16, 32, 64] {
-        let chunker = chunker(ChunkSettings {
-            min_tokens: min,
-            ..ChunkSettings::default()
-        })?;
+        let chunker = chunker(ChunkSettings { min_tokens: min, ..ChunkSettings::default() })?;
         let all: Vec<Chunk> = docs.iter().flat_map(|d| chunker.chunk(&input(d))).collect();
         let below = |n: usize| all.iter().filter(|c| c.token_count < n).count();
-        println!(
-            "{min:<6} {:>7} {:>9} {:>9}",
-            all.len(),
-            below(16),
-            below(32)
-        );
+        println!("{min:<6} {:>7} {:>9} {:>9}", all.len(), below(16), below(32));
     }
     Ok(())
 }
@@ -273,11 +203,7 @@ fn overlap(docs: &[Doc]) -> Result<(), Box<dyn std::error::Error>> {
     for overlap in [0, 16, 32, 64] {
         let (mut chunks, mut tokens) = (0, 0);
         for doc in docs {
-            let strategy = if doc.markdown {
-                Strategy::Markdown
-            } else {
-                Strategy::Semantic
-            };
+            let strategy = if doc.markdown { Strategy::Markdown } else { Strategy::Semantic };
             let out = chunker.chunk_with(&input(doc), strategy, max_tokens(), overlap);
             chunks += out.len();
             tokens += out.iter().map(|c| c.token_count).sum::<usize>();

@@ -18,12 +18,7 @@ use std::time::{Duration, Instant};
 use ragpipe::chunk::{Chunk, ChunkInput, ChunkSettings, Chunker, Strategy};
 
 const DEFAULT_FILES: [&str; 2] = ["markdown/pandoc_MANUAL.md", "text/tinyshakespeare.txt"];
-const STRATEGIES: [Strategy; 4] = [
-    Strategy::Semantic,
-    Strategy::Recursive,
-    Strategy::Markdown,
-    Strategy::Fixed,
-];
+const STRATEGIES: [Strategy; 4] = [Strategy::Semantic, Strategy::Recursive, Strategy::Markdown, Strategy::Fixed];
 
 struct Args {
     max_tokens: usize,
@@ -34,26 +29,15 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
-    let mut args = Args {
-        max_tokens: 256,
-        repeat: 5,
-        emit: None,
-        files: Vec::new(),
-    };
+    let mut args = Args { max_tokens: 256, repeat: 5, emit: None, files: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
             "--max-tokens" => {
-                args.max_tokens = value("--max-tokens")?
-                    .parse()
-                    .map_err(|e| format!("--max-tokens: {e}"))?
+                args.max_tokens = value("--max-tokens")?.parse().map_err(|e| format!("--max-tokens: {e}"))?
             }
-            "--repeat" => {
-                args.repeat = value("--repeat")?
-                    .parse()
-                    .map_err(|e| format!("--repeat: {e}"))?
-            }
+            "--repeat" => args.repeat = value("--repeat")?.parse().map_err(|e| format!("--repeat: {e}"))?,
             "--emit" => args.emit = Some(PathBuf::from(value("--emit")?)),
             "--bench" => {} // added by `cargo bench`
             file => args.files.push(corpus.join(file)),
@@ -67,17 +51,10 @@ fn parse_args() -> Result<Args, String> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
-    let settings = ChunkSettings {
-        max_tokens: args.max_tokens,
-        ..ChunkSettings::default()
-    };
+    let settings = ChunkSettings { max_tokens: args.max_tokens, ..ChunkSettings::default() };
     let started = Instant::now();
     let chunker = Chunker::new(&settings)?;
-    println!(
-        "tokenizer built in {:?} ({})",
-        started.elapsed(),
-        settings.encoding
-    );
+    println!("tokenizer built in {:?} ({})", started.elapsed(), settings.encoding);
     let reference = tiktoken_rs::cl100k_base()?;
     if let Some(dir) = &args.emit {
         std::fs::create_dir_all(dir)?;
@@ -89,25 +66,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut figures = Vec::new();
     for file in &args.files {
         let text = std::fs::read_to_string(file)?;
-        let name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("?")
-            .to_owned();
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_owned();
         let markdown = name.ends_with(".md");
         for strategy in STRATEGIES {
-            let input = ChunkInput {
-                text: &text,
-                markdown,
-                pages: &[],
-            };
-            let (best, chunks) = best_of(args.repeat, || {
-                chunker.chunk_with(&input, strategy, args.max_tokens, 0)
-            });
-            let over = chunks
-                .iter()
-                .filter(|c| reference.encode_ordinary(&c.text).len() > args.max_tokens)
-                .count();
+            let input = ChunkInput { text: &text, markdown, pages: &[] };
+            let (best, chunks) = best_of(args.repeat, || chunker.chunk_with(&input, strategy, args.max_tokens, 0));
+            let over = chunks.iter().filter(|c| reference.encode_ordinary(&c.text).len() > args.max_tokens).count();
             let (cpu, wall) = report(
                 &name,
                 strategy.name(),
@@ -120,9 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if let Some(dir) = &args.emit {
                 emit(
                     &dir.join(format!("{name}.{}.jsonl", strategy.name())),
-                    chunks
-                        .iter()
-                        .map(|c: &Chunk| (c.text.as_str(), c.token_count)),
+                    chunks.iter().map(|c: &Chunk| (c.text.as_str(), c.token_count)),
                 )?;
             }
         }
@@ -130,10 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         figures.push(serde_json::json!({ "file": name, "strategy": "text-splitter", "cpu_mb_per_s": cpu, "wall_mb_per_s": wall }));
     }
     if let Some(dir) = &args.emit {
-        std::fs::write(
-            dir.join("throughput.json"),
-            serde_json::to_string_pretty(&figures)?,
-        )?;
+        std::fs::write(dir.join("throughput.json"), serde_json::to_string_pretty(&figures)?)?;
     }
     Ok(())
 }
@@ -151,28 +110,18 @@ fn text_splitter_baseline(
     let repeat = args.repeat.min(2);
     let (best, chunks): (Timing, Vec<String>) = if markdown {
         let splitter = MarkdownSplitter::new(config());
-        best_of(repeat, || {
-            splitter.chunks(text).map(str::to_owned).collect()
-        })
+        best_of(repeat, || splitter.chunks(text).map(str::to_owned).collect())
     } else {
         let splitter = TextSplitter::new(config());
-        best_of(repeat, || {
-            splitter.chunks(text).map(str::to_owned).collect()
-        })
+        best_of(repeat, || splitter.chunks(text).map(str::to_owned).collect())
     };
-    let counts: Vec<usize> = chunks
-        .iter()
-        .map(|c| bpe.encode_ordinary(c).len())
-        .collect();
+    let counts: Vec<usize> = chunks.iter().map(|c| bpe.encode_ordinary(c).len()).collect();
     let over = counts.iter().filter(|&&n| n > args.max_tokens).count();
     let mbps = report(name, "text-splitter", text.len(), best, &counts, over);
     if let Some(dir) = &args.emit {
         emit(
             &dir.join(format!("{name}.text-splitter.jsonl")),
-            chunks
-                .iter()
-                .map(String::as_str)
-                .zip(counts.iter().copied()),
+            chunks.iter().map(String::as_str).zip(counts.iter().copied()),
         )?;
     }
     Ok(mbps)
@@ -195,62 +144,37 @@ fn thread_cpu() -> Option<Duration> {
 
 /// Runs `run` `repeat` times (at least once); the fastest times and the last output.
 fn best_of<T>(repeat: usize, mut run: impl FnMut() -> T) -> (Timing, T) {
-    let mut best = Timing {
-        cpu: Duration::MAX,
-        wall: Duration::MAX,
-    };
+    let mut best = Timing { cpu: Duration::MAX, wall: Duration::MAX };
     let mut once = || {
         let (cpu, wall) = (thread_cpu(), Instant::now());
         let out = run();
         let wall = wall.elapsed();
-        let cpu = cpu
-            .zip(thread_cpu())
-            .map_or(wall, |(a, b)| b.saturating_sub(a));
+        let cpu = cpu.zip(thread_cpu()).map_or(wall, |(a, b)| b.saturating_sub(a));
         (Timing { cpu, wall }, out)
     };
     let (first, mut out) = once();
-    best = Timing {
-        cpu: best.cpu.min(first.cpu),
-        wall: best.wall.min(first.wall),
-    };
+    best = Timing { cpu: best.cpu.min(first.cpu), wall: best.wall.min(first.wall) };
     for _ in 1..repeat {
         let (t, o) = once();
-        best = Timing {
-            cpu: best.cpu.min(t.cpu),
-            wall: best.wall.min(t.wall),
-        };
+        best = Timing { cpu: best.cpu.min(t.cpu), wall: best.wall.min(t.wall) };
         out = o;
     }
     (best, out)
 }
 
 /// Prints one row and returns (cpu, wall) MB/s.
-fn report(
-    file: &str,
-    what: &str,
-    bytes: usize,
-    best: Timing,
-    counts: &[usize],
-    over: usize,
-) -> (f64, f64) {
+fn report(file: &str, what: &str, bytes: usize, best: Timing, counts: &[usize], over: usize) -> (f64, f64) {
     let mbps = |d: Duration| bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
     let (cpu, wall) = (mbps(best.cpu), mbps(best.wall));
     let mean = counts.iter().sum::<usize>() as f64 / counts.len().max(1) as f64;
-    println!(
-        "{file:<28} {what:<13} {cpu:>8.2} {wall:>8.2} {:>7} {mean:>8.1} {over:>6}",
-        counts.len()
-    );
+    println!("{file:<28} {what:<13} {cpu:>8.2} {wall:>8.2} {:>7} {mean:>8.1} {over:>6}", counts.len());
     (cpu, wall)
 }
 
 fn emit<'a>(path: &Path, chunks: impl Iterator<Item = (&'a str, usize)>) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     for (text, tokens) in chunks {
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({ "text": text, "tokens": tokens })
-        )?;
+        writeln!(out, "{}", serde_json::json!({ "text": text, "tokens": tokens }))?;
     }
     out.flush()
 }

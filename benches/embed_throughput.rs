@@ -75,8 +75,10 @@ async fn embed_stage(cfg: &Config) {
     };
     let mut settings = EmbedderSettings::default();
     configure(&fake, &mut settings, cfg);
-    let service = EmbeddingService::from_settings(&settings, &cache_settings, cache::from_settings(&cache_settings)).expect("service");
-    let texts: Vec<String> = (0..DOCUMENTS).flat_map(|d| (0..CHUNKS_PER_DOCUMENT).map(move |i| paragraph(d, i))).collect();
+    let service = EmbeddingService::from_settings(&settings, &cache_settings, cache::from_settings(&cache_settings))
+        .expect("service");
+    let texts: Vec<String> =
+        (0..DOCUMENTS).flat_map(|d| (0..CHUNKS_PER_DOCUMENT).map(move |i| paragraph(d, i))).collect();
     let started = Instant::now();
     let results = service.embed(&texts).await;
     let wall = started.elapsed();

@@ -59,7 +59,8 @@ fn peer(model_dir: &Path, sets: &[(&str, &[String])]) -> Option<serde_json::Valu
         return None;
     }
     let inputs = std::env::temp_dir().join(format!("ragpipe-local-embed-{}.json", std::process::id()));
-    let sets: serde_json::Map<String, serde_json::Value> = sets.iter().map(|(name, texts)| ((*name).to_owned(), serde_json::json!(texts))).collect();
+    let sets: serde_json::Map<String, serde_json::Value> =
+        sets.iter().map(|(name, texts)| ((*name).to_owned(), serde_json::json!(texts))).collect();
     std::fs::write(&inputs, serde_json::json!({ "sets": sets }).to_string()).expect("write inputs");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/local_embed_vs_torch.py");
     let output = std::process::Command::new(python)
@@ -99,7 +100,8 @@ async fn pipeline(model_dir: PathBuf, model: &LocalEmbedder, words: &[&str]) {
     worker.stop().await;
 
     let pool = env.pool().await;
-    let texts: Vec<String> = sqlx::query_scalar("SELECT text FROM chunks ORDER BY id").fetch_all(&pool).await.expect("chunk texts");
+    let texts: Vec<String> =
+        sqlx::query_scalar("SELECT text FROM chunks ORDER BY id").fetch_all(&pool).await.expect("chunk texts");
     let tokens: usize = texts.iter().map(|t| model.count_tokens(t) + 2).sum();
     let raw = raw_rate(model, &texts).await;
     let rate = chunks as f64 / wall;
@@ -123,7 +125,9 @@ fn main() {
     let (long_count, short_count) = if full { (256, 1024) } else { (4, 8) };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let model = Arc::new(LocalEmbedder::load(&dir, MODEL, threads).unwrap_or_else(|e| panic!("{e} (run `bash ops/fetch-model.sh`)")));
+        let model = Arc::new(
+            LocalEmbedder::load(&dir, MODEL, threads).unwrap_or_else(|e| panic!("{e} (run `bash ops/fetch-model.sh`)")),
+        );
         let corpus: String = std::fs::read_dir(common::corpus().join("text"))
             .expect("corpus/text")
             .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
@@ -138,7 +142,8 @@ fn main() {
         let torch = if full { peer(&dir, &[("long", &long), ("short", &short)]) } else { None };
         let theirs = |name: &str| torch.as_ref().and_then(|t| t[name].as_f64());
         for (name, tokens, ours) in [("long", 241, ours_long), ("short", 37, ours_short)] {
-            let versus = theirs(name).map_or(String::new(), |t| format!("   PyTorch {t:6.1} texts/s   ratio {:.2}×", ours / t));
+            let versus =
+                theirs(name).map_or(String::new(), |t| format!("   PyTorch {t:6.1} texts/s   ratio {:.2}×", ours / t));
             println!("{name:<6} ~{tokens:>3} tokens   ragpipe {ours:6.1} texts/s{versus}");
         }
         if full && std::env::var_os("BENCH_SKIP_PIPELINE").is_none() {

@@ -32,10 +32,7 @@ const PASSWORDS: &[(&str, &str)] = &[
     ("pdfminer.six/aes-128.pdf", "foo"),
     ("pdfminer.six/rc4-128.pdf", "foo"),
     ("pdfminer.six/aes-256-r6.pdf", "usersecret"),
-    (
-        "py-pdf_sample-files/libreoffice-writer-password.pdf",
-        "openpassword",
-    ),
+    ("py-pdf_sample-files/libreoffice-writer-password.pdf", "openpassword"),
     ("pdf.js/issue6010_1.pdf", "abc"),
     ("pdf.js/issue21579.pdf", "pässwört"),
 ];
@@ -43,26 +40,14 @@ const PASSWORDS: &[(&str, &str)] = &[
 /// Files where pdftotext's text is not the document's text, so recall against it measures
 /// agreement with a wrong answer. Reported separately, with the reason.
 const WRONG_REFERENCE: &[(&str, &str)] = &[
-    (
-        "pdf.js/SimFang-variant.pdf",
-        "GBK text in a font named 黑体 printed as WinAnsi: \"È« ÊÀ\" for \"全世\"",
-    ),
-    (
-        "pdf.js/ThuluthFeatures.pdf",
-        "CIDs of fonts without /ToUnicode printed as code points (Greek/Cyrillic noise)",
-    ),
+    ("pdf.js/SimFang-variant.pdf", "GBK text in a font named 黑体 printed as WinAnsi: \"È« ÊÀ\" for \"全世\""),
+    ("pdf.js/ThuluthFeatures.pdf", "CIDs of fonts without /ToUnicode printed as code points (Greek/Cyrillic noise)"),
     (
         "pdfminer.six/issue-791-non-unicode-cmap.pdf",
         "CIDs printed as code points: \"3HQČåQtSURVW\" for \"Peněžní prostředky\"",
     ),
-    (
-        "py-pdf_sample-files/habibi.pdf",
-        "Arabic in visual order (letters reversed)",
-    ),
-    (
-        "py-pdf_sample-files/habibi-oneline-cmap.pdf",
-        "Arabic in visual order (letters reversed)",
-    ),
+    ("py-pdf_sample-files/habibi.pdf", "Arabic in visual order (letters reversed)"),
+    ("py-pdf_sample-files/habibi-oneline-cmap.pdf", "Arabic in visual order (letters reversed)"),
 ];
 
 fn main() {
@@ -90,10 +75,7 @@ fn corpus_files() -> Vec<PathBuf> {
 }
 
 fn relative(path: &Path) -> String {
-    path.strip_prefix(CORPUS)
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(CORPUS).unwrap_or(path).display().to_string()
 }
 
 fn password(rel: &str) -> Option<&'static str> {
@@ -137,39 +119,23 @@ fn pdftotext(path: &Path, password: Option<&str>, extra: &[&str]) -> Option<Stri
         cmd.args(["-opw", pw, "-upw", pw]);
     }
     let out = cmd.arg(path).arg("-").output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// pdftotext's text of the visible area: page ranges that share their boxes, each run with
 /// `-x -y -W -H` set to the crop box when it is smaller than the media box.
 fn visible_text(path: &Path, password: Option<&str>) -> Option<String> {
-    let out = Command::new("pdfinfo")
-        .args(["-box", "-f", "1", "-l", "100000"])
-        .arg(path)
-        .output()
-        .ok()?;
+    let out = Command::new("pdfinfo").args(["-box", "-f", "1", "-l", "100000"]).arg(path).output().ok()?;
     let info = String::from_utf8_lossy(&out.stdout);
     // Per page: [x0, y0, x1, y1] of the media box, then of the crop box.
     let boxes = |name: &str| -> Vec<Vec<f64>> {
         let tag = format!(" {name}:");
         info.lines()
             .filter(|l| l.contains(&tag))
-            .map(|l| {
-                l.split(&tag)
-                    .nth(1)
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .filter_map(|v| v.parse().ok())
-                    .collect()
-            })
+            .map(|l| l.split(&tag).nth(1).unwrap_or("").split_whitespace().filter_map(|v| v.parse().ok()).collect())
             .collect()
     };
-    let pages: Vec<(Vec<f64>, Vec<f64>)> = boxes("MediaBox")
-        .into_iter()
-        .zip(boxes("CropBox"))
-        .collect();
+    let pages: Vec<(Vec<f64>, Vec<f64>)> = boxes("MediaBox").into_iter().zip(boxes("CropBox")).collect();
     let mut text = String::new();
     let mut first = 0;
     while first < pages.len() {
@@ -195,10 +161,7 @@ fn visible_text(path: &Path, password: Option<&str>) -> Option<String> {
 
 fn recall_of(reference: &HashMap<String, usize>, ours: &HashMap<String, usize>) -> Option<f64> {
     let total: usize = reference.values().sum();
-    let hit: usize = reference
-        .iter()
-        .map(|(w, n)| (*n).min(ours.get(w).copied().unwrap_or(0)))
-        .sum();
+    let hit: usize = reference.iter().map(|(w, n)| (*n).min(ours.get(w).copied().unwrap_or(0))).sum();
     (total > 0).then(|| hit as f64 / total as f64)
 }
 
@@ -209,12 +172,8 @@ fn recall(files: &[PathBuf]) {
     for path in files {
         let rel = relative(path);
         let pw = password(&rel);
-        let reference = pdftotext(path, pw, &["-layout"])
-            .map(|t| words(&t))
-            .unwrap_or_default();
-        let visible = visible_text(path, pw)
-            .map(|t| words(&t))
-            .unwrap_or_else(|| reference.clone());
+        let reference = pdftotext(path, pw, &["-layout"]).map(|t| words(&t)).unwrap_or_default();
+        let visible = visible_text(path, pw).map(|t| words(&t)).unwrap_or_else(|| reference.clone());
         let total: usize = reference.values().sum();
         let bytes = std::fs::read(path).unwrap_or_default();
         let start = Instant::now();
@@ -228,10 +187,7 @@ fn recall(files: &[PathBuf]) {
             Err(e) => (HashMap::new(), format!("{e:?}")),
         };
         if total == 0 {
-            println!(
-                "   -    {:>6} {ms:>7.1}ms  {rel}  [{status}; pdftotext has no words]",
-                0
-            );
+            println!("   -    {:>6} {ms:>7.1}ms  {rel}  [{status}; pdftotext has no words]", 0);
             continue;
         }
         let r = recall_of(&reference, &ours).unwrap_or(0.0);
@@ -251,10 +207,7 @@ fn recall(files: &[PathBuf]) {
         .collect();
     let trusted_avg = mean(&mut trusted.iter().copied(), trusted.len());
     scores.sort_by(|a, b| a.0.total_cmp(&b.0));
-    println!(
-        "AVERAGE recall over {} files: {avg:.4} (visible-area reference: {visible_avg:.4})",
-        scores.len()
-    );
+    println!("AVERAGE recall over {} files: {avg:.4} (visible-area reference: {visible_avg:.4})", scores.len());
     println!(
         "AVERAGE over the {} files whose reference is real text (visible area): {trusted_avg:.4}; left out:",
         trusted.len()
@@ -274,21 +227,13 @@ fn bbox_lines(path: &Path, page: usize) -> (f64, Vec<(f64, f64, String)>) {
     let html = pdftotext(path, None, &["-bbox-layout", "-f", &p, "-l", &p]).unwrap_or_default();
     let attr = |tag: &str, name: &str| -> f64 {
         let key = format!("{name}=\"");
-        tag.find(&key)
-            .and_then(|i| tag[i + key.len()..].split('"').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        tag.find(&key).and_then(|i| tag[i + key.len()..].split('"').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
     };
-    let width = html
-        .find("<page ")
-        .map_or(0.0, |i| attr(&html[i..], "width"));
+    let width = html.find("<page ").map_or(0.0, |i| attr(&html[i..], "width"));
     let mut lines = Vec::new();
     for chunk in html.split("<line ").skip(1) {
-        let text: Vec<&str> = chunk
-            .split("<word ")
-            .skip(1)
-            .filter_map(|w| w.split('>').nth(1)?.split('<').next())
-            .collect();
+        let text: Vec<&str> =
+            chunk.split("<word ").skip(1).filter_map(|w| w.split('>').nth(1)?.split('<').next()).collect();
         lines.push((attr(chunk, "xMin"), attr(chunk, "xMax"), text.join(" ")));
     }
     (width, lines)
@@ -325,24 +270,14 @@ fn reading_order() {
         if !ok {
             bad_pages += 1;
         }
-        println!(
-            "page {:>2}: {}",
-            page.number,
-            if ok { "left column first" } else { "MIXED" }
-        );
+        println!("page {:>2}: {}", page.number, if ok { "left column first" } else { "MIXED" });
     }
-    println!(
-        "tracemonkey reading order: {}",
-        if bad_pages == 0 { "OK" } else { "FAILED" }
-    );
+    println!("tracemonkey reading order: {}", if bad_pages == 0 { "OK" } else { "FAILED" });
 }
 
 /// Letters and digits only, lower-cased: hyphenation and spacing differences aside.
 fn squash(s: &str) -> String {
-    s.nfkc()
-        .filter(|c| c.is_alphanumeric())
-        .flat_map(char::to_lowercase)
-        .collect()
+    s.nfkc().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
 }
 
 fn throughput() {
@@ -356,8 +291,5 @@ fn throughput() {
         rates.push(pages as f64 / start.elapsed().as_secs_f64());
     }
     rates.sort_by(f64::total_cmp);
-    println!(
-        "pages/s over 5 runs: median {:.0}, best {:.0}",
-        rates[2], rates[4]
-    );
+    println!("pages/s over 5 runs: median {:.0}, best {:.0}", rates[2], rates[4]);
 }

@@ -97,8 +97,8 @@ pub fn upload_for_file(path: &Path, collection: &str, policy: &FetchPolicy) -> R
         metadata: BTreeMap::new(),
     };
     if policy.allows(&canonical) {
-        let uri = url::Url::from_file_path(&canonical)
-            .map_err(|()| io(std::io::Error::other("not an absolute path")))?;
+        let uri =
+            url::Url::from_file_path(&canonical).map_err(|()| io(std::io::Error::other("not an absolute path")))?;
         upload.uri = Some(uri.to_string());
     } else {
         let size = std::fs::metadata(&canonical).map_err(io)?.len();
@@ -178,7 +178,11 @@ pub async fn wait_for_outcomes(
 ///
 /// # Errors
 /// The broker fails, no reply arrives in time, or the reply is not JSON.
-pub async fn query(broker: &dyn Broker, request: &QueryRequest, timeout: Duration) -> Result<serde_json::Value, ClientError> {
+pub async fn query(
+    broker: &dyn Broker,
+    request: &QueryRequest,
+    timeout: Duration,
+) -> Result<serde_json::Value, ClientError> {
     let reply = broker.request(&messages::encode(request), timeout).await?;
     serde_json::from_slice(&reply).map_err(|e| ClientError::BadReply(e.to_string()))
 }

@@ -382,11 +382,9 @@ impl Settings {
 pub(crate) fn check_url(key: &str, raw: &str, schemes: &[&str], problems: &mut Vec<String>) {
     match url::Url::parse(raw) {
         Ok(url) if schemes.contains(&url.scheme()) => {}
-        Ok(url) => problems.push(format!(
-            "{key} has scheme `{}`; expected one of {}",
-            url.scheme(),
-            schemes.join(", ")
-        )),
+        Ok(url) => {
+            problems.push(format!("{key} has scheme `{}`; expected one of {}", url.scheme(), schemes.join(", ")))
+        }
         // The parse error never echoes the URL, so no password can leak through it.
         Err(error) => problems.push(format!("{key} is not a valid URL: {error}")),
     }

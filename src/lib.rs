@@ -27,8 +27,8 @@
 pub mod blobs;
 pub mod cache;
 pub mod chunk;
-pub mod client;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod embed;
 pub mod error;

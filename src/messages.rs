@@ -41,8 +41,7 @@ impl DecodeError {
 /// [`DecodeError::Malformed`] for bad JSON or shape, [`DecodeError::UnsupportedVersion`] for a
 /// `v` other than [`VERSION`].
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     match value.get("v") {
         Some(v) if v.as_u64() == Some(u64::from(VERSION)) => {}
         Some(v) => return Err(DecodeError::UnsupportedVersion { found: v.clone() }),

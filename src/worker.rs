@@ -106,7 +106,9 @@ impl Services {
     /// A backend is misconfigured or unreachable (the message names which).
     pub async fn connect(settings: Settings, program: PathBuf) -> Result<Self, WorkerError> {
         if settings.database.migrate_on_start {
-            PgStore::create_database_if_missing(&settings.database).await.map_err(|e| setup("database")(e.to_string()))?;
+            PgStore::create_database_if_missing(&settings.database)
+                .await
+                .map_err(|e| setup("database")(e.to_string()))?;
         }
         let pg = PgStore::connect(&settings.database).await.map_err(|e| setup("database")(e.to_string()))?;
         if settings.database.migrate_on_start {

@@ -6,19 +6,13 @@ use std::sync::OnceLock;
 
 use chunk_checks::{check_chunks, reference_count};
 use proptest::prelude::{
-    Just, ProptestConfig, TestCaseError, any, prop, prop_assert, prop_assert_eq, prop_oneof,
-    proptest,
+    Just, ProptestConfig, TestCaseError, any, prop, prop_assert, prop_assert_eq, prop_oneof, proptest,
 };
 use proptest::sample::select;
 use proptest::strategy::Strategy as _;
 use ragpipe::chunk::{Chunk, ChunkInput, ChunkSettings, Chunker, Encoding, Strategy};
 
-const STRATEGIES: [Strategy; 4] = [
-    Strategy::Semantic,
-    Strategy::Fixed,
-    Strategy::Markdown,
-    Strategy::Recursive,
-];
+const STRATEGIES: [Strategy; 4] = [Strategy::Semantic, Strategy::Fixed, Strategy::Markdown, Strategy::Recursive];
 
 /// Sync points every 64 tokens on average, so small documents exercise them a lot.
 const RESYNC: usize = 64;
@@ -26,12 +20,8 @@ const RESYNC: usize = 64;
 fn chunker() -> &'static Chunker {
     static CHUNKER: OnceLock<Chunker> = OnceLock::new();
     CHUNKER.get_or_init(|| {
-        let settings = ChunkSettings {
-            max_tokens: 64,
-            min_tokens: 8,
-            resync_tokens: RESYNC,
-            ..ChunkSettings::default()
-        };
+        let settings =
+            ChunkSettings { max_tokens: 64, min_tokens: 8, resync_tokens: RESYNC, ..ChunkSettings::default() };
         Chunker::new(&settings).expect("test settings are valid")
     })
 }
@@ -39,12 +29,7 @@ fn chunker() -> &'static Chunker {
 fn chunker_without_sync() -> &'static Chunker {
     static CHUNKER: OnceLock<Chunker> = OnceLock::new();
     CHUNKER.get_or_init(|| {
-        let settings = ChunkSettings {
-            max_tokens: 64,
-            min_tokens: 8,
-            resync_tokens: 0,
-            ..ChunkSettings::default()
-        };
+        let settings = ChunkSettings { max_tokens: 64, min_tokens: 8, resync_tokens: 0, ..ChunkSettings::default() };
         Chunker::new(&settings).expect("test settings are valid")
     })
 }
@@ -72,9 +57,7 @@ fn fragment() -> impl proptest::strategy::Strategy<Value = String> {
 }
 
 fn separator() -> impl proptest::strategy::Strategy<Value = &'static str> {
-    select(vec![
-        " ", " ", " ", "\n", "\n\n", "\n\n\n", "\t", "\r\n", "  ", "\u{3000}", "", "\n \n",
-    ])
+    select(vec![" ", " ", " ", "\n", "\n\n", "\n\n\n", "\t", "\r\n", "  ", "\u{3000}", "", "\n \n"])
 }
 
 fn document() -> impl proptest::strategy::Strategy<Value = String> {
@@ -89,18 +72,8 @@ fn budget() -> impl proptest::strategy::Strategy<Value = (usize, usize)> {
     (8usize..=96).prop_flat_map(|max| (Just(max), prop_oneof![Just(0), 0..=max / 2]))
 }
 
-fn chunk(
-    chunker: &Chunker,
-    text: &str,
-    strategy: Strategy,
-    max: usize,
-    overlap: usize,
-) -> Vec<Chunk> {
-    let input = ChunkInput {
-        text,
-        markdown: strategy == Strategy::Markdown,
-        pages: &[],
-    };
+fn chunk(chunker: &Chunker, text: &str, strategy: Strategy, max: usize, overlap: usize) -> Vec<Chunk> {
+    let input = ChunkInput { text, markdown: strategy == Strategy::Markdown, pages: &[] };
     chunker.chunk_with(&input, strategy, max, overlap)
 }
 
@@ -154,10 +127,7 @@ proptest! {
 fn empty_and_whitespace_only_text_gives_no_chunks() {
     for text in ["", " ", "\n\n\t \r\n", "\u{3000}\u{2028} "] {
         for strategy in STRATEGIES {
-            assert!(
-                chunk(chunker(), text, strategy, 64, 0).is_empty(),
-                "{strategy} on {text:?}"
-            );
+            assert!(chunk(chunker(), text, strategy, 64, 0).is_empty(), "{strategy} on {text:?}");
         }
     }
 }
@@ -165,27 +135,15 @@ fn empty_and_whitespace_only_text_gives_no_chunks() {
 #[test]
 fn a_grapheme_is_cut_only_when_it_alone_exceeds_the_budget() {
     let zalgo = format!("a{}", "\u{0301}\u{0316}".repeat(60));
-    assert!(
-        reference_count(&zalgo) > 16,
-        "the cluster alone must be over the budget"
-    );
+    assert!(reference_count(&zalgo) > 16, "the cluster alone must be over the budget");
     let text = format!("plain words here. {zalgo} more words after it.");
-    let cluster = text
-        .find(&zalgo)
-        .map(|s| s..s + zalgo.len())
-        .expect("cluster present");
+    let cluster = text.find(&zalgo).map(|s| s..s + zalgo.len()).expect("cluster present");
     for strategy in STRATEGIES {
         let chunks = chunk(chunker(), &text, strategy, 16, 0);
         check_chunks(&text, &chunks, 16, 0).unwrap_or_else(|e| panic!("{strategy}: {e}"));
         let inside = |p: usize| p > cluster.start && p < cluster.end;
-        assert!(
-            chunks.iter().any(|c| inside(c.byte_end)),
-            "{strategy}: the cluster was not cut"
-        );
-        assert!(
-            chunks.iter().any(|c| c.text.contains("plain words here.")),
-            "{strategy}"
-        );
+        assert!(chunks.iter().any(|c| inside(c.byte_end)), "{strategy}: the cluster was not cut");
+        assert!(chunks.iter().any(|c| c.text.contains("plain words here.")), "{strategy}");
     }
 }
 
@@ -195,10 +153,7 @@ fn encoding_chunkers() -> &'static [(Encoding, Chunker)] {
         Encoding::ALL
             .into_iter()
             .map(|e| {
-                let settings = ChunkSettings {
-                    encoding: e.name().to_owned(),
-                    ..ChunkSettings::default()
-                };
+                let settings = ChunkSettings { encoding: e.name().to_owned(), ..ChunkSettings::default() };
                 (e, Chunker::new(&settings).expect("every encoding builds"))
             })
             .collect()
@@ -241,14 +196,8 @@ fn prose_word() -> impl proptest::strategy::Strategy<Value = String> {
 
 fn prose_paragraph() -> impl proptest::strategy::Strategy<Value = String> {
     let sep = select(vec![" ", " ", " ", ". ", ", ", "\n", "。", "؟ "]);
-    prop::collection::vec((prose_word(), sep), 1..30).prop_map(|parts| {
-        parts
-            .into_iter()
-            .map(|(w, s)| w + s)
-            .collect::<String>()
-            .trim_end()
-            .to_owned()
-    })
+    prop::collection::vec((prose_word(), sep), 1..30)
+        .prop_map(|parts| parts.into_iter().map(|(w, s)| w + s).collect::<String>().trim_end().to_owned())
 }
 
 fn edited_document() -> impl proptest::strategy::Strategy<Value = EditedDocument> {
@@ -276,29 +225,16 @@ fn edited_document() -> impl proptest::strategy::Strategy<Value = EditedDocument
             };
             let original = join(&old);
             let previous_paragraph = before[..before.len() - 1].iter().map(|p| p.len() + 2).sum();
-            let big_paragraph =
-                original.len() - after.iter().map(|p| p.len() + 2).sum::<usize>() - big.len();
-            EditedDocument {
-                edited: join(&new),
-                original,
-                previous_paragraph,
-                big_paragraph,
-            }
+            let big_paragraph = original.len() - after.iter().map(|p| p.len() + 2).sum::<usize>() - big.len();
+            EditedDocument { edited: join(&new), original, previous_paragraph, big_paragraph }
         })
 }
 
 /// Chunks that end before the chunk holding the paragraph before the edit are identical. (The
 /// chunk holding it may take in or give up the edited paragraph, and the one before that may
 /// be rebalanced with it when it becomes a group's tiny tail.)
-fn check_prefix_unchanged(
-    doc: &EditedDocument,
-    before: &[Chunk],
-    after: &[Chunk],
-) -> Result<(), String> {
-    let reaching = before
-        .iter()
-        .position(|c| c.byte_end > doc.previous_paragraph)
-        .unwrap_or(before.len());
+fn check_prefix_unchanged(doc: &EditedDocument, before: &[Chunk], after: &[Chunk]) -> Result<(), String> {
+    let reaching = before.iter().position(|c| c.byte_end > doc.previous_paragraph).unwrap_or(before.len());
     let stable = reaching.saturating_sub(1);
     if after.len() < stable || before[..stable] != after[..stable] {
         return Err(format!("one of the first {stable} chunks changed"));
@@ -307,20 +243,11 @@ fn check_prefix_unchanged(
 }
 
 /// From the big paragraph on, the edited document has the same chunks, shifted by the edit.
-fn check_suffix_resynchronised(
-    doc: &EditedDocument,
-    before: &[Chunk],
-    after: &[Chunk],
-) -> Result<(), String> {
+fn check_suffix_resynchronised(doc: &EditedDocument, before: &[Chunk], after: &[Chunk]) -> Result<(), String> {
     let byte_shift = doc.edited.len() as isize - doc.original.len() as isize;
     let char_shift = doc.edited.chars().count() as isize - doc.original.chars().count() as isize;
-    let tail = |chunks: &[Chunk], from: usize| {
-        chunks
-            .iter()
-            .filter(|c| c.byte_start >= from)
-            .cloned()
-            .collect::<Vec<_>>()
-    };
+    let tail =
+        |chunks: &[Chunk], from: usize| chunks.iter().filter(|c| c.byte_start >= from).cloned().collect::<Vec<_>>();
     let old = tail(before, doc.big_paragraph);
     let new = tail(after, doc.big_paragraph.saturating_add_signed(byte_shift));
     if old.is_empty() {
@@ -337,11 +264,7 @@ fn check_suffix_resynchronised(
         })
         .collect();
     if shifted != new {
-        return Err(format!(
-            "chunks after the sync point differ: {} before, {} after",
-            shifted.len(),
-            new.len()
-        ));
+        return Err(format!("chunks after the sync point differ: {} before, {} after", shifted.len(), new.len()));
     }
     Ok(())
 }

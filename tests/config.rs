@@ -29,7 +29,10 @@ fn config_layers_validate_and_the_shipped_files_parse() {
     let layered = Settings::load(Some(&file)).expect("layered config");
     assert_eq!(layered.database.pool_size, 42);
     assert_eq!(layered.storage.allowed_roots, vec![Path::new("/srv/a"), Path::new("/srv/b")]);
-    assert_eq!(layered.database.url.as_ref().map(|u| u.expose_secret().to_owned()).as_deref(), Some("postgres://u:file-secret@h/db"));
+    assert_eq!(
+        layered.database.url.as_ref().map(|u| u.expose_secret().to_owned()).as_deref(),
+        Some("postgres://u:file-secret@h/db")
+    );
     assert!(!format!("{layered:?}").contains("file-secret"), "secrets never appear in Debug output");
 
     // Invalid values and unknown keys are errors that name the key.

@@ -59,7 +59,8 @@ async fn the_whole_corpus_goes_through_rabbitmq_without_a_worker_crash() {
     }
     let ids: Vec<String> = uploads.iter().map(|u| u.upload_id.clone()).collect();
     let outcomes = client::wait_for_outcomes(&mut events, &ids, Duration::from_secs(600), |_| {}).await;
-    let missing: Vec<_> = uploads.iter().filter(|u| !outcomes.contains_key(&u.upload_id)).map(|u| &u.filename).collect();
+    let missing: Vec<_> =
+        uploads.iter().filter(|u| !outcomes.contains_key(&u.upload_id)).map(|u| &u.filename).collect();
     assert!(missing.is_empty(), "uploads without an outcome: {missing:?}");
 
     let by_name: BTreeMap<String, &Outcome> = uploads
@@ -68,7 +69,11 @@ async fn the_whole_corpus_goes_through_rabbitmq_without_a_worker_crash() {
         .map(|u| (u.uri.clone().unwrap_or_default(), &outcomes[&u.upload_id]))
         .collect();
     let outcome_of = |rel: &str| -> &Outcome {
-        by_name.iter().find(|(uri, _)| uri.ends_with(rel)).map(|(_, o)| *o).unwrap_or_else(|| panic!("{rel} not uploaded"))
+        by_name
+            .iter()
+            .find(|(uri, _)| uri.ends_with(rel))
+            .map(|(_, o)| *o)
+            .unwrap_or_else(|| panic!("{rel} not uploaded"))
     };
 
     // Named outcomes for files whose nature is known.
@@ -78,7 +83,12 @@ async fn the_whole_corpus_goes_through_rabbitmq_without_a_worker_crash() {
     for scan in ["pdf/OCRmyPDF/linn.pdf", "pdf/OCRmyPDF/c02-22.pdf"] {
         assert_eq!(ingested(outcome_of(scan)).status, "no_text", "{scan}");
     }
-    for good in ["pdf/pdf.js/tracemonkey.pdf", "pdf/pdf.js/freeculture.pdf", "docx/mammoth.js/text-box.docx", "text/rfc2616.txt"] {
+    for good in [
+        "pdf/pdf.js/tracemonkey.pdf",
+        "pdf/pdf.js/freeculture.pdf",
+        "docx/mammoth.js/text-box.docx",
+        "text/rfc2616.txt",
+    ] {
         let event = ingested(outcome_of(good));
         assert!(event.status == "ingested" && event.chunks > 0, "{good}: {event:?}");
     }

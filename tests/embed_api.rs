@@ -19,11 +19,19 @@ fn redis_url() -> String {
 }
 
 fn cache_settings(prefix: &RedisPrefix) -> CacheSettings {
-    CacheSettings { url: Some(SecretString::from(redis_url())), key_prefix: prefix.0.clone(), ..CacheSettings::default() }
+    CacheSettings {
+        url: Some(SecretString::from(redis_url())),
+        key_prefix: prefix.0.clone(),
+        ..CacheSettings::default()
+    }
 }
 
 /// A service talking to `fake` with `tweak` applied, caching in Redis under `cache`'s prefix.
-fn service_with(fake: &FakeOpenAi, cache: &CacheSettings, tweak: impl FnOnce(&mut EmbedderSettings)) -> EmbeddingService {
+fn service_with(
+    fake: &FakeOpenAi,
+    cache: &CacheSettings,
+    tweak: impl FnOnce(&mut EmbedderSettings),
+) -> EmbeddingService {
     let mut settings = EmbedderSettings::default();
     fake.configure(&mut settings);
     tweak(&mut settings);
@@ -58,7 +66,10 @@ async fn openai_requests_carry_the_model_dimensions_and_bearer_key() {
     assert_eq!(seen[0].model, MODEL);
     assert_eq!(seen[0].dimensions, Some(16));
     assert_eq!(seen[0].inputs, input);
-    assert_eq!(seen[0].headers.get("authorization").and_then(|v| v.to_str().ok()), Some(format!("Bearer {KEY}").as_str()));
+    assert_eq!(
+        seen[0].headers.get("authorization").and_then(|v| v.to_str().ok()),
+        Some(format!("Bearer {KEY}").as_str())
+    );
 }
 
 #[tokio::test]
@@ -120,7 +131,8 @@ async fn batches_split_exactly_at_the_input_count_and_at_the_token_budget() {
 
 #[tokio::test]
 async fn a_429_with_retry_after_is_waited_out_then_succeeds() {
-    let fake = FakeOpenAi::start(8, Duration::ZERO, script(|r| (r.n == 0).then(|| embed_common::rate_limited(1)))).await;
+    let fake =
+        FakeOpenAi::start(8, Duration::ZERO, script(|r| (r.n == 0).then(|| embed_common::rate_limited(1)))).await;
     let prefix = RedisPrefix::new();
     let service = service_with(&fake, &cache_settings(&prefix), |_| {});
     service.embed_one("rate limited once").await.expect("succeeds after the wait");
@@ -240,7 +252,11 @@ async fn cached_embeddings_cause_no_api_calls_and_identical_texts_are_sent_once(
 #[tokio::test]
 async fn a_cache_outage_degrades_to_misses_never_errors() {
     let fake = FakeOpenAi::healthy(8).await;
-    let down = CacheSettings { url: Some(SecretString::from("redis://127.0.0.1:1/0")), timeout_ms: 100, ..CacheSettings::default() };
+    let down = CacheSettings {
+        url: Some(SecretString::from("redis://127.0.0.1:1/0")),
+        timeout_ms: 100,
+        ..CacheSettings::default()
+    };
     let service = service_with(&fake, &down, |_| {});
     for _ in 0..2 {
         assert!(service.embed(&texts(3, "no cache")).await.iter().all(Result::is_ok));
@@ -261,7 +277,11 @@ async fn long_inputs_are_split_or_truncated_before_they_are_sent() {
         });
         let vector = service.embed_one(&long).await.expect("vector");
         let sent = fake.inputs();
-        assert!(sent.iter().all(|t| tokens(t) <= 50), "{mode:?}: {:?}", sent.iter().map(|t| tokens(t)).collect::<Vec<_>>());
+        assert!(
+            sent.iter().all(|t| tokens(t) <= 50),
+            "{mode:?}: {:?}",
+            sent.iter().map(|t| tokens(t)).collect::<Vec<_>>()
+        );
         match mode {
             LongInputs::Split => {
                 assert_eq!(sent.concat(), long, "split pieces cover the whole text");

@@ -44,7 +44,11 @@ fn assert_within_budget(fake: &FakeOpenAi, cost: impl Fn(&[String]) -> f64, burs
 async fn two_workers_sharing_redis_stay_within_one_request_budget() {
     let fake = FakeOpenAi::healthy(8).await;
     let prefix = RedisPrefix::new();
-    let cache = CacheSettings { url: Some(SecretString::from(redis_url())), key_prefix: prefix.0.clone(), ..CacheSettings::default() };
+    let cache = CacheSettings {
+        url: Some(SecretString::from(redis_url())),
+        key_prefix: prefix.0.clone(),
+        ..CacheSettings::default()
+    };
     // 600/min: a bucket of 10, refilled at 10 per second, for both workers together.
     let (a, b) = (worker(&fake, &cache, 600, 0), worker(&fake, &cache, 600, 0));
     let texts = |w: &str| (0..15).map(|i| format!("worker {w} text {i}")).collect::<Vec<_>>();
@@ -62,7 +66,11 @@ async fn two_workers_sharing_redis_stay_within_one_request_budget() {
 async fn two_workers_sharing_redis_stay_within_one_token_budget() {
     let fake = FakeOpenAi::healthy(8).await;
     let prefix = RedisPrefix::new();
-    let cache = CacheSettings { url: Some(SecretString::from(redis_url())), key_prefix: prefix.0.clone(), ..CacheSettings::default() };
+    let cache = CacheSettings {
+        url: Some(SecretString::from(redis_url())),
+        key_prefix: prefix.0.clone(),
+        ..CacheSettings::default()
+    };
     // 12,000 tokens/min: 200 per second, bucket of 200; each text is about 40 tokens.
     let (a, b) = (worker(&fake, &cache, 0, 12_000), worker(&fake, &cache, 0, 12_000));
     let texts = |w: &str| (0..10).map(|i| format!("worker {w} text {i} {}", "tide ".repeat(35))).collect::<Vec<_>>();
@@ -73,13 +81,21 @@ async fn two_workers_sharing_redis_stay_within_one_token_budget() {
     assert!(ra.iter().chain(&rb).all(Result::is_ok));
     assert_within_budget(&fake, |inputs| inputs.iter().map(|t| tokens(t) as f64).sum(), 200.0, 200.0);
     let floor = Duration::from_secs_f64((total as f64 - 200.0) / 200.0 * 0.95);
-    assert!(started.elapsed() >= floor, "{total} tokens at 200/s after a 200 burst: {:?} < {floor:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= floor,
+        "{total} tokens at 200/s after a 200 burst: {:?} < {floor:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_each_worker_keeps_a_local_budget() {
     let fake = FakeOpenAi::healthy(8).await;
-    let down = CacheSettings { url: Some(SecretString::from("redis://127.0.0.1:1/0")), timeout_ms: 100, ..CacheSettings::default() };
+    let down = CacheSettings {
+        url: Some(SecretString::from("redis://127.0.0.1:1/0")),
+        timeout_ms: 100,
+        ..CacheSettings::default()
+    };
     let a = worker(&fake, &down, 600, 0);
     let started = Instant::now();
     let texts: Vec<String> = (0..20).map(|i| format!("local text {i}")).collect();

@@ -73,10 +73,12 @@ async fn vectors_match_sentence_transformers() {
     // written by benches/local_embed_vs_torch.py --reference.
     let reference: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/minilm_reference.json")).expect("reference fixture");
-    let texts: Vec<String> = reference["texts"].as_array().expect("texts").iter().map(|t| t.as_str().expect("text").to_owned()).collect();
+    let texts: Vec<String> =
+        reference["texts"].as_array().expect("texts").iter().map(|t| t.as_str().expect("text").to_owned()).collect();
     let ours = model.embed(&texts).await.expect("embeds");
     for (i, want) in reference["vectors"].as_array().expect("vectors").iter().enumerate() {
-        let want: Vec<f32> = want.as_array().expect("vector").iter().map(|x| x.as_f64().expect("number") as f32).collect();
+        let want: Vec<f32> =
+            want.as_array().expect("vector").iter().map(|x| x.as_f64().expect("number") as f32).collect();
         let similarity = cosine(&ours[i], &want);
         let worst = ours[i].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(similarity > 0.9999 && worst < 1e-3, "text {i}: cosine {similarity}, largest difference {worst}");
@@ -118,7 +120,13 @@ async fn long_inputs_are_truncated_to_the_trained_length_and_split_on_token_boun
 #[tokio::test]
 async fn a_wrong_dimension_or_missing_directory_is_a_clear_configuration_error() {
     let Some(dir) = model_dir() else { return };
-    let mut settings = ragpipe::config::EmbedderSettings { kind: EmbedderKind::Local, model: MODEL.into(), model_dir: dir, dimensions: 768, ..Default::default() };
+    let mut settings = ragpipe::config::EmbedderSettings {
+        kind: EmbedderKind::Local,
+        model: MODEL.into(),
+        model_dir: dir,
+        dimensions: 768,
+        ..Default::default()
+    };
     let err = ragpipe::embed::from_settings(&settings).err().expect("dimension mismatch").to_string();
     assert!(err.contains("set embedder.dimensions = 384"), "{err}");
     settings.model_dir = PathBuf::from("/nonexistent/minilm");
@@ -140,7 +148,8 @@ async fn the_pipeline_ingests_and_answers_with_the_local_model() {
         ("finance.txt", "Quarterly revenue grew fifteen percent, driven by subscription sales."),
         ("weather.txt", "Heavy rain and strong winds are forecast for the coast tomorrow."),
     ];
-    let uploads: Vec<_> = docs.iter().map(|(name, text)| env.upload_file(&env.write(name, text.as_bytes()), "semantic")).collect();
+    let uploads: Vec<_> =
+        docs.iter().map(|(name, text)| env.upload_file(&env.write(name, text.as_bytes()), "semantic")).collect();
     let outcomes = ingest(&broker, &uploads).await;
     for u in &uploads {
         ingested(&outcomes[&u.upload_id]);

@@ -45,7 +45,9 @@ async fn chunks_of_many_documents_share_batches_cut_exactly_at_count_and_token_l
     let worker = env.start_worker(&[Role::Ingest]).await;
     let broker = env.broker().await;
     let uploads: Vec<_> = (0..6)
-        .map(|d| env.upload_file(&env.write(&format!("doc{d}.txt"), document(&format!("doc{d}"), 7).as_bytes()), "batches"))
+        .map(|d| {
+            env.upload_file(&env.write(&format!("doc{d}.txt"), document(&format!("doc{d}"), 7).as_bytes()), "batches")
+        })
         .collect();
     let outcomes = ingest(&broker, &uploads).await;
     let chunks: i64 = uploads.iter().map(|u| ingested(&outcomes[&u.upload_id]).chunks).sum();
@@ -57,7 +59,12 @@ async fn chunks_of_many_documents_share_batches_cut_exactly_at_count_and_token_l
     let cost = |r: &[String]| r.iter().map(|t| tokens(t)).sum::<usize>();
     for (i, pair) in requests.windows(2).enumerate() {
         let (this, next) = (&pair[0], &pair[1]);
-        assert!(this.len() <= 5 && cost(this) <= 150, "request {i} over a limit: {} inputs, {} tokens", this.len(), cost(this));
+        assert!(
+            this.len() <= 5 && cost(this) <= 150,
+            "request {i} over a limit: {} inputs, {} tokens",
+            this.len(),
+            cost(this)
+        );
         assert!(
             this.len() == 5 || cost(this) + tokens(&next[0]) > 150,
             "request {i} was cut early: {} inputs, {} tokens, next input {} tokens",
@@ -68,7 +75,9 @@ async fn chunks_of_many_documents_share_batches_cut_exactly_at_count_and_token_l
     }
     assert!(requests.iter().any(|r| r.len() == 5), "some batches close by count");
     assert!(requests.iter().any(|r| r.len() < 5 && cost(r) > 100), "some batches close by tokens");
-    let documents_in = |r: &Vec<String>| r.iter().map(|t| t.split(' ').next().unwrap_or("")).collect::<std::collections::HashSet<_>>().len();
+    let documents_in = |r: &Vec<String>| {
+        r.iter().map(|t| t.split(' ').next().unwrap_or("")).collect::<std::collections::HashSet<_>>().len()
+    };
     assert!(requests.iter().any(|r| documents_in(r) > 1), "batches span documents");
 
     // Model id and dimension are stored with every chunk.
@@ -121,7 +130,8 @@ async fn exhausted_quota_fails_the_document_with_a_reason_for_the_operator_and_d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_the_model_refuses_fails_only_its_own_document() {
-    let refuse: Script = Arc::new(|r| r.inputs.iter().any(|t| t.contains("OVERSIZED")).then(embed_common::context_length));
+    let refuse: Script =
+        Arc::new(|r| r.inputs.iter().any(|t| t.contains("OVERSIZED")).then(embed_common::context_length));
     let fake = FakeOpenAi::start(16, Duration::ZERO, refuse).await;
     let mut env = TestEnv::new().await;
     env_with(&fake, &mut env);
@@ -130,7 +140,8 @@ async fn an_input_the_model_refuses_fails_only_its_own_document() {
     let worker = env.start_worker(&[Role::Ingest]).await;
     let broker = env.broker().await;
     let good_a = env.upload_file(&env.write("a.txt", document("alpha", 4).as_bytes()), "mixed");
-    let bad = env.upload_file(&env.write("bad.txt", format!("{}\n\nOVERSIZED table", document("bravo", 3)).as_bytes()), "mixed");
+    let bad = env
+        .upload_file(&env.write("bad.txt", format!("{}\n\nOVERSIZED table", document("bravo", 3)).as_bytes()), "mixed");
     let good_c = env.upload_file(&env.write("c.txt", document("charlie", 4).as_bytes()), "mixed");
     let outcomes = ingest(&broker, &[good_a.clone(), bad.clone(), good_c.clone()]).await;
     ingested(&outcomes[&good_a.upload_id]);
@@ -139,7 +150,8 @@ async fn an_input_the_model_refuses_fails_only_its_own_document() {
     assert_eq!(event.code, "input_too_long");
     let first = &fake.requests()[0].inputs;
     assert!(
-        first.iter().any(|t| t.contains("OVERSIZED")) && first.iter().any(|t| t.starts_with("alpha") || t.starts_with("charlie")),
+        first.iter().any(|t| t.contains("OVERSIZED"))
+            && first.iter().any(|t| t.starts_with("alpha") || t.starts_with("charlie")),
         "the bad input shared its first request with other documents: {first:?}"
     );
     worker.stop().await;
@@ -192,7 +204,13 @@ async fn a_collection_refuses_vectors_of_another_model() {
     let outcomes = ingest(&broker, std::slice::from_ref(&second)).await;
     let event = failed(&outcomes[&second.upload_id]);
     assert_eq!(event.code, "model_mismatch");
-    assert!(event.reason.contains("fake-embed") && event.reason.contains("another-model") && event.reason.contains("reindex"), "{}", event.reason);
+    assert!(
+        event.reason.contains("fake-embed")
+            && event.reason.contains("another-model")
+            && event.reason.contains("reindex"),
+        "{}",
+        event.reason
+    );
     worker.stop().await;
 }
 
@@ -205,7 +223,10 @@ async fn identical_chunks_and_repeated_queries_reach_the_api_once() {
     let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
     let broker = env.broker().await;
     // Paragraphs of 30-40 tokens: two never fit one 60-token chunk, so the disclaimer is a chunk of its own.
-    let shared = format!("Every page ends with the same disclaimer: {}", "check the tide tables and mind the harbour wall ".repeat(3));
+    let shared = format!(
+        "Every page ends with the same disclaimer: {}",
+        "check the tide tables and mind the harbour wall ".repeat(3)
+    );
     let shared = shared.trim();
     let alpha = format!("Alpha notes on ferries: {}", "the ferry leaves the pier at noon ".repeat(4));
     let bravo = format!("Bravo notes on lighthouses: {}", "the lighthouse lamp is trimmed at dusk ".repeat(4));
@@ -215,7 +236,11 @@ async fn identical_chunks_and_repeated_queries_reach_the_api_once() {
     ingested(&outcomes[&a.upload_id]);
     let outcomes = ingest(&broker, std::slice::from_ref(&b)).await;
     ingested(&outcomes[&b.upload_id]);
-    assert_eq!(fake.inputs().iter().filter(|t| t.as_str() == shared).count(), 1, "the shared chunk came from the cache");
+    assert_eq!(
+        fake.inputs().iter().filter(|t| t.as_str() == shared).count(),
+        1,
+        "the shared chunk came from the cache"
+    );
 
     let request = QueryRequest {
         v: VERSION,
@@ -230,6 +255,10 @@ async fn identical_chunks_and_repeated_queries_reach_the_api_once() {
         let reply = client::query(&broker, &request, Duration::from_secs(30)).await.expect("reply");
         assert_eq!(reply["chunks"][0]["filename"], "b.txt", "{reply}");
     }
-    assert_eq!(fake.inputs().iter().filter(|t| t.as_str() == request.query).count(), 1, "the second query hit the cache");
+    assert_eq!(
+        fake.inputs().iter().filter(|t| t.as_str() == request.query).count(),
+        1,
+        "the second query hit the cache"
+    );
     worker.stop().await;
 }

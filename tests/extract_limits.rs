@@ -6,9 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use ragpipe::extract::{
-    ByteLimit, ExtractError, ExtractSettings, Hints, Limit, extract_in_process,
-};
+use ragpipe::extract::{ByteLimit, ExtractError, ExtractSettings, Hints, Limit, extract_in_process};
 use support::{build_docx, build_zip, document_xml};
 
 fn extract_with(bytes: &[u8], settings: &ExtractSettings) -> Result<String, ExtractError> {
@@ -19,9 +17,7 @@ fn extract_with(bytes: &[u8], settings: &ExtractSettings) -> Result<String, Extr
 /// inflated.
 fn repetitive_docx(len: usize) -> Vec<u8> {
     let text = "a".repeat(len);
-    build_docx(&document_xml(&format!(
-        "<w:p><w:r><w:t>{text}</w:t></w:r></w:p>"
-    )))
+    build_docx(&document_xml(&format!("<w:p><w:r><w:t>{text}</w:t></w:r></w:p>")))
 }
 
 #[test]
@@ -45,12 +41,7 @@ fn decompressed_bytes_are_capped_in_total() {
         ..ExtractSettings::default()
     };
     let err = extract_with(&repetitive_docx(2 * 1024 * 1024), &settings).err();
-    assert_eq!(
-        err,
-        Some(ExtractError::LimitExceeded(Limit::ZipBytes {
-            max: 512 * 1024
-        }))
-    );
+    assert_eq!(err, Some(ExtractError::LimitExceeded(Limit::ZipBytes { max: 512 * 1024 })));
     // The same document within the budget extracts.
     let small = extract_with(&repetitive_docx(100 * 1024), &settings).expect("small doc");
     assert_eq!(small.len(), 100 * 1024);
@@ -65,10 +56,7 @@ fn declared_sizes_are_not_trusted() {
     let started = Instant::now();
     let result = extract_with(&bytes, &ExtractSettings::default());
     assert!(
-        matches!(
-            result,
-            Err(ExtractError::LimitExceeded(_) | ExtractError::Corrupt(_))
-        ),
+        matches!(result, Err(ExtractError::LimitExceeded(_) | ExtractError::Corrupt(_))),
         "{:?}",
         result.map(|t| t.len())
     );
@@ -78,18 +66,11 @@ fn declared_sizes_are_not_trusted() {
 /// Patches the uncompressed-size fields of the local and central headers of entry `name`.
 fn lie_about_uncompressed_sizes(zip: &mut [u8], name: &[u8], size: u32) {
     let mut patched = 0;
-    for (signature, size_offset, name_offset) in [(b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)]
-    {
-        let starts: Vec<usize> = zip
-            .windows(4)
-            .enumerate()
-            .filter(|(_, w)| w == signature)
-            .map(|(i, _)| i)
-            .collect();
+    for (signature, size_offset, name_offset) in [(b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)] {
+        let starts: Vec<usize> = zip.windows(4).enumerate().filter(|(_, w)| w == signature).map(|(i, _)| i).collect();
         for start in starts {
             if zip.get(start + name_offset..start + name_offset + name.len()) == Some(name) {
-                zip[start + size_offset..start + size_offset + 4]
-                    .copy_from_slice(&size.to_le_bytes());
+                zip[start + size_offset..start + size_offset + 4].copy_from_slice(&size.to_le_bytes());
                 patched += 1;
             }
         }
@@ -101,16 +82,10 @@ fn lie_about_uncompressed_sizes(zip: &mut [u8], name: &[u8], size: u32) {
 fn too_many_zip_entries_are_refused() {
     let names: Vec<String> = (0..50).map(|i| format!("junk/{i}.xml")).collect();
     let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"<x/>"[..])).collect();
-    let settings = ExtractSettings {
-        zip_max_entries: 20,
-        ..ExtractSettings::default()
-    };
+    let settings = ExtractSettings { zip_max_entries: 20, ..ExtractSettings::default() };
     assert_eq!(
         extract_with(&build_zip(&entries), &settings).err(),
-        Some(ExtractError::LimitExceeded(Limit::ZipEntries {
-            entries: 50,
-            max: 20
-        }))
+        Some(ExtractError::LimitExceeded(Limit::ZipEntries { entries: 50, max: 20 }))
     );
 }
 
@@ -118,11 +93,7 @@ fn too_many_zip_entries_are_refused() {
 fn billion_laughs_entities_are_never_expanded() {
     let mut dtd = String::from("<!DOCTYPE w:document [\n<!ENTITY lol \"lol\">\n");
     for level in 1..=9 {
-        let previous = if level == 1 {
-            "lol".to_owned()
-        } else {
-            format!("lol{}", level - 1)
-        };
+        let previous = if level == 1 { "lol".to_owned() } else { format!("lol{}", level - 1) };
         let refs = format!("&{previous};").repeat(10);
         dtd.push_str(&format!("<!ENTITY lol{level} \"{refs}\">\n"));
     }
@@ -137,50 +108,27 @@ fn billion_laughs_entities_are_never_expanded() {
 
 #[test]
 fn character_limit_applies_to_every_format() {
-    let settings = ExtractSettings {
-        max_chars: 1_000,
-        ..ExtractSettings::default()
-    };
+    let settings = ExtractSettings { max_chars: 1_000, ..ExtractSettings::default() };
     let over = Some(ExtractError::LimitExceeded(Limit::Chars { max: 1_000 }));
     assert_eq!(extract_with(&repetitive_docx(2_000), &settings).err(), over);
-    assert_eq!(
-        extract_with("x".repeat(1_001).as_bytes(), &settings).err(),
-        over
-    );
+    assert_eq!(extract_with("x".repeat(1_001).as_bytes(), &settings).err(), over);
     let html = format!("<html><body><p>{}</p></body></html>", "y".repeat(1_001));
     assert_eq!(extract_with(html.as_bytes(), &settings).err(), over);
-    assert_eq!(
-        extract_with("x".repeat(1_000).as_bytes(), &settings)
-            .map(|t| t.len())
-            .ok(),
-        Some(1_000)
-    );
+    assert_eq!(extract_with("x".repeat(1_000).as_bytes(), &settings).map(|t| t.len()).ok(), Some(1_000));
 }
 
 #[test]
 fn file_size_and_page_limits_apply() {
-    let settings = ExtractSettings {
-        max_file_bytes: 100,
-        ..ExtractSettings::default()
-    };
+    let settings = ExtractSettings { max_file_bytes: 100, ..ExtractSettings::default() };
     assert_eq!(
         extract_with(&[b'a'; 101], &settings).err(),
-        Some(ExtractError::TooLarge(ByteLimit {
-            bytes: 101,
-            max: 100
-        }))
+        Some(ExtractError::TooLarge(ByteLimit { bytes: 101, max: 100 }))
     );
     let pdf = support::corpus_bytes("pdf/py-pdf_sample-files/pdflatex-4-pages.pdf");
-    let settings = ExtractSettings {
-        max_pages: 3,
-        ..ExtractSettings::default()
-    };
+    let settings = ExtractSettings { max_pages: 3, ..ExtractSettings::default() };
     assert_eq!(
         extract_with(&pdf, &settings).err(),
-        Some(ExtractError::LimitExceeded(Limit::Pages {
-            pages: 4,
-            max: 3
-        }))
+        Some(ExtractError::LimitExceeded(Limit::Pages { pages: 4, max: 3 }))
     );
 }
 
@@ -198,10 +146,7 @@ fn nested_docx(depth: usize) -> Vec<u8> {
 fn deeply_nested_markup_cannot_overflow_the_stack() {
     // The walkers keep an explicit stack, so depth costs memory, not call frames. Repetitive
     // markup compresses far beyond the zip-bomb ratio, so the ratio is relaxed here.
-    let settings = ExtractSettings {
-        zip_max_ratio: 100_000,
-        ..ExtractSettings::default()
-    };
+    let settings = ExtractSettings { zip_max_ratio: 100_000, ..ExtractSettings::default() };
     let text = extract_with(&nested_docx(30_000), &settings).expect("nested docx");
     assert_eq!(text, "topdeep");
     // Past the XML reader's nesting bound (65 535 open elements) it is a named failure.
@@ -211,11 +156,8 @@ fn deeply_nested_markup_cannot_overflow_the_stack() {
         "{too_deep:?}"
     );
     const DEPTH: usize = 200_000;
-    let html = format!(
-        "<html><body>{}deep{}</body></html>",
-        "<div><span>".repeat(DEPTH),
-        "</span></div>".repeat(DEPTH)
-    );
+    let html =
+        format!("<html><body>{}deep{}</body></html>", "<div><span>".repeat(DEPTH), "</span></div>".repeat(DEPTH));
     let text = extract_with(html.as_bytes(), &ExtractSettings::default()).expect("nested html");
     assert!(text == "deep", "{} characters of text", text.len());
 }

@@ -102,9 +102,7 @@ fn expected_outcome(rel: &str) -> &'static str {
         | "pdfminer.six/encrypted_doc_no_id.pdf"
         | "pdf.js/empty.pdf"
         | "pdf.js/GHOSTSCRIPT-698804-1-fuzzed.pdf" => "NoText",
-        "OCRmyPDF/invalid.pdf"
-        | "pdf.js/poppler-742-0-fuzzed.pdf"
-        | "pdf.js/poppler-937-0-fuzzed.pdf" => "Corrupt",
+        "OCRmyPDF/invalid.pdf" | "pdf.js/poppler-742-0-fuzzed.pdf" | "pdf.js/poppler-937-0-fuzzed.pdf" => "Corrupt",
         _ => "Ok",
     }
 }
@@ -128,16 +126,9 @@ fn assert_well_formed(name: &str, pages: &[PdfPage]) {
         assert_eq!(page.number as usize, i + 1, "{name}: page numbering");
         assert!(is_nfkc(&page.text), "{name} p{}: not NFKC", page.number);
         let bad = page.text.chars().find(|&c| c.is_control() && c != '\n');
-        assert!(
-            bad.is_none(),
-            "{name} p{}: control character {bad:?}",
-            page.number
-        );
+        assert!(bad.is_none(), "{name} p{}: control character {bad:?}", page.number);
     }
-    assert!(
-        pages.iter().any(|p| !p.text.trim().is_empty()),
-        "{name}: Ok but no text"
-    );
+    assert!(pages.iter().any(|p| !p.text.trim().is_empty()), "{name}: Ok but no text");
 }
 
 #[test]
@@ -146,28 +137,16 @@ fn every_corpus_pdf_ends_as_its_expected_outcome() {
     assert!(files.len() >= 60, "corpus not found at {CORPUS}");
     let mut wrong = Vec::new();
     for path in &files {
-        let rel = path
-            .strip_prefix(CORPUS)
-            .unwrap_or(path)
-            .to_string_lossy()
-            .into_owned();
+        let rel = path.strip_prefix(CORPUS).unwrap_or(path).to_string_lossy().into_owned();
         let outcome = extract_with(&rel, None);
         if let Ok(pages) = &outcome {
             assert_well_formed(&rel, pages);
         }
         if outcome_name(&outcome) != expected_outcome(&rel) {
-            wrong.push(format!(
-                "{rel}: expected {}, got {:?}",
-                expected_outcome(&rel),
-                outcome.err()
-            ));
+            wrong.push(format!("{rel}: expected {}, got {:?}", expected_outcome(&rel), outcome.err()));
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "unexpected outcomes:\n{}",
-        wrong.join("\n")
-    );
+    assert!(wrong.is_empty(), "unexpected outcomes:\n{}", wrong.join("\n"));
 }
 
 #[test]
@@ -177,10 +156,7 @@ fn fuzz_regressions_end_as_pages_or_a_named_error() {
     for path in files {
         let name = path.display().to_string();
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let small = PdfLimits {
-            max_pages: 50,
-            max_chars: 100_000,
-        };
+        let small = PdfLimits { max_pages: 50, max_chars: 100_000 };
         if let Ok(pages) = extract_bytes(&name, bytes, None, small) {
             assert_well_formed(&name, &pages);
         }
@@ -203,10 +179,7 @@ fn scans_without_a_text_layer_have_no_text() {
 
 #[test]
 fn bytes_without_a_pdf_header_are_not_a_pdf() {
-    assert_eq!(
-        extract_with("_negative_not_a_pdf/paper-100k.pdf", None),
-        Err(PdfError::NotPdf)
-    );
+    assert_eq!(extract_with("_negative_not_a_pdf/paper-100k.pdf", None), Err(PdfError::NotPdf));
     let late_header: Vec<u8> = vec![b' '; 2048].into_iter().chain(*b"%PDF-1.4").collect();
     for bytes in [b"".to_vec(), b"hello".to_vec(), late_header] {
         let outcome = extract_bytes("inline", bytes.clone(), None, PdfLimits::default());
@@ -218,21 +191,13 @@ fn bytes_without_a_pdf_header_are_not_a_pdf() {
 fn truncated_and_garbled_files_end_as_a_named_error_or_text() {
     let bytes = std::fs::read(corpus_path("pdf.js/tracemonkey.pdf")).unwrap_or_default();
     for cut in [10, 1_000, 100_000, bytes.len() / 2] {
-        let outcome = extract_bytes(
-            "truncated",
-            bytes[..cut.min(bytes.len())].to_vec(),
-            None,
-            PdfLimits::default(),
-        );
+        let outcome = extract_bytes("truncated", bytes[..cut.min(bytes.len())].to_vec(), None, PdfLimits::default());
         if let Ok(pages) = &outcome {
             assert_well_formed("truncated", pages);
         }
     }
-    let garbage: Vec<u8> = b"%PDF-1.7\n"
-        .iter()
-        .copied()
-        .chain((0..50_000u32).map(|i| (i * 7919 % 251) as u8))
-        .collect();
+    let garbage: Vec<u8> =
+        b"%PDF-1.7\n".iter().copied().chain((0..50_000u32).map(|i| (i * 7919 % 251) as u8)).collect();
     let outcome = extract_bytes("garbage", garbage, None, PdfLimits::default());
     assert!(matches!(outcome, Err(PdfError::Corrupt(_))), "{outcome:?}");
 }
@@ -241,31 +206,13 @@ fn truncated_and_garbled_files_end_as_a_named_error_or_text() {
 fn limits_stop_long_documents() {
     let rel = "pdf.js/freeculture.pdf";
     let bytes = std::fs::read(corpus_path(rel)).unwrap_or_default();
-    let few_pages = PdfLimits {
-        max_pages: 100,
-        ..PdfLimits::default()
-    };
-    assert_eq!(
-        extract_bytes(rel, bytes, None, few_pages),
-        Err(PdfError::TooManyPages {
-            pages: 352,
-            max: 100
-        })
-    );
+    let few_pages = PdfLimits { max_pages: 100, ..PdfLimits::default() };
+    assert_eq!(extract_bytes(rel, bytes, None, few_pages), Err(PdfError::TooManyPages { pages: 352, max: 100 }));
     let rel = "pdf.js/tracemonkey.pdf";
     let total: usize = pages(rel).iter().map(|p| p.text.chars().count()).sum();
     let bytes = std::fs::read(corpus_path(rel)).unwrap_or_default();
-    let exact = PdfLimits {
-        max_chars: total,
-        ..PdfLimits::default()
-    };
+    let exact = PdfLimits { max_chars: total, ..PdfLimits::default() };
     assert!(extract_bytes(rel, bytes.clone(), None, exact).is_ok());
-    let short = PdfLimits {
-        max_chars: total - 1,
-        ..PdfLimits::default()
-    };
-    assert_eq!(
-        extract_bytes(rel, bytes, None, short),
-        Err(PdfError::TooLong { max: total - 1 })
-    );
+    let short = PdfLimits { max_chars: total - 1, ..PdfLimits::default() };
+    assert_eq!(extract_bytes(rel, bytes, None, short), Err(PdfError::TooLong { max: total - 1 }));
 }

@@ -31,34 +31,22 @@ fn document_bytes(path: &Path) -> Vec<u8> {
 
 #[tokio::test]
 async fn fuzz_findings_end_quickly_with_their_expected_outcome() {
-    let settings = ExtractSettings {
-        timeout_secs: 10,
-        ..ExtractSettings::default()
-    };
+    let settings = ExtractSettings { timeout_secs: 10, ..ExtractSettings::default() };
     let sandbox = Sandbox::new(env!("CARGO_BIN_EXE_ragpipe").into(), settings);
     let mut fixtures: Vec<_> = std::fs::read_dir(FIXTURES)
         .expect("fixtures folder")
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .collect();
     fixtures.sort();
-    assert_eq!(
-        fixtures.len(),
-        EXPECTED.len(),
-        "every fixture needs an expectation"
-    );
+    assert_eq!(fixtures.len(), EXPECTED.len(), "every fixture needs an expectation");
     for path in fixtures {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let expected = EXPECTED
             .iter()
             .find(|(fixture, _)| *fixture == name)
             .map(|(_, outcome)| *outcome)
             .unwrap_or_else(|| panic!("no expectation for {name}"));
-        let outcome = sandbox
-            .extract(Arc::from(document_bytes(&path)), OwnedHints::default())
-            .await;
+        let outcome = sandbox.extract(Arc::from(document_bytes(&path)), OwnedHints::default()).await;
         let got = match &outcome {
             Ok(extracted) => Ok(extracted.text.as_str()),
             Err(err) => Err(err.code()),

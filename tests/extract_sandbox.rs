@@ -9,9 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ragpipe::extract::{
-    DocKind, ExtractError, ExtractSettings, Fault, Limit, OwnedHints, Sandbox, debug_report,
-};
+use ragpipe::extract::{DocKind, ExtractError, ExtractSettings, Fault, Limit, OwnedHints, Sandbox, debug_report};
 
 fn program() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ragpipe"))
@@ -22,36 +20,22 @@ fn sandbox(settings: ExtractSettings) -> Sandbox {
 }
 
 fn docx_bytes() -> Arc<[u8]> {
-    Arc::from(support::corpus_bytes(
-        "docx/mammoth.js/single-paragraph.docx",
-    ))
+    Arc::from(support::corpus_bytes("docx/mammoth.js/single-paragraph.docx"))
 }
 
 fn named(name: &str) -> OwnedHints {
-    OwnedHints {
-        filename: Some(name.to_owned()),
-        ..OwnedHints::default()
-    }
+    OwnedHints { filename: Some(name.to_owned()), ..OwnedHints::default() }
 }
 
 /// Runs one faulty extraction and checks it failed within `within`, then that the same
 /// process can still extract a normal document.
 async fn fails_then_recovers(sandbox: Sandbox, within: Duration) -> ExtractError {
     let started = Instant::now();
-    let err = sandbox
-        .extract(docx_bytes(), named("a.docx"))
-        .await
-        .expect_err("the injected fault must fail the extraction");
-    assert!(
-        started.elapsed() < within,
-        "{err} took {:?}",
-        started.elapsed()
-    );
+    let err =
+        sandbox.extract(docx_bytes(), named("a.docx")).await.expect_err("the injected fault must fail the extraction");
+    assert!(started.elapsed() < within, "{err} took {:?}", started.elapsed());
     let healthy = Sandbox::new(program(), sandbox.settings().clone());
-    let text = healthy
-        .extract(docx_bytes(), named("a.docx"))
-        .await
-        .map(|e| e.text);
+    let text = healthy.extract(docx_bytes(), named("a.docx")).await.map(|e| e.text);
     assert_eq!(text.as_deref(), Ok("Walking on imported air"));
     err
 }
@@ -60,10 +44,7 @@ async fn fails_then_recovers(sandbox: Sandbox, within: Duration) -> ExtractError
 async fn a_normal_document_round_trips_through_the_child() {
     let bytes = docx_bytes();
     let in_process = support::extract_named(&bytes, "a.docx").expect("in process");
-    let sandboxed = sandbox(ExtractSettings::default())
-        .extract(bytes, named("a.docx"))
-        .await
-        .expect("sandboxed");
+    let sandboxed = sandbox(ExtractSettings::default()).extract(bytes, named("a.docx")).await.expect("sandboxed");
     assert_eq!(sandboxed, in_process);
     assert_eq!(sandboxed.kind, DocKind::Docx);
 }
@@ -71,9 +52,7 @@ async fn a_normal_document_round_trips_through_the_child() {
 #[tokio::test]
 async fn document_failures_come_back_unchanged() {
     let encrypted = support::corpus_bytes("docx/apache-poi/bug53475-password-is-pass.docx");
-    let result = sandbox(ExtractSettings::default())
-        .extract(Arc::from(encrypted), named("secret.docx"))
-        .await;
+    let result = sandbox(ExtractSettings::default()).extract(Arc::from(encrypted), named("secret.docx")).await;
     assert_eq!(result.err(), Some(ExtractError::Encrypted));
 }
 
@@ -81,10 +60,7 @@ async fn document_failures_come_back_unchanged() {
 async fn segfault_is_reported_as_a_crash_with_its_signal() {
     let sandbox = sandbox(ExtractSettings::default()).with_fault(Fault::Segfault);
     let err = fails_then_recovers(sandbox, Duration::from_secs(10)).await;
-    assert_eq!(
-        err,
-        ExtractError::Crashed("extractor crashed: signal 11 (SIGSEGV)".into())
-    );
+    assert_eq!(err, ExtractError::Crashed("extractor crashed: signal 11 (SIGSEGV)".into()));
     assert_eq!((err.code(), err.is_transient()), ("crashed", false));
 }
 
@@ -104,10 +80,7 @@ async fn panic_abort_and_stack_overflow_are_crashes() {
 
 #[tokio::test]
 async fn a_hang_is_killed_at_the_timeout() {
-    let settings = ExtractSettings {
-        timeout_secs: 1,
-        ..ExtractSettings::default()
-    };
+    let settings = ExtractSettings { timeout_secs: 1, ..ExtractSettings::default() };
     let sandbox = sandbox(settings).with_fault(Fault::Hang);
     let started = Instant::now();
     let err = fails_then_recovers(sandbox, Duration::from_secs(5)).await;
@@ -118,11 +91,7 @@ async fn a_hang_is_killed_at_the_timeout() {
 
 #[tokio::test]
 async fn a_memory_blow_up_hits_the_cap() {
-    let settings = ExtractSettings {
-        max_memory_mb: 64,
-        max_file_bytes: 1024 * 1024,
-        ..ExtractSettings::default()
-    };
+    let settings = ExtractSettings { max_memory_mb: 64, max_file_bytes: 1024 * 1024, ..ExtractSettings::default() };
     let sandbox = sandbox(settings).with_fault(Fault::Allocate);
     let err = fails_then_recovers(sandbox, Duration::from_secs(10)).await;
     assert_eq!(err, ExtractError::MemoryLimit);
@@ -130,25 +99,16 @@ async fn a_memory_blow_up_hits_the_cap() {
 
 #[tokio::test]
 async fn endless_output_is_cut_at_the_cap() {
-    let settings = ExtractSettings {
-        max_output_bytes: 256 * 1024,
-        ..ExtractSettings::default()
-    };
+    let settings = ExtractSettings { max_output_bytes: 256 * 1024, ..ExtractSettings::default() };
     let sandbox = sandbox(settings).with_fault(Fault::FloodOutput);
     let err = fails_then_recovers(sandbox, Duration::from_secs(10)).await;
-    assert_eq!(
-        err,
-        ExtractError::LimitExceeded(Limit::Output { max: 256 * 1024 })
-    );
+    assert_eq!(err, ExtractError::LimitExceeded(Limit::Output { max: 256 * 1024 }));
 }
 
 #[tokio::test]
 async fn a_missing_program_is_a_transient_internal_error() {
     let sandbox = Sandbox::new("/nonexistent/ragpipe".into(), ExtractSettings::default());
-    let err = sandbox
-        .extract(docx_bytes(), OwnedHints::default())
-        .await
-        .expect_err("no program");
+    let err = sandbox.extract(docx_bytes(), OwnedHints::default()).await.expect_err("no program");
     assert_eq!((err.code(), err.is_transient()), ("internal", true));
 }
 
@@ -156,10 +116,7 @@ async fn a_missing_program_is_a_transient_internal_error() {
 async fn a_hanging_child_does_not_block_other_extractions() {
     // #[tokio::test] runs a single-threaded runtime: if waiting on the hung child blocked it,
     // the healthy extraction could not finish first.
-    let settings = ExtractSettings {
-        timeout_secs: 2,
-        ..ExtractSettings::default()
-    };
+    let settings = ExtractSettings { timeout_secs: 2, ..ExtractSettings::default() };
     let hung = sandbox(settings.clone()).with_fault(Fault::Hang);
     let healthy = sandbox(settings);
     let started = Instant::now();
@@ -169,34 +126,20 @@ async fn a_hanging_child_does_not_block_other_extractions() {
     });
     assert_eq!(hung.err(), Some(ExtractError::TimedOut { secs: 2 }));
     assert!(healthy.0.is_ok());
-    assert!(
-        healthy.1 < Duration::from_secs(2),
-        "healthy took {:?}",
-        healthy.1
-    );
+    assert!(healthy.1 < Duration::from_secs(2), "healthy took {:?}", healthy.1);
 }
 
 #[tokio::test]
 async fn debug_report_prints_text_and_json() {
     let path = support::corpus("docx/pandoc/tables.docx");
     let sandbox = sandbox(ExtractSettings::default());
-    let text = debug_report(&sandbox, &path, false)
-        .await
-        .expect("text report");
-    let header = format!(
-        "file: {}\nstatus: ok\ntype: docx\ncharacters: ",
-        path.display()
-    );
+    let text = debug_report(&sandbox, &path, false).await.expect("text report");
+    let header = format!("file: {}\nstatus: ok\ntype: docx\ncharacters: ", path.display());
     assert!(text.starts_with(&header), "{text}");
-    assert!(
-        text.contains("\npages: 0\n\nA table, with and without a header row\n"),
-        "{text}"
-    );
+    assert!(text.contains("\npages: 0\n\nA table, with and without a header row\n"), "{text}");
     assert!(text.contains("Name | Game | Fame | Blame"), "{text}");
 
-    let json = debug_report(&sandbox, &path, true)
-        .await
-        .expect("json report");
+    let json = debug_report(&sandbox, &path, true).await.expect("json report");
     let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
     assert_eq!(value["status"], "ok");
     assert_eq!(value["type"], "docx");
@@ -205,19 +148,11 @@ async fn debug_report_prints_text_and_json() {
     assert!(body.contains("Name | Game | Fame | Blame"));
 
     let encrypted = support::corpus("docx/apache-poi/bug53475-password-is-pass.docx");
-    let failed: serde_json::Value = serde_json::from_str(
-        &debug_report(&sandbox, &encrypted, true)
-            .await
-            .expect("report"),
-    )
-    .expect("valid JSON");
+    let failed: serde_json::Value =
+        serde_json::from_str(&debug_report(&sandbox, &encrypted, true).await.expect("report")).expect("valid JSON");
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["code"], "encrypted");
     assert_eq!(failed["transient"], false);
-    let failed_text = debug_report(&sandbox, &encrypted, false)
-        .await
-        .expect("report");
-    assert!(
-        failed_text.contains("status: failed\ncode: encrypted\nreason: document is encrypted\n")
-    );
+    let failed_text = debug_report(&sandbox, &encrypted, false).await.expect("report");
+    assert!(failed_text.contains("status: failed\ncode: encrypted\nreason: document is encrypted\n"));
 }

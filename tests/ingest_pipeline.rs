@@ -28,7 +28,12 @@ fn query(text: &str, collection: &str) -> QueryRequest {
 async fn top_filenames(broker: &dyn Broker, text: &str, collection: &str) -> Vec<String> {
     let reply = client::query(broker, &query(text, collection), Duration::from_secs(30)).await.expect("query reply");
     assert!(reply.get("error").is_none(), "query failed: {reply}");
-    reply["chunks"].as_array().expect("chunks").iter().map(|c| c["filename"].as_str().unwrap_or("").to_owned()).collect()
+    reply["chunks"]
+        .as_array()
+        .expect("chunks")
+        .iter()
+        .map(|c| c["filename"].as_str().unwrap_or("").to_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,10 +71,12 @@ async fn twenty_text_and_markdown_files_are_ingested_and_unique_facts_are_found(
     assert!(hits.iter().any(|f| f == "alice29.txt"), "alice not in top 3: {hits:?}");
 
     let pool = env.pool().await;
-    let row = sqlx::query("SELECT count(*) AS docs, sum(chunk_count)::bigint AS chunks FROM documents WHERE status = 'ingested'")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
+    let row = sqlx::query(
+        "SELECT count(*) AS docs, sum(chunk_count)::bigint AS chunks FROM documents WHERE status = 'ingested'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count");
     assert_eq!(row.get::<i64, _>("docs"), 20);
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks").fetch_one(&pool).await.expect("chunks");
     assert_eq!(stored, row.get::<i64, _>("chunks"));
@@ -80,12 +87,7 @@ async fn twenty_text_and_markdown_files_are_ingested_and_unique_facts_are_found(
 
 fn walk_count(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 })
-                .sum()
-        })
+        .map(|entries| entries.flatten().map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 }).sum())
         .unwrap_or(0)
 }
 
@@ -168,10 +170,7 @@ async fn bad_messages_are_dead_lettered_with_reasons_and_the_worker_carries_on()
     let good = env.upload_file(&env.write("good.txt", b"Still serving after bad input."), "bad");
 
     broker.publish_upload(b"this is not json").await.expect("publish malformed");
-    broker
-        .publish_upload(br#"{"v":99,"upload_id":"from-the-future","collection":"bad"}"#)
-        .await
-        .expect("publish v99");
+    broker.publish_upload(br#"{"v":99,"upload_id":"from-the-future","collection":"bad"}"#).await.expect("publish v99");
     for upload in [&outside, &missing, &empty_upload, &unsupported, &good] {
         broker.publish_upload(&messages::encode(upload)).await.expect("publish");
     }
@@ -199,7 +198,11 @@ async fn bad_messages_are_dead_lettered_with_reasons_and_the_worker_carries_on()
         .await
         .expect("row");
     assert_eq!(row.get::<String, _>("status"), "failed");
-    assert!(row.get::<String, _>("failure_reason").starts_with("empty"), "{:?}", row.get::<String, _>("failure_reason"));
+    assert!(
+        row.get::<String, _>("failure_reason").starts_with("empty"),
+        "{:?}",
+        row.get::<String, _>("failure_reason")
+    );
 
     // Six dead letters, each with the reason in its headers.
     let conn = lapin::Connection::connect(&common::amqp_url(), Default::default()).await.expect("amqp");
@@ -212,7 +215,8 @@ async fn bad_messages_are_dead_lettered_with_reasons_and_the_worker_carries_on()
             .expect("basic_get")
             .expect("a dead letter");
         let headers = message.delivery.properties.headers().clone().expect("headers");
-        let code = headers.inner().get("x-ragpipe-code").and_then(|v| v.as_long_string()).expect("code header").to_string();
+        let code =
+            headers.inner().get("x-ragpipe-code").and_then(|v| v.as_long_string()).expect("code header").to_string();
         let reason = headers.inner().get("x-ragpipe-reason").and_then(|v| v.as_long_string()).expect("reason header");
         assert!(!reason.to_string().is_empty());
         codes.push(code);

@@ -160,7 +160,9 @@ async fn a_query_worker_in_another_process_role_sees_new_documents_through_event
     ingest(&broker, std::slice::from_ref(&second)).await;
     let mut found = false;
     for _ in 0..50 {
-        let reply = client::query(&broker, &request("silver bells chapel tower"), Duration::from_secs(30)).await.expect("reply");
+        let reply = client::query(&broker, &request("silver bells chapel tower"), Duration::from_secs(30))
+            .await
+            .expect("reply");
         if reply["chunks"][0]["filename"] == "two.txt" {
             found = true;
             break;

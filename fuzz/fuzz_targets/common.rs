@@ -6,18 +6,12 @@ use ragpipe::extract::{ExtractError, ExtractSettings, Extracted, Hints, extract_
 
 /// Default settings with smaller zip and text budgets (the limits themselves are under test).
 pub fn settings() -> ExtractSettings {
-    ExtractSettings {
-        zip_max_uncompressed_bytes: 16 * 1024 * 1024,
-        max_chars: 1_000_000,
-        ..ExtractSettings::default()
-    }
+    ExtractSettings { zip_max_uncompressed_bytes: 16 * 1024 * 1024, max_chars: 1_000_000, ..ExtractSettings::default() }
 }
 
 /// Whether the input would take the PDF path (the PDF parser is fuzzed separately).
 pub fn is_pdf(data: &[u8]) -> bool {
-    data[..data.len().min(1024)]
-        .windows(5)
-        .any(|w| w == b"%PDF-")
+    data[..data.len().min(1024)].windows(5).any(|w| w == b"%PDF-")
 }
 
 /// Extracts and checks the output invariants.
@@ -32,16 +26,8 @@ pub fn extract_and_check(data: &[u8], hints: &Hints<'_>) {
 fn check(extracted: &Extracted, settings: &ExtractSettings) {
     let text = &extracted.text;
     assert!(!text.trim().is_empty(), "Ok with empty text");
-    assert!(
-        !text
-            .chars()
-            .any(|c| c.is_control() && c != '\n' && c != '\t'),
-        "control character in output"
-    );
-    assert!(
-        text.chars().count() <= settings.max_chars,
-        "character limit not enforced"
-    );
+    assert!(!text.chars().any(|c| c.is_control() && c != '\n' && c != '\t'), "control character in output");
+    assert!(text.chars().count() <= settings.max_chars, "character limit not enforced");
     assert!(extracted.pages.is_empty(), "pages for an unpaged kind");
 }
 

@@ -17,14 +17,11 @@ const RELS: &[u8] = br#"<?xml version="1.0"?><Relationships xmlns="http://schema
 
 /// A stored (uncompressed) package around `document`.
 fn package(document: &[u8]) -> Option<Vec<u8>> {
-    let stored =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, content) in [
-        ("[Content_Types].xml", CONTENT_TYPES),
-        ("_rels/.rels", RELS),
-        ("word/document.xml", document),
-    ] {
+    for (name, content) in
+        [("[Content_Types].xml", CONTENT_TYPES), ("_rels/.rels", RELS), ("word/document.xml", document)]
+    {
         writer.start_file(name, stored).ok()?;
         writer.write_all(content).ok()?;
     }
@@ -32,10 +29,7 @@ fn package(document: &[u8]) -> Option<Vec<u8>> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let hints = Hints {
-        filename: Some("fuzz.docx"),
-        ..Hints::default()
-    };
+    let hints = Hints { filename: Some("fuzz.docx"), ..Hints::default() };
     if data.starts_with(b"PK") {
         common::extract_and_check(data, &hints);
     } else if let Some(docx) = package(data) {

@@ -28,11 +28,7 @@ fn build_pdf(objects: &[Vec<u8>]) -> Vec<u8> {
         out.extend(format!("{off:010} 00000 n \n").as_bytes());
     }
     out.extend(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
+        format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).as_bytes(),
     );
     out
 }
@@ -58,9 +54,6 @@ fuzz_target!(|data: &[u8]| {
         b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /X /CIDSystemInfo << /Registry (Adobe) /Ordering (Japan1) /Supplement 6 >> /W [1 [500 600] 10 20 700] >>".to_vec(),
         stream("", cmap),
     ];
-    let limits = pdf::PdfLimits {
-        max_pages: 5,
-        max_chars: 100_000,
-    };
+    let limits = pdf::PdfLimits { max_pages: 5, max_chars: 100_000 };
     let _ = pdf::extract_pdf(&build_pdf(&objects), None, &limits);
 });

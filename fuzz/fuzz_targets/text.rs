@@ -8,12 +8,8 @@ use libfuzzer_sys::fuzz_target;
 use ragpipe::extract::Hints;
 
 const NAMES: [Option<&str>; 4] = [None, Some("a.txt"), Some("a.md"), Some("a.html")];
-const TYPES: [Option<&str>; 4] = [
-    None,
-    Some("text/plain; charset=iso-8859-2"),
-    Some("text/markdown"),
-    Some("text/html; charset=shift_jis"),
-];
+const TYPES: [Option<&str>; 4] =
+    [None, Some("text/plain; charset=iso-8859-2"), Some("text/markdown"), Some("text/html; charset=shift_jis")];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {

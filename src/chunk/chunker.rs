@@ -9,9 +9,7 @@ use super::overlap::{Span, spans};
 use super::packer::Params;
 use super::settings::{MIN_MAX_TOKENS, MIN_NEW_TOKENS};
 use super::tokens::{Encoding, Tokenizer};
-use super::{
-    Chunk, ChunkError, ChunkInput, ChunkSettings, Strategy, fixed, markdown, recursive, semantic,
-};
+use super::{Chunk, ChunkError, ChunkInput, ChunkSettings, Strategy, fixed, markdown, recursive, semantic};
 
 /// Cuts documents into chunks. Build one per process (the BPE vocabulary takes tens of
 /// milliseconds and tens of megabytes); clones share it.
@@ -27,9 +25,7 @@ struct Inner {
 
 impl std::fmt::Debug for Chunker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chunker")
-            .field("settings", &self.inner.settings)
-            .finish_non_exhaustive()
+        f.debug_struct("Chunker").field("settings", &self.inner.settings).finish_non_exhaustive()
     }
 }
 
@@ -42,12 +38,7 @@ impl Chunker {
     pub fn new(settings: &ChunkSettings) -> Result<Self, ChunkError> {
         settings.validate().map_err(ChunkError::InvalidSettings)?;
         let encoding = Encoding::from_name(&settings.encoding)?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                settings: settings.clone(),
-                tokenizer: Tokenizer::new(encoding)?,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { settings: settings.clone(), tokenizer: Tokenizer::new(encoding)? }) })
     }
 
     /// The settings this chunker was built with.
@@ -64,11 +55,7 @@ impl Chunker {
     /// Empty or whitespace-only text gives no chunks.
     pub fn chunk(&self, input: &ChunkInput<'_>) -> Vec<Chunk> {
         let s = &self.inner.settings;
-        let strategy = if input.markdown {
-            s.markdown_strategy
-        } else {
-            s.strategy
-        };
+        let strategy = if input.markdown { s.markdown_strategy } else { s.strategy };
         self.chunk_with(input, strategy, s.max_tokens, s.overlap_tokens)
     }
 
@@ -120,18 +107,10 @@ impl Chunker {
 }
 
 /// Builds the public chunks: text, offsets in bytes and chars, pages, heading paths.
-fn assemble(
-    input: &ChunkInput<'_>,
-    spans: &[Span],
-    outline: Option<&Outline>,
-    strategy: Strategy,
-) -> Vec<Chunk> {
+fn assemble(input: &ChunkInput<'_>, spans: &[Span], outline: Option<&Outline>, strategy: Strategy) -> Vec<Chunk> {
     let text = input.text;
     // Overlapping chunks start before the previous end: convert sorted offsets in one pass.
-    let mut positions: Vec<usize> = spans
-        .iter()
-        .flat_map(|s| [s.range.start, s.range.end])
-        .collect();
+    let mut positions: Vec<usize> = spans.iter().flat_map(|s| [s.range.start, s.range.end]).collect();
     positions.sort_unstable();
     positions.dedup();
     let mut cursor = CharOffsets::new(text);
@@ -150,9 +129,7 @@ fn assemble(
                 char_end: char_at(end),
                 page_start: page_at(input.pages, start),
                 page_end: page_at(input.pages, end.saturating_sub(1).max(start)),
-                heading_path: outline
-                    .and_then(|o| o.path_at(end.saturating_sub(1)))
-                    .map(str::to_owned),
+                heading_path: outline.and_then(|o| o.path_at(end.saturating_sub(1))).map(str::to_owned),
                 strategy,
             }
         })

@@ -37,13 +37,7 @@ impl<'a> DocTokens<'a> {
         }
         starts.push(text.len());
         cum.push(total);
-        Self {
-            tokenizer,
-            text,
-            starts,
-            cum,
-            cache,
-        }
+        Self { tokenizer, text, starts, cum, cache }
     }
 
     /// The document text.

@@ -63,19 +63,13 @@ pub(crate) fn cores(doc: &mut DocTokens<'_>, params: &Params) -> (Vec<Core>, Out
         while next_block < blocks.len() && blocks[next_block].start < group.end {
             let block = &blocks[next_block];
             if block.start > start {
-                units.push(Unit {
-                    range: start..block.start,
-                    child,
-                });
+                units.push(Unit { range: start..block.start, child });
                 start = block.start;
             }
             child = block.child;
             next_block += 1;
         }
-        units.push(Unit {
-            range: start..group.end,
-            child,
-        });
+        units.push(Unit { range: start..group.end, child });
         packer.pack_units(&units, Level::Block);
     }
     (packer.finish(), outline)
@@ -102,8 +96,7 @@ fn groups(doc: &mut DocTokens<'_>, outline: &Outline, min_tokens: usize) -> Vec<
         let end = sections.get(i + 1).map_or(text.len(), |s| s.start);
         let joins_next = sections.get(i + 1).is_some_and(|next| {
             (section.bare && next.level >= section.level)
-                || (next.level > section.level
-                    && doc.exact(trim(text, section.start..end)) < min_tokens)
+                || (next.level > section.level && doc.exact(trim(text, section.start..end)) < min_tokens)
         });
         if !joins_next {
             groups.push(group_start..end);
@@ -141,21 +134,10 @@ fn parse(text: &str) -> (Vec<Block>, Outline) {
                         title = Some((range.start, level as u8, String::new()));
                     }
                     if !in_list {
-                        blocks.push(Block {
-                            start: range.start,
-                            child: block_child(&tag),
-                            heading,
-                        });
+                        blocks.push(Block { start: range.start, child: block_child(&tag), heading });
                     }
-                } else if depth == 1
-                    && in_list
-                    && matches!(tag, Tag::Item | Tag::DefinitionListTitle)
-                {
-                    blocks.push(Block {
-                        start: range.start,
-                        child: Level::Sentence,
-                        heading: false,
-                    });
+                } else if depth == 1 && in_list && matches!(tag, Tag::Item | Tag::DefinitionListTitle) {
+                    blocks.push(Block { start: range.start, child: Level::Sentence, heading: false });
                 }
                 depth += 1;
             }
@@ -173,22 +155,14 @@ fn parse(text: &str) -> (Vec<Block>, Outline) {
                 }
             }
             Event::Rule if depth == 0 => {
-                blocks.push(Block {
-                    start: range.start,
-                    child: Level::Sentence,
-                    heading: false,
-                });
+                blocks.push(Block { start: range.start, child: Level::Sentence, heading: false });
             }
             _ => {}
         }
     }
     blocks.retain(|b| is_grapheme_boundary(text, b.start));
     blocks.dedup_by_key(|b| b.start);
-    let bare: Vec<usize> = blocks
-        .windows(2)
-        .filter(|w| w[0].heading && w[1].heading)
-        .map(|w| w[0].start)
-        .collect();
+    let bare: Vec<usize> = blocks.windows(2).filter(|w| w[0].heading && w[1].heading).map(|w| w[0].start).collect();
     (fuse_headings(blocks), outline(headings, &bare))
 }
 
@@ -219,12 +193,7 @@ fn block_child(tag: &Tag<'_>) -> Level {
 /// Sections with heading paths from `(offset, level, title)` of every top-level heading;
 /// `bare` lists the offsets of headings followed directly by another heading.
 fn outline(headings: Vec<(usize, u8, String)>, bare: &[usize]) -> Outline {
-    let mut sections = vec![Section {
-        start: 0,
-        level: 0,
-        path: None,
-        bare: false,
-    }];
+    let mut sections = vec![Section { start: 0, level: 0, path: None, bare: false }];
     let mut stack: Vec<(u8, String)> = Vec::new();
     for (start, level, title) in headings {
         while stack.last().is_some_and(|(l, _)| *l >= level) {
@@ -232,21 +201,12 @@ fn outline(headings: Vec<(usize, u8, String)>, bare: &[usize]) -> Outline {
         }
         let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
         stack.push((level, title));
-        let path = stack
-            .iter()
-            .map(|(_, t)| t.as_str())
-            .collect::<Vec<_>>()
-            .join(" > ");
+        let path = stack.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join(" > ");
         if start == 0 {
             sections.clear();
         }
         let bare = bare.binary_search(&start).is_ok();
-        sections.push(Section {
-            start,
-            level,
-            path: Some(path),
-            bare,
-        });
+        sections.push(Section { start, level, path: Some(path), bare });
     }
     Outline { sections }
 }

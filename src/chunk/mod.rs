@@ -52,20 +52,12 @@ pub struct ChunkInput<'a> {
 impl<'a> ChunkInput<'a> {
     /// Plain, unpaged text.
     pub fn text(text: &'a str) -> Self {
-        Self {
-            text,
-            markdown: false,
-            pages: &[],
-        }
+        Self { text, markdown: false, pages: &[] }
     }
 
     /// Unpaged Markdown.
     pub fn markdown(text: &'a str) -> Self {
-        Self {
-            text,
-            markdown: true,
-            pages: &[],
-        }
+        Self { text, markdown: true, pages: &[] }
     }
 }
 

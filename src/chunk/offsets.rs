@@ -19,9 +19,7 @@ pub(crate) fn is_grapheme_boundary(text: &str, pos: usize) -> bool {
     if before.is_ascii() && after.is_ascii() {
         return !(before == b'\r' && after == b'\n');
     }
-    GraphemeCursor::new(pos, text.len(), true)
-        .is_boundary(text, 0)
-        .unwrap_or(false)
+    GraphemeCursor::new(pos, text.len(), true).is_boundary(text, 0).unwrap_or(false)
 }
 
 /// The grapheme boundary at or before `pos`.
@@ -71,11 +69,7 @@ pub(crate) struct CharOffsets<'a> {
 impl<'a> CharOffsets<'a> {
     /// A cursor at the start of `text`.
     pub(crate) fn new(text: &'a str) -> Self {
-        Self {
-            bytes: text.as_bytes(),
-            byte: 0,
-            chars: 0,
-        }
+        Self { bytes: text.as_bytes(), byte: 0, chars: 0 }
     }
 
     /// The char offset of byte offset `pos` (a char boundary).
@@ -86,10 +80,7 @@ impl<'a> CharOffsets<'a> {
         }
         let pos = pos.min(self.bytes.len());
         // A char starts at every byte that is not a UTF-8 continuation byte (0b10xx_xxxx).
-        self.chars += self.bytes[self.byte..pos]
-            .iter()
-            .filter(|&&b| (b as i8) >= -0x40)
-            .count();
+        self.chars += self.bytes[self.byte..pos].iter().filter(|&&b| (b as i8) >= -0x40).count();
         self.byte = pos;
         self.chars
     }

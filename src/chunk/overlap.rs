@@ -44,21 +44,12 @@ pub(crate) fn spans(doc: &mut DocTokens<'_>, params: &Params, cores: &[Core]) ->
 
 /// The earliest boundary in `prev` whose suffix has at most `overlap_tokens` tokens and that
 /// keeps the whole chunk (up to `end`) within `max_tokens`.
-fn overlap_start(
-    doc: &mut DocTokens<'_>,
-    params: &Params,
-    prev: Range<usize>,
-    end: usize,
-) -> Option<usize> {
+fn overlap_start(doc: &mut DocTokens<'_>, params: &Params, prev: Range<usize>, end: usize) -> Option<usize> {
     let text = doc.text();
     let reach = params.overlap_tokens * OVERLAP_BYTES_PER_TOKEN + OVERLAP_BYTES_PER_TOKEN;
     // Only a search bound: candidates themselves are word (piece) starts on grapheme boundaries.
     let window_start = text.floor_char_boundary(prev.end.saturating_sub(reach).max(prev.start));
-    let level = if params.strategy == Strategy::Fixed {
-        Level::Piece
-    } else {
-        Level::Word
-    };
+    let level = if params.strategy == Strategy::Fixed { Level::Piece } else { Level::Word };
     // Strictly after the previous core's start: a chunk never swallows the previous one.
     let mut candidates: Vec<usize> = cuts(doc, level, window_start..prev.end)
         .into_iter()
@@ -76,8 +67,5 @@ fn overlap_start(
             lo = mid + 1;
         }
     }
-    candidates[lo..]
-        .iter()
-        .copied()
-        .find(|&c| doc.exact(c..end) <= params.max_tokens)
+    candidates[lo..].iter().copied().find(|&c| doc.exact(c..end) <= params.max_tokens)
 }

@@ -82,19 +82,8 @@ pub(crate) struct Packer<'p, 'a> {
 
 impl<'p, 'a> Packer<'p, 'a> {
     /// A packer whose first core starts a group.
-    pub(crate) fn new(
-        doc: &'p mut DocTokens<'a>,
-        params: &'p Params,
-        child: fn(Level) -> Level,
-    ) -> Self {
-        Self {
-            doc,
-            params,
-            child,
-            cores: Vec::new(),
-            open: None,
-            pending_group_start: true,
-        }
+    pub(crate) fn new(doc: &'p mut DocTokens<'a>, params: &'p Params, child: fn(Level) -> Level) -> Self {
+        Self { doc, params, child, cores: Vec::new(), open: None, pending_group_start: true }
     }
 
     /// Packs the whole document from `level` down, as one span.
@@ -111,11 +100,7 @@ impl<'p, 'a> Packer<'p, 'a> {
         let units = units_from_cuts(span.clone(), &positions, level);
         let next_sync = self.next_sync(&units, level);
         let mut starts = vec![span.start];
-        starts.extend(
-            (1..units.len())
-                .filter(|&k| next_sync[k - 1] == k)
-                .map(|k| units[k].range.start),
-        );
+        starts.extend((1..units.len()).filter(|&k| next_sync[k - 1] == k).map(|k| units[k].range.start));
         starts.push(span.end);
         starts.windows(2).map(|w| w[0]..w[1]).collect()
     }
@@ -141,10 +126,7 @@ impl<'p, 'a> Packer<'p, 'a> {
             if i > 0 && next_sync[i - 1] == i {
                 self.sync();
             }
-            let start = self
-                .open
-                .as_ref()
-                .map_or(units[i].range.start, |c| c.range.start);
+            let start = self.open.as_ref().map_or(units[i].range.start, |c| c.range.start);
             if let Some(j) = self.fit(start, units, i, next_sync[i]) {
                 self.extend(units, i, j);
                 i = j + 1;
@@ -267,10 +249,7 @@ impl<'p, 'a> Packer<'p, 'a> {
         let mut k = self.cores.len();
         // Walk groups from the back so removing a merged core leaves earlier indices valid.
         while k > 0 {
-            let first = (0..k)
-                .rev()
-                .find(|&i| self.cores[i].group_start)
-                .unwrap_or(0);
+            let first = (0..k).rev().find(|&i| self.cores[i].group_start).unwrap_or(0);
             if k - first >= 2 {
                 self.settle_tail(k - 2);
             }

@@ -50,11 +50,9 @@ fn summary(chunks: &[Chunk]) -> String {
     let total: usize = counts.iter().sum();
     let (min, max) = (counts.iter().min(), counts.iter().max());
     match (min, max) {
-        (Some(min), Some(max)) => format!(
-            "{} chunks, {total} tokens (min {min}, mean {}, max {max})\n",
-            chunks.len(),
-            total / chunks.len()
-        ),
+        (Some(min), Some(max)) => {
+            format!("{} chunks, {total} tokens (min {min}, mean {}, max {max})\n", chunks.len(), total / chunks.len())
+        }
         _ => "0 chunks\n".to_owned(),
     }
 }
@@ -102,13 +100,7 @@ mod tests {
     fn human_output_shows_counts_offsets_pages_path_and_preview() {
         let out = render(&sample(), false);
         assert!(out.starts_with("1 chunks, 9 tokens"), "{out}");
-        for part in [
-            "bytes 20..53",
-            "chars 18..51",
-            "pages 2-3",
-            "[Install > Linux]",
-            "apt.⏎Then",
-        ] {
+        for part in ["bytes 20..53", "chars 18..51", "pages 2-3", "[Install > Linux]", "apt.⏎Then"] {
             assert!(out.contains(part), "{part} missing from {out}");
         }
     }
@@ -122,10 +114,7 @@ mod tests {
 
     #[test]
     fn long_text_is_elided_in_the_middle() {
-        assert_eq!(
-            preview(&"x".repeat(500)).chars().count(),
-            PREVIEW_HEAD + PREVIEW_TAIL + 3
-        );
+        assert_eq!(preview(&"x".repeat(500)).chars().count(), PREVIEW_HEAD + PREVIEW_TAIL + 3);
         assert_eq!(render(&[], false), "0 chunks\n");
     }
 }

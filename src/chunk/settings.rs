@@ -55,9 +55,7 @@ impl std::str::FromStr for Strategy {
             "fixed" => Ok(Strategy::Fixed),
             "markdown" => Ok(Strategy::Markdown),
             "recursive" => Ok(Strategy::Recursive),
-            other => Err(format!(
-                "unknown chunk strategy {other:?} (expected semantic, fixed, markdown or recursive)"
-            )),
+            other => Err(format!("unknown chunk strategy {other:?} (expected semantic, fixed, markdown or recursive)")),
         }
     }
 }
@@ -114,14 +112,10 @@ impl ChunkSettings {
         Encoding::from_name(&self.encoding).map_err(|e| e.to_string())?;
         let (max, overlap, min) = (self.max_tokens, self.overlap_tokens, self.min_tokens);
         if max < MIN_MAX_TOKENS {
-            return Err(format!(
-                "chunk.max_tokens ({max}) must be at least {MIN_MAX_TOKENS}"
-            ));
+            return Err(format!("chunk.max_tokens ({max}) must be at least {MIN_MAX_TOKENS}"));
         }
         if overlap >= max {
-            return Err(format!(
-                "chunk.overlap_tokens ({overlap}) must be smaller than chunk.max_tokens ({max})"
-            ));
+            return Err(format!("chunk.overlap_tokens ({overlap}) must be smaller than chunk.max_tokens ({max})"));
         }
         if max - overlap < MIN_NEW_TOKENS {
             return Err(format!(
@@ -130,9 +124,7 @@ impl ChunkSettings {
             ));
         }
         if min >= max {
-            return Err(format!(
-                "chunk.min_tokens ({min}) must be smaller than chunk.max_tokens ({max})"
-            ));
+            return Err(format!("chunk.min_tokens ({min}) must be smaller than chunk.max_tokens ({max})"));
         }
         if self.resync_tokens != 0 && self.resync_tokens < max {
             return Err(format!(
@@ -156,13 +148,8 @@ mod tests {
     #[test]
     fn missing_keys_take_their_defaults() {
         let parsed: ChunkSettings =
-            serde_json::from_str(r#"{"max_tokens": 512, "strategy": "recursive"}"#)
-                .expect("valid section");
-        let expected = ChunkSettings {
-            max_tokens: 512,
-            strategy: Strategy::Recursive,
-            ..ChunkSettings::default()
-        };
+            serde_json::from_str(r#"{"max_tokens": 512, "strategy": "recursive"}"#).expect("valid section");
+        let expected = ChunkSettings { max_tokens: 512, strategy: Strategy::Recursive, ..ChunkSettings::default() };
         assert_eq!(parsed, expected);
     }
 
@@ -175,10 +162,7 @@ mod tests {
     #[test]
     fn validation_names_the_key_and_the_problem() {
         let with = |f: fn(&mut ChunkSettings)| {
-            let mut s = ChunkSettings {
-                max_tokens: 256,
-                ..ChunkSettings::default()
-            };
+            let mut s = ChunkSettings { max_tokens: 256, ..ChunkSettings::default() };
             f(&mut s);
             s.validate().expect_err("invalid on purpose")
         };
@@ -186,13 +170,8 @@ mod tests {
             with(|s| s.overlap_tokens = 300),
             "chunk.overlap_tokens (300) must be smaller than chunk.max_tokens (256)"
         );
-        assert_eq!(
-            with(|s| s.max_tokens = 4),
-            "chunk.max_tokens (4) must be at least 8"
-        );
-        assert!(
-            with(|s| s.overlap_tokens = 254).starts_with("chunk.overlap_tokens (254) must leave")
-        );
+        assert_eq!(with(|s| s.max_tokens = 4), "chunk.max_tokens (4) must be at least 8");
+        assert!(with(|s| s.overlap_tokens = 254).starts_with("chunk.overlap_tokens (254) must leave"));
         assert!(with(|s| s.min_tokens = 256).starts_with("chunk.min_tokens (256)"));
         assert!(with(|s| s.resync_tokens = 100).starts_with("chunk.resync_tokens (100)"));
         assert!(with(|s| s.encoding = "gpt2".into()).starts_with("chunk.encoding (\"gpt2\")"));
@@ -200,12 +179,7 @@ mod tests {
 
     #[test]
     fn strategies_parse_from_their_names() {
-        for s in [
-            Strategy::Semantic,
-            Strategy::Fixed,
-            Strategy::Markdown,
-            Strategy::Recursive,
-        ] {
+        for s in [Strategy::Semantic, Strategy::Fixed, Strategy::Markdown, Strategy::Recursive] {
             assert_eq!(s.name().parse::<Strategy>(), Ok(s));
         }
         assert!("words".parse::<Strategy>().is_err());

@@ -35,7 +35,8 @@ pub enum Encoding {
 /// cl100k_base's pattern with `\s+(?!\S)|\s` replaced by `\s+` (see the module comment).
 /// Possessive quantifiers became greedy ones: each is followed by a disjoint class, so
 /// backtracking can never change a match.
-const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s+$|\s*[\r\n]|\s+";
+const CL100K_PATTERN: &str =
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s+$|\s*[\r\n]|\s+";
 
 /// o200k_base's pattern with the same replacement.
 const O200K_PATTERN: &str = concat!(
@@ -49,22 +50,14 @@ const GPT2_PATTERN: &str = r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\
 
 impl Encoding {
     /// All encodings, for validation messages and tests.
-    pub const ALL: [Encoding; 4] = [
-        Encoding::Cl100kBase,
-        Encoding::O200kBase,
-        Encoding::P50kBase,
-        Encoding::R50kBase,
-    ];
+    pub const ALL: [Encoding; 4] = [Encoding::Cl100kBase, Encoding::O200kBase, Encoding::P50kBase, Encoding::R50kBase];
 
     /// Parses the name used in `workers.toml`.
     ///
     /// # Errors
     /// [`ChunkError::UnknownEncoding`] for anything but the four supported names.
     pub fn from_name(name: &str) -> Result<Self, ChunkError> {
-        Self::ALL
-            .into_iter()
-            .find(|e| e.name() == name)
-            .ok_or_else(|| ChunkError::UnknownEncoding(name.to_owned()))
+        Self::ALL.into_iter().find(|e| e.name() == name).ok_or_else(|| ChunkError::UnknownEncoding(name.to_owned()))
     }
 
     /// The tiktoken name of this encoding.
@@ -119,13 +112,9 @@ impl Tokenizer {
     /// # Errors
     /// [`ChunkError::Tokenizer`] if either cannot be built.
     pub(crate) fn new(encoding: Encoding) -> Result<Self, ChunkError> {
-        let pretokenizer = Regex::new(encoding.pattern())
-            .map_err(|e| ChunkError::Tokenizer(format!("pre-tokeniser pattern: {e}")))?;
-        Ok(Self {
-            encoding,
-            bpe: encoding.bpe()?,
-            pretokenizer,
-        })
+        let pretokenizer =
+            Regex::new(encoding.pattern()).map_err(|e| ChunkError::Tokenizer(format!("pre-tokeniser pattern: {e}")))?;
+        Ok(Self { encoding, bpe: encoding.bpe()?, pretokenizer })
     }
 
     /// The encoding this tokenizer counts in.
@@ -135,11 +124,7 @@ impl Tokenizer {
 
     /// The byte ranges of tiktoken's pieces of `text`, in order, covering all of it.
     pub(crate) fn pieces<'t>(&'t self, text: &'t str) -> Pieces<'t> {
-        Pieces {
-            tokenizer: self,
-            text,
-            pos: 0,
-        }
+        Pieces { tokenizer: self, text, pos: 0 }
     }
 
     /// Tokens in one piece (a match of the pre-tokeniser).
@@ -150,9 +135,7 @@ impl Tokenizer {
     /// Tokens in `text`, with a cache for repeated pieces.
     pub(crate) fn count(&self, text: &str) -> usize {
         let mut cache = PieceCache::default();
-        self.pieces(text)
-            .map(|r| cache.count(self, &text[r]) as usize)
-            .sum()
+        self.pieces(text).map(|r| cache.count(self, &text[r]) as usize).sum()
     }
 }
 
@@ -201,9 +184,7 @@ impl Iterator for Pieces<'_> {
     fn next(&mut self) -> Option<Range<usize>> {
         // Every character matches some alternative, so each piece starts where the last one
         // ended: an anchored search needs no reverse pass to find the start.
-        let input = Input::new(self.text)
-            .range(self.pos..)
-            .anchored(Anchored::Yes);
+        let input = Input::new(self.text).range(self.pos..).anchored(Anchored::Yes);
         let found = self.tokenizer.pretokenizer.search(&input)?;
         let end = self.lookahead_end(found.start(), found.end());
         self.pos = end;
@@ -219,18 +200,9 @@ impl Pieces<'_> {
         let Some(last) = piece.chars().next_back() else {
             return end;
         };
-        let followed_by_text = self.text[end..]
-            .chars()
-            .next()
-            .is_some_and(|c| !c.is_whitespace());
-        let from_newline_alternative =
-            self.tokenizer.encoding.has_newline_alternative() && matches!(last, '\r' | '\n');
-        let whitespace_run =
-            piece.chars().all(char::is_whitespace) && piece.len() > last.len_utf8();
-        if followed_by_text && whitespace_run && !from_newline_alternative {
-            end - last.len_utf8()
-        } else {
-            end
-        }
+        let followed_by_text = self.text[end..].chars().next().is_some_and(|c| !c.is_whitespace());
+        let from_newline_alternative = self.tokenizer.encoding.has_newline_alternative() && matches!(last, '\r' | '\n');
+        let whitespace_run = piece.chars().all(char::is_whitespace) && piece.len() > last.len_utf8();
+        if followed_by_text && whitespace_run && !from_newline_alternative { end - last.len_utf8() } else { end }
     }
 }

@@ -35,10 +35,7 @@ impl Level {
     /// Whether units at this level can start a content-defined sync point. Pieces, graphemes
     /// and chars are too small to be worth hashing.
     pub(crate) fn can_sync(self) -> bool {
-        matches!(
-            self,
-            Level::Paragraph | Level::Block | Level::Line | Level::Sentence | Level::Word
-        )
+        matches!(self, Level::Paragraph | Level::Block | Level::Line | Level::Sentence | Level::Word)
     }
 }
 
@@ -60,22 +57,11 @@ pub(crate) fn cuts(doc: &DocTokens<'_>, level: Level, span: Range<usize>) -> Vec
         Level::Block | Level::Line => line_starts(text, span, false),
         Level::Sentence => segment_starts(text, span, sentence_starts),
         Level::Word => word_starts(text, span),
-        Level::Piece => doc
-            .piece_starts_in(span)
-            .iter()
-            .copied()
-            .filter(|&p| is_grapheme_boundary(text, p))
-            .collect(),
-        Level::Grapheme => segment_starts(text, span, |s| {
-            s.grapheme_indices(true).map(|(i, _)| i).collect()
-        }),
+        Level::Piece => doc.piece_starts_in(span).iter().copied().filter(|&p| is_grapheme_boundary(text, p)).collect(),
+        Level::Grapheme => segment_starts(text, span, |s| s.grapheme_indices(true).map(|(i, _)| i).collect()),
         Level::Char => {
             let base = span.start;
-            text[span]
-                .char_indices()
-                .skip(1)
-                .map(|(i, _)| base + i)
-                .collect()
+            text[span].char_indices().skip(1).map(|(i, _)| base + i).collect()
         }
     }
 }
@@ -86,10 +72,7 @@ pub(crate) fn units_from_cuts(span: Range<usize>, cuts: &[usize], child: Level) 
     let mut start = span.start;
     for &cut in cuts.iter().chain(std::iter::once(&span.end)) {
         if cut > start {
-            units.push(Unit {
-                range: start..cut,
-                child,
-            });
+            units.push(Unit { range: start..cut, child });
             start = cut;
         }
     }
@@ -105,8 +88,7 @@ fn line_starts(text: &str, span: Range<usize>, after_blank: bool) -> Vec<usize> 
     let mut blank_since_content = false;
     let mut line_start = span.start;
     while line_start < span.end {
-        let line_end = memchr::memchr(b'\n', &bytes[line_start..span.end])
-            .map_or(span.end, |i| line_start + i + 1);
+        let line_end = memchr::memchr(b'\n', &bytes[line_start..span.end]).map_or(span.end, |i| line_start + i + 1);
         let blank = text[line_start..line_end].trim().is_empty();
         if !blank {
             let cut = seen_content && (!after_blank || blank_since_content);
@@ -125,11 +107,7 @@ fn line_starts(text: &str, span: Range<usize>, after_blank: bool) -> Vec<usize> 
 
 /// Starts of UAX #29 segments computed by `segment` on `text[span]`, made absolute, without
 /// the span start and without positions inside a grapheme cluster.
-fn segment_starts(
-    text: &str,
-    span: Range<usize>,
-    segment: impl Fn(&str) -> Vec<usize>,
-) -> Vec<usize> {
+fn segment_starts(text: &str, span: Range<usize>, segment: impl Fn(&str) -> Vec<usize>) -> Vec<usize> {
     let base = span.start;
     segment(&text[span])
         .into_iter()
@@ -143,9 +121,7 @@ fn segment_starts(
 /// text is mid-sentence, so line breaks are read as spaces (same byte length, same offsets).
 fn sentence_starts(span: &str) -> Vec<usize> {
     let flat = span.replace(['\n', '\r'], " ");
-    flat.split_sentence_bound_indices()
-        .map(|(i, _)| i)
-        .collect()
+    flat.split_sentence_bound_indices().map(|(i, _)| i).collect()
 }
 
 /// Starts of UAX #29 words that are not whitespace, so spaces stay with the word before.

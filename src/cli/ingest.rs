@@ -53,7 +53,10 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     let mut names = std::collections::HashMap::new();
     for file in &files {
         let upload = client::upload_for_file(file, &args.collection, &policy)?;
-        broker.publish_upload(&messages::encode(&upload)).await.with_context(|| format!("publishing {}", file.display()))?;
+        broker
+            .publish_upload(&messages::encode(&upload))
+            .await
+            .with_context(|| format!("publishing {}", file.display()))?;
         names.insert(upload.upload_id.clone(), file.display().to_string());
         pending.push(upload.upload_id);
     }

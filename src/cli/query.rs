@@ -53,7 +53,11 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         return Ok(if reply.get("error").is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
     if let Some(error) = reply.get("error") {
-        eprintln!("query failed: {} ({})", error["message"].as_str().unwrap_or(""), error["code"].as_str().unwrap_or(""));
+        eprintln!(
+            "query failed: {} ({})",
+            error["message"].as_str().unwrap_or(""),
+            error["code"].as_str().unwrap_or("")
+        );
         return Ok(ExitCode::FAILURE);
     }
     let response: QueryResponse = serde_json::from_value(reply).context("decoding the reply")?;

@@ -26,11 +26,17 @@ pub async fn run(_args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         println!("  (none)");
     }
     for row in rows {
-        println!("  {:<24} {:<10} {:>8} documents {:>10} chunks", row.collection, row.status, row.documents, row.chunks);
+        println!(
+            "  {:<24} {:<10} {:>8} documents {:>10} chunks",
+            row.collection, row.status, row.documents, row.chunks
+        );
     }
     match AmqpBroker::connect(&settings.broker).await {
         Ok(broker) => match broker.depths().await {
-            Ok(d) => println!("queues:\n  uploads waiting {}\n  dead letters    {}\n  queries waiting {}", d.ingest, d.dead, d.query),
+            Ok(d) => println!(
+                "queues:\n  uploads waiting {}\n  dead letters    {}\n  queries waiting {}",
+                d.ingest, d.dead, d.query
+            ),
             Err(error) => println!("queues: {error}"),
         },
         Err(error) => println!("queues: broker unreachable: {error}"),

@@ -37,7 +37,8 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     if http.enabled {
         let addr = format!("{}:{}", http.bind, http.port);
-        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding http endpoint {addr}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding http endpoint {addr}"))?;
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr), "serving /metrics, /health, /ready");
         tokio::spawn(crate::http::serve(listener, services.clone(), shutdown.clone()));
     }

@@ -91,7 +91,11 @@ impl Bucket {
     /// Time until `cost` may be taken.
     fn wait(&self, cost: f64) -> Duration {
         let need = cost.min(self.capacity);
-        if self.level >= need { Duration::ZERO } else { Duration::from_secs_f64((need - self.level) / self.per_ms / 1000.0) }
+        if self.level >= need {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((need - self.level) / self.per_ms / 1000.0)
+        }
     }
 }
 
@@ -145,7 +149,10 @@ impl Governor {
     /// `model`, so workers of different models do not share a budget.
     pub fn new(budgets: Budgets, model: &str, cache: &CacheSettings) -> Self {
         let now = Instant::now();
-        let local = Local { requests: Bucket::new(budgets.requests_per_minute, now), tokens: Bucket::new(budgets.tokens_per_minute, now) };
+        let local = Local {
+            requests: Bucket::new(budgets.requests_per_minute, now),
+            tokens: Bucket::new(budgets.tokens_per_minute, now),
+        };
         let shared = cache.url.as_ref().map(|url| Shared {
             url: url.clone(),
             // One hash tag, so both keys share a Redis Cluster slot (a script may only touch one).
@@ -160,7 +167,10 @@ impl Governor {
 
     /// The governor of `[embedder]` budgets and `[cache]`.
     pub fn from_settings(embedder: &EmbedderSettings, cache: &CacheSettings) -> Self {
-        let budgets = Budgets { requests_per_minute: embedder.requests_per_minute, tokens_per_minute: embedder.tokens_per_minute };
+        let budgets = Budgets {
+            requests_per_minute: embedder.requests_per_minute,
+            tokens_per_minute: embedder.tokens_per_minute,
+        };
         Self::new(budgets, &embedder.model, cache)
     }
 
@@ -197,7 +207,11 @@ impl Shared {
     async fn try_take(&self, budgets: Budgets, tokens: u64) -> Result<Duration, ()> {
         let mut manager = self.manager().await.ok_or(())?;
         let mut call = self.script.prepare_invoke();
-        call.key(&self.keys[0]).key(&self.keys[1]).arg(budgets.requests_per_minute).arg(budgets.tokens_per_minute).arg(tokens);
+        call.key(&self.keys[0])
+            .key(&self.keys[1])
+            .arg(budgets.requests_per_minute)
+            .arg(budgets.tokens_per_minute)
+            .arg(tokens);
         match tokio::time::timeout(self.timeout, call.invoke_async::<u64>(&mut manager)).await {
             Ok(Ok(wait_ms)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {

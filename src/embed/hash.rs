@@ -23,11 +23,8 @@ impl HashEmbedder {
     /// The vector of one text (synchronous; cheap).
     pub fn vector(&self, text: &str) -> Vec<f32> {
         let mut v = vec![0f32; self.dimensions];
-        let words: Vec<String> = text
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect();
+        let words: Vec<String> =
+            text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
         let mut add = |feature: u64, weight: f32| {
             let slot = (feature % self.dimensions as u64) as usize;
             // One hash bit picks the sign so unrelated features cancel out on average.

@@ -73,7 +73,9 @@ impl tower::Service<HttpRequestFactory> for PlainHttp {
 /// or as an HTTP date.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()).filter(|ms| ms.is_finite() && *ms >= 0.0) {
+    if let Some(ms) =
+        header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()).filter(|ms| ms.is_finite() && *ms >= 0.0)
+    {
         return Some(Duration::from_secs_f64(ms / 1000.0));
     }
     let value = header("retry-after")?;
@@ -140,7 +142,9 @@ pub fn classify_status(status: u16, retry_after: Option<Duration>, body: &str, p
         429 => EmbedError::RateLimited { retry_after },
         401 => EmbedError::permanent(
             "embedding_auth",
-            format!("the embedding API rejected the API key (HTTP 401: {message}); set {key_env} to a valid key and restart the workers"),
+            format!(
+                "the embedding API rejected the API key (HTTP 401: {message}); set {key_env} to a valid key and restart the workers"
+            ),
         ),
         403 => EmbedError::permanent(
             "embedding_auth",
@@ -151,7 +155,10 @@ pub fn classify_status(status: u16, retry_after: Option<Duration>, body: &str, p
         ),
         404 => EmbedError::permanent(
             "embedding_config",
-            format!("{} was not found (HTTP 404: {message}); check [embedder] {}", provider.target, provider.target_keys),
+            format!(
+                "{} was not found (HTTP 404: {message}); check [embedder] {}",
+                provider.target, provider.target_keys
+            ),
         ),
         413 => EmbedError::ContextLength(format!("HTTP 413: {message}")),
         400 | 422 if detail.is_context_length() => EmbedError::ContextLength(format!("HTTP {status}: {message}")),
@@ -207,9 +214,17 @@ impl ErrorDetail {
             return true;
         }
         let m = self.message.to_lowercase();
-        ["context length", "maximum context", "too many tokens", "must have less than", "maximum input length", "input is too long", "too long"]
-            .iter()
-            .any(|needle| m.contains(needle))
+        [
+            "context length",
+            "maximum context",
+            "too many tokens",
+            "must have less than",
+            "maximum input length",
+            "input is too long",
+            "too long",
+        ]
+        .iter()
+        .any(|needle| m.contains(needle))
     }
 }
 
@@ -226,7 +241,11 @@ mod tests {
     use super::*;
 
     fn provider() -> Provider {
-        Provider { key_env: "OPENAI_API_KEY", target: "model `m` at http://x/v1".into(), target_keys: "model and base_url" }
+        Provider {
+            key_env: "OPENAI_API_KEY",
+            target: "model `m` at http://x/v1".into(),
+            target_keys: "model and base_url",
+        }
     }
 
     fn openai_body(message: &str, kind: &str, code: &str) -> String {
@@ -236,9 +255,19 @@ mod tests {
     #[test]
     fn rate_limits_retry_but_exhausted_quota_is_permanent() {
         let p = provider();
-        let limited = classify_status(429, Some(Duration::from_secs(2)), &openai_body("slow down", "requests", "rate_limit_exceeded"), &p);
+        let limited = classify_status(
+            429,
+            Some(Duration::from_secs(2)),
+            &openai_body("slow down", "requests", "rate_limit_exceeded"),
+            &p,
+        );
         assert_eq!(limited, EmbedError::RateLimited { retry_after: Some(Duration::from_secs(2)) });
-        let quota = classify_status(429, None, &openai_body("You exceeded your current quota", "insufficient_quota", "insufficient_quota"), &p);
+        let quota = classify_status(
+            429,
+            None,
+            &openai_body("You exceeded your current quota", "insufficient_quota", "insufficient_quota"),
+            &p,
+        );
         let EmbedError::Permanent { code, reason } = quota else { panic!("quota must be permanent: {quota:?}") };
         assert_eq!(code, "embedding_quota");
         assert!(reason.contains("add credit") && reason.contains("OPENAI_API_KEY"), "{reason}");
@@ -247,13 +276,23 @@ mod tests {
     #[test]
     fn auth_and_not_found_name_what_to_fix() {
         let p = provider();
-        let EmbedError::Permanent { code, reason } = classify_status(401, None, &openai_body("Incorrect API key", "invalid_request_error", "invalid_api_key"), &p) else {
+        let EmbedError::Permanent { code, reason } = classify_status(
+            401,
+            None,
+            &openai_body("Incorrect API key", "invalid_request_error", "invalid_api_key"),
+            &p,
+        ) else {
             panic!("401 must be permanent")
         };
         assert_eq!(code, "embedding_auth");
         assert!(reason.contains("set OPENAI_API_KEY"), "{reason}");
-        assert!(matches!(classify_status(403, None, "forbidden", &p), EmbedError::Permanent { code: "embedding_auth", .. }));
-        let EmbedError::Permanent { reason, .. } = classify_status(404, None, "{}", &p) else { panic!("404 must be permanent") };
+        assert!(matches!(
+            classify_status(403, None, "forbidden", &p),
+            EmbedError::Permanent { code: "embedding_auth", .. }
+        ));
+        let EmbedError::Permanent { reason, .. } = classify_status(404, None, "{}", &p) else {
+            panic!("404 must be permanent")
+        };
         assert!(reason.contains("model and base_url"), "{reason}");
     }
 
@@ -269,7 +308,8 @@ mod tests {
             assert!(matches!(classify_status(400, None, body, &p), EmbedError::ContextLength(_)), "{body}");
         }
         assert!(matches!(classify_status(413, None, "payload too large", &p), EmbedError::ContextLength(_)));
-        let other = classify_status(400, None, &openai_body("dimensions is not supported", "invalid_request_error", ""), &p);
+        let other =
+            classify_status(400, None, &openai_body("dimensions is not supported", "invalid_request_error", ""), &p);
         assert!(matches!(other, EmbedError::Permanent { code: "embedding_rejected", .. }), "{other:?}");
     }
 

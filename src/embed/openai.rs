@@ -40,7 +40,8 @@ impl RemoteEmbedder {
     /// The API key is missing, the kind is not remote, or the HTTP client cannot be built.
     pub fn new(settings: &EmbedderSettings) -> Result<Self, EmbedError> {
         let config_error = |reason: String| EmbedError::permanent("embedding_config", reason);
-        let key_env = settings.api_key_env().ok_or_else(|| config_error("the hash embedder is not a remote API".into()))?;
+        let key_env =
+            settings.api_key_env().ok_or_else(|| config_error("the hash embedder is not a remote API".into()))?;
         let key = settings
             .api_key
             .as_ref()
@@ -67,7 +68,10 @@ impl RemoteEmbedder {
                     .with_api_key(key);
                 let provider = Provider {
                     key_env,
-                    target: format!("deployment `{}` at {endpoint} (api-version {})", settings.deployment, settings.api_version),
+                    target: format!(
+                        "deployment `{}` at {endpoint} (api-version {})",
+                        settings.deployment, settings.api_version
+                    ),
                     target_keys: "azure_endpoint, deployment and api_version",
                 };
                 (Api::Azure(Client::build(http, config).with_http_service(transport)), provider)
@@ -98,7 +102,10 @@ impl RemoteEmbedder {
         let mut slots: Vec<Option<Vec<f32>>> = vec![None; inputs];
         for item in response.data {
             let slot = slots.get_mut(item.index as usize).filter(|s| s.is_none()).ok_or_else(|| {
-                EmbedError::transient(format!("the reply has a bad or repeated index {} for {inputs} inputs", item.index))
+                EmbedError::transient(format!(
+                    "the reply has a bad or repeated index {} for {inputs} inputs",
+                    item.index
+                ))
             })?;
             if item.embedding.len() != self.dimensions {
                 return Err(EmbedError::permanent(
@@ -118,14 +125,16 @@ impl RemoteEmbedder {
             normalize(&mut vector);
             *slot = Some(vector);
         }
-        slots
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| EmbedError::transient(format!("the reply is missing vectors for some of its {inputs} inputs")))
+        slots.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
+            EmbedError::transient(format!("the reply is missing vectors for some of its {inputs} inputs"))
+        })
     }
 }
 
-async fn create<C: Config>(client: &Client<C>, request: CreateEmbeddingRequest) -> Result<CreateEmbeddingResponse, async_openai::error::OpenAIError> {
+async fn create<C: Config>(
+    client: &Client<C>,
+    request: CreateEmbeddingRequest,
+) -> Result<CreateEmbeddingResponse, async_openai::error::OpenAIError> {
     client.embeddings().create(request).await
 }
 

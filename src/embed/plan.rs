@@ -59,7 +59,12 @@ pub struct Plan {
 impl Plan {
     /// Plans `inputs`: empty ones are refused, longer ones than `max_input` truncated or split
     /// by `split(text, max_tokens)`, identical texts (within and across inputs) sent once.
-    pub fn new(inputs: &[Input], max_input: usize, mode: LongInputs, split: impl Fn(&str, usize) -> Vec<Input>) -> Self {
+    pub fn new(
+        inputs: &[Input],
+        max_input: usize,
+        mode: LongInputs,
+        split: impl Fn(&str, usize) -> Vec<Input>,
+    ) -> Self {
         let mut unique: Vec<Input> = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut intern = |input: Input| -> usize {
@@ -82,7 +87,13 @@ impl Plan {
                 if mode == LongInputs::Truncate {
                     pieces.truncate(1);
                 }
-                tracing::debug!(tokens = input.tokens, max_input, pieces = pieces.len(), ?mode, "input longer than the model accepts");
+                tracing::debug!(
+                    tokens = input.tokens,
+                    max_input,
+                    pieces = pieces.len(),
+                    ?mode,
+                    "input longer than the model accepts"
+                );
                 Ok(pieces.into_iter().map(|p| (p.tokens.max(1) as f32, p)).map(|(w, p)| (intern(p), w)).collect())
             })
             .collect();
@@ -97,7 +108,10 @@ impl Plan {
                 let parts = parts.as_ref().map_err(Clone::clone)?;
                 let mut found = Vec::with_capacity(parts.len());
                 for &(i, weight) in parts {
-                    let vector = vectors.get(i).cloned().unwrap_or_else(|| Err(EmbedError::transient("a vector went missing")))?;
+                    let vector = vectors
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| Err(EmbedError::transient("a vector went missing")))?;
                     found.push((vector, weight));
                 }
                 Ok(combine(found))
@@ -163,7 +177,8 @@ mod tests {
 
     #[test]
     fn identical_texts_are_planned_once_and_empty_ones_refused() {
-        let plan = Plan::new(&[input("a", 1), input("b", 1), input("a", 1), input("  ", 1)], 10, LongInputs::Split, halves);
+        let plan =
+            Plan::new(&[input("a", 1), input("b", 1), input("a", 1), input("  ", 1)], 10, LongInputs::Split, halves);
         assert_eq!(plan.unique, vec![input("a", 1), input("b", 1)]);
         assert!(matches!(plan.parts[3], Err(EmbedError::Permanent { code: "empty_input", .. })));
         let out = plan.assemble(&[Ok(vec![1.0, 0.0]), Ok(vec![0.0, 1.0])]);

@@ -81,7 +81,11 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy { initial: Duration::from_millis(100), max: Duration::from_secs(1), max_elapsed: Duration::from_secs(10) }
+        RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            max_elapsed: Duration::from_secs(10),
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -120,7 +124,11 @@ mod tests {
                     *c
                 };
                 async move {
-                    if n == 1 { Err(EmbedError::RateLimited { retry_after: Some(Duration::from_secs(7)) }) } else { Ok(()) }
+                    if n == 1 {
+                        Err(EmbedError::RateLimited { retry_after: Some(Duration::from_secs(7)) })
+                    } else {
+                        Ok(())
+                    }
                 }
             })
             .await;

@@ -59,11 +59,20 @@ pub struct EmbeddingService {
 
 impl EmbeddingService {
     /// Wraps `embedder` with the policy of `settings`, caching in `cache` for `cache_ttl`.
-    pub fn new(embedder: Arc<dyn Embedder>, cache: Arc<dyn Cache>, governor: Governor, settings: &EmbedderSettings, cache_ttl: Duration) -> Self {
+    pub fn new(
+        embedder: Arc<dyn Embedder>,
+        cache: Arc<dyn Cache>,
+        governor: Governor,
+        settings: &EmbedderSettings,
+        cache_ttl: Duration,
+    ) -> Self {
         let limits = Limits {
             batch_size: settings.batch_size.max(1),
             max_tokens_per_request: settings.max_tokens_per_request.max(1),
-            max_input_tokens: embedder.max_input_tokens().map_or(settings.max_input_tokens, |m| m.min(settings.max_input_tokens)).max(1),
+            max_input_tokens: embedder
+                .max_input_tokens()
+                .map_or(settings.max_input_tokens, |m| m.min(settings.max_input_tokens))
+                .max(1),
             long_inputs: settings.long_inputs,
             max_concurrent_requests: settings.max_concurrent_requests.max(1),
         };
@@ -83,7 +92,11 @@ impl EmbeddingService {
     ///
     /// # Errors
     /// The provider cannot be set up.
-    pub fn from_settings(embedder: &EmbedderSettings, cache_settings: &CacheSettings, cache: Arc<dyn Cache>) -> Result<Self, EmbedError> {
+    pub fn from_settings(
+        embedder: &EmbedderSettings,
+        cache_settings: &CacheSettings,
+        cache: Arc<dyn Cache>,
+    ) -> Result<Self, EmbedError> {
         let provider = super::from_settings(embedder)?;
         let governor = Governor::from_settings(embedder, cache_settings);
         Ok(Self::new(provider, cache, governor, embedder, Duration::from_secs(cache_settings.embedding_ttl_secs)))
@@ -118,7 +131,10 @@ impl EmbeddingService {
     /// The provider's failure after retries.
     pub async fn embed_one(&self, text: &str) -> EmbedResult {
         let input = self.input(text.to_owned());
-        self.embed_inputs(std::slice::from_ref(&input)).await.pop().unwrap_or_else(|| Err(EmbedError::transient("no result")))
+        self.embed_inputs(std::slice::from_ref(&input))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(EmbedError::transient("no result")))
     }
 
     /// One result per text, in order.
@@ -131,7 +147,11 @@ impl EmbeddingService {
     pub async fn embed_inputs(&self, inputs: &[Input]) -> Vec<EmbedResult> {
         let embedder = &self.embedder;
         let split = |text: &str, max: usize| -> Vec<Input> {
-            embedder.split_tokens(text, max).into_iter().map(|t| Input { tokens: embedder.count_tokens(&t), text: t }).collect()
+            embedder
+                .split_tokens(text, max)
+                .into_iter()
+                .map(|t| Input { tokens: embedder.count_tokens(&t), text: t })
+                .collect()
         };
         let plan = Plan::new(inputs, self.limits.max_input_tokens, self.limits.long_inputs, split);
         let keys: Vec<String> = plan.unique.iter().map(|i| self.cache_key(&i.text)).collect();
@@ -152,8 +172,10 @@ impl EmbeddingService {
             }
             self.cache.set_many(&fresh, self.cache_ttl).await;
         }
-        let vectors: Vec<EmbedResult> =
-            vectors.into_iter().map(|v| v.unwrap_or_else(|| Err(EmbedError::transient("a vector went missing")))).collect();
+        let vectors: Vec<EmbedResult> = vectors
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| Err(EmbedError::transient("a vector went missing"))))
+            .collect();
         plan.assemble(&vectors)
     }
 
@@ -212,14 +234,19 @@ impl EmbeddingService {
         let tokens: u64 = batch.iter().map(|i| i.tokens as u64).sum();
         self.retry
             .run(|| async {
-                let _permit = self.permits.acquire().await.map_err(|_| EmbedError::transient("the service is shutting down"))?;
+                let _permit =
+                    self.permits.acquire().await.map_err(|_| EmbedError::transient("the service is shutting down"))?;
                 self.governor.acquire(tokens).await;
                 metrics::EMBED_BATCH.observe(texts.len() as f64);
                 let result = self.embedder.embed(&texts).await.and_then(|vectors| {
                     if vectors.len() == texts.len() {
                         Ok(vectors)
                     } else {
-                        Err(EmbedError::transient(format!("the provider returned {} vectors for {} inputs", vectors.len(), texts.len())))
+                        Err(EmbedError::transient(format!(
+                            "the provider returned {} vectors for {} inputs",
+                            vectors.len(),
+                            texts.len()
+                        )))
                     }
                 });
                 let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -236,7 +263,8 @@ fn encode(vector: &[f32]) -> Vec<u8> {
 }
 
 fn decode(bytes: &[u8], dims: usize) -> Option<Vec<f32>> {
-    (bytes.len() == dims * 4).then(|| bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    (bytes.len() == dims * 4)
+        .then(|| bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
 #[cfg(test)]
@@ -248,8 +276,8 @@ mod tests {
 
     use super::*;
     use crate::cache::memory::MemoryCache;
-    use crate::embed::hash::HashEmbedder;
     use crate::embed::governor::Budgets;
+    use crate::embed::hash::HashEmbedder;
 
     /// Records every request; refuses any that holds a text containing "HUGE".
     struct Recording {
@@ -287,7 +315,8 @@ mod tests {
             inflight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         });
-        let governor = Governor::new(Budgets { requests_per_minute: 0, tokens_per_minute: 0 }, "m", &CacheSettings::default());
+        let governor =
+            Governor::new(Budgets { requests_per_minute: 0, tokens_per_minute: 0 }, "m", &CacheSettings::default());
         let cache = Arc::new(MemoryCache::new(1000));
         let service = EmbeddingService::new(recording.clone(), cache, governor, settings, Duration::from_secs(60));
         (recording, service)
@@ -297,7 +326,8 @@ mod tests {
     async fn a_context_length_refusal_isolates_the_long_input() {
         let settings = EmbedderSettings { batch_size: 8, ..EmbedderSettings::default() };
         let (recording, service) = service(&settings);
-        let texts: Vec<String> = (0..8).map(|i| if i == 5 { "HUGE text".to_owned() } else { format!("text {i}") }).collect();
+        let texts: Vec<String> =
+            (0..8).map(|i| if i == 5 { "HUGE text".to_owned() } else { format!("text {i}") }).collect();
         let results = service.embed(&texts).await;
         for (i, r) in results.iter().enumerate() {
             assert_eq!(r.is_ok(), i != 5, "{i}: {r:?}");

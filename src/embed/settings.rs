@@ -214,9 +214,8 @@ impl EmbedderSettings {
                 if self.kind == EmbedderKind::Azure { "azure" } else { "openai" }
             )),
             // The key goes into an HTTP header; a stray control character would fail every request.
-            Some(key) if !key.expose_secret().chars().all(|c| c.is_ascii_graphic()) => problems.push(format!(
-                "{env} contains characters that cannot be sent in an HTTP header (spaces or non-ASCII)"
-            )),
+            Some(key) if !key.expose_secret().chars().all(|c| c.is_ascii_graphic()) => problems
+                .push(format!("{env} contains characters that cannot be sent in an HTTP header (spaces or non-ASCII)")),
             Some(_) => {}
         }
     }

@@ -96,7 +96,11 @@ mod tests {
         assert!(pieces.len() > 1);
         assert_eq!(pieces.concat(), text);
         // A cut moved to a character boundary can shift a few tokens into the next piece.
-        assert!(pieces.iter().all(|p| count(bpe, p) <= 53), "{:?}", pieces.iter().map(|p| count(bpe, p)).collect::<Vec<_>>());
+        assert!(
+            pieces.iter().all(|p| count(bpe, p) <= 53),
+            "{:?}",
+            pieces.iter().map(|p| count(bpe, p)).collect::<Vec<_>>()
+        );
     }
 
     #[test]

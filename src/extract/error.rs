@@ -146,11 +146,7 @@ mod tests {
             (ExtractError::TimedOut { secs: 60 }, "timed_out", false),
             (ExtractError::MemoryLimit, "memory_limit", false),
             (ExtractError::Internal("spawn".into()), "internal", true),
-            (
-                ExtractError::LimitExceeded(Limit::Pages { pages: 3, max: 2 }),
-                "limit_exceeded",
-                false,
-            ),
+            (ExtractError::LimitExceeded(Limit::Pages { pages: 3, max: 2 }), "limit_exceeded", false),
         ];
         for (err, code, transient) in cases {
             assert_eq!(err.code(), code);
@@ -160,18 +156,12 @@ mod tests {
 
     #[test]
     fn timeout_message_names_the_seconds() {
-        assert_eq!(
-            ExtractError::TimedOut { secs: 60 }.to_string(),
-            "timed out after 60 s"
-        );
+        assert_eq!(ExtractError::TimedOut { secs: 60 }.to_string(), "timed out after 60 s");
     }
 
     #[test]
     fn errors_round_trip_through_json() {
-        let err = ExtractError::LimitExceeded(Limit::ZipRatio {
-            entry: "word/document.xml".into(),
-            max: 100,
-        });
+        let err = ExtractError::LimitExceeded(Limit::ZipRatio { entry: "word/document.xml".into(), max: 100 });
         let json = serde_json::to_string(&err).unwrap_or_default();
         let back: Result<ExtractError, _> = serde_json::from_str(&json);
         assert_eq!(back.ok(), Some(err));

@@ -10,9 +10,7 @@ use std::cell::RefCell;
 use encoding_rs::Encoding;
 use html5ever::tendril::StrTendril;
 use html5ever::tokenizer::states::RawKind;
-use html5ever::tokenizer::{
-    BufferQueue, Tag, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
-};
+use html5ever::tokenizer::{BufferQueue, Tag, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts};
 
 use super::error::ExtractError;
 use super::output::{Break, TextBuilder};
@@ -37,10 +35,7 @@ pub(crate) fn meta_charset(bytes: &[u8]) -> Option<&'static Encoding> {
     head.match_indices("<meta").find_map(|(pos, _)| {
         let tag = &head[pos..];
         let tag = &tag[..tag.find('>').unwrap_or(tag.len())];
-        let value = tag
-            .split_once("charset=")?
-            .1
-            .trim_start_matches(['"', '\'']);
+        let value = tag.split_once("charset=")?.1.trim_start_matches(['"', '\'']);
         let end = value
             .find(|c: char| c == '"' || c == '\'' || c == ';' || c == '/' || c.is_whitespace())
             .unwrap_or(value.len());
@@ -70,9 +65,7 @@ pub(crate) fn extract(html: &str, max_chars: usize) -> Result<String, ExtractErr
 }
 
 /// Elements whose content is never shown.
-const HIDDEN_RAW: &[&str] = &[
-    "script", "style", "noscript", "iframe", "noembed", "noframes",
-];
+const HIDDEN_RAW: &[&str] = &["script", "style", "noscript", "iframe", "noembed", "noframes"];
 /// Elements that start a new paragraph.
 const PARAGRAPH_BLOCKS: &[&str] = &[
     "p",
@@ -185,11 +178,7 @@ impl State {
         let name: &str = &tag.name;
         if let Some(hidden) = HIDDEN_RAW.iter().find(|&&h| h == name) {
             self.hidden_raw = Some(hidden);
-            let kind = if name == "script" {
-                RawKind::ScriptData
-            } else {
-                RawKind::Rawtext
-            };
+            let kind = if name == "script" { RawKind::ScriptData } else { RawKind::Rawtext };
             return Ok(TokenSinkResult::RawData(kind));
         }
         self.block_break(name);
@@ -284,9 +273,7 @@ impl TokenSink for Sink {
         }
         let result = match token {
             Token::TagToken(tag) => state.tag(&tag),
-            Token::CharacterTokens(text) => {
-                state.characters(&text).map(|()| TokenSinkResult::Continue)
-            }
+            Token::CharacterTokens(text) => state.characters(&text).map(|()| TokenSinkResult::Continue),
             _ => Ok(TokenSinkResult::Continue),
         };
         result.unwrap_or_else(|err| {
@@ -309,10 +296,7 @@ mod tests {
             <table><tr><td>x</td><td>y</td></tr><tr><td>z</td></tr></table>\
             <template><p>inert</p></template><pre>  keep\n   this</pre></body></html>";
         let text = extract(html, 10_000).unwrap_or_default();
-        assert_eq!(
-            text,
-            "T & more\n\nCafé\n\none two\u{a0}three\n\n- a\n- b\n\n3. c\n\nx | y\nz\n\n  keep\n   this"
-        );
+        assert_eq!(text, "T & more\n\nCafé\n\none two\u{a0}three\n\n- a\n- b\n\n3. c\n\nx | y\nz\n\n  keep\n   this");
     }
 
     #[test]
@@ -325,9 +309,6 @@ mod tests {
     fn meta_charset_is_found() {
         let bytes = b"<html><head><meta http-equiv=\"Content-Type\" content=\"text/html; charset=ISO-8859-2\">";
         assert_eq!(meta_charset(bytes).map(|e| e.name()), Some("ISO-8859-2"));
-        assert_eq!(
-            meta_charset(b"<meta charset='koi8-r'>").map(|e| e.name()),
-            Some("KOI8-R")
-        );
+        assert_eq!(meta_charset(b"<meta charset='koi8-r'>").map(|e| e.name()), Some("KOI8-R"));
     }
 }

@@ -66,10 +66,7 @@ impl ExtractSettings {
             ("max_file_bytes", self.max_file_bytes),
             ("max_pages", self.max_pages as u64),
             ("max_chars", self.max_chars as u64),
-            (
-                "zip_max_uncompressed_bytes",
-                self.zip_max_uncompressed_bytes,
-            ),
+            ("zip_max_uncompressed_bytes", self.zip_max_uncompressed_bytes),
             ("zip_max_entries", self.zip_max_entries as u64),
             ("zip_max_ratio", self.zip_max_ratio),
         ];
@@ -127,38 +124,28 @@ mod tests {
 
     #[test]
     fn zero_limit_is_rejected_with_its_key() {
-        let settings = ExtractSettings {
-            zip_max_entries: 0,
-            ..ExtractSettings::default()
-        };
+        let settings = ExtractSettings { zip_max_entries: 0, ..ExtractSettings::default() };
         let err = settings.validate().err().unwrap_or_default();
         assert!(err.contains("extract.zip_max_entries"), "{err}");
     }
 
     #[test]
     fn output_cap_too_small_for_char_limit_is_rejected() {
-        let settings = ExtractSettings {
-            max_output_bytes: 1024,
-            ..ExtractSettings::default()
-        };
+        let settings = ExtractSettings { max_output_bytes: 1024, ..ExtractSettings::default() };
         let err = settings.validate().err().unwrap_or_default();
         assert!(err.contains("extract.max_output_bytes"), "{err}");
     }
 
     #[test]
     fn file_limit_above_memory_is_rejected() {
-        let settings = ExtractSettings {
-            max_memory_mb: 16,
-            ..ExtractSettings::default()
-        };
+        let settings = ExtractSettings { max_memory_mb: 16, ..ExtractSettings::default() };
         let err = settings.validate().err().unwrap_or_default();
         assert!(err.contains("extract.max_file_bytes"), "{err}");
     }
 
     #[test]
     fn missing_keys_take_defaults_and_unknown_keys_fail() {
-        let partial: ExtractSettings =
-            serde_json::from_str(r#"{"timeout_secs": 5}"#).unwrap_or_default();
+        let partial: ExtractSettings = serde_json::from_str(r#"{"timeout_secs": 5}"#).unwrap_or_default();
         assert_eq!(partial.timeout_secs, 5);
         assert_eq!(partial.max_memory_mb, 512);
         let unknown = serde_json::from_str::<ExtractSettings>(r#"{"timeout": 5}"#);

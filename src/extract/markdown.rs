@@ -16,16 +16,10 @@ struct Signals {
 
 impl Signals {
     fn kinds(&self) -> usize {
-        [
-            self.atx_headings,
-            self.fences,
-            self.inline_links,
-            self.reference_links,
-            self.table_rules,
-        ]
-        .iter()
-        .filter(|&&n| n > 0)
-        .count()
+        [self.atx_headings, self.fences, self.inline_links, self.reference_links, self.table_rules]
+            .iter()
+            .filter(|&&n| n > 0)
+            .count()
     }
 }
 
@@ -50,9 +44,7 @@ pub(crate) fn looks_like_markdown(text: &str) -> bool {
 
 fn is_atx_heading(line: &str) -> bool {
     let hashes = line.bytes().take_while(|&b| b == b'#').count();
-    (1..=6).contains(&hashes)
-        && line[hashes..].starts_with([' ', '\t'])
-        && !line[hashes..].trim().is_empty()
+    (1..=6).contains(&hashes) && line[hashes..].starts_with([' ', '\t']) && !line[hashes..].trim().is_empty()
 }
 
 fn is_reference_definition(line: &str) -> bool {
@@ -70,12 +62,8 @@ fn has_inline_link(line: &str) -> bool {
     while let Some(pos) = rest.find("](") {
         let before = &rest[..pos];
         let after = &rest[pos + 2..];
-        let has_label = before
-            .rfind('[')
-            .is_some_and(|open| pos > open + 1 && !before[open..].contains('\n'));
-        let has_target = after
-            .find(')')
-            .is_some_and(|close| close > 0 && !after[..close].starts_with(' '));
+        let has_label = before.rfind('[').is_some_and(|open| pos > open + 1 && !before[open..].contains('\n'));
+        let has_target = after.find(')').is_some_and(|close| close > 0 && !after[..close].starts_with(' '));
         if has_label && has_target {
             return true;
         }
@@ -90,9 +78,8 @@ fn is_table_rule(line: &str) -> bool {
     if line.len() < 5 {
         return false;
     }
-    let pipe_row = line.contains('|')
-        && line.contains("---")
-        && line.chars().all(|c| matches!(c, '|' | '-' | ':' | ' '));
+    let pipe_row =
+        line.contains('|') && line.contains("---") && line.chars().all(|c| matches!(c, '|' | '-' | ':' | ' '));
     let grid_row = line.starts_with('+')
         && line.ends_with('+')
         && line.contains("---")

@@ -160,10 +160,7 @@ pub fn extract_in_process(
     settings: &ExtractSettings,
 ) -> Result<Extracted, ExtractError> {
     if bytes.len() as u64 > settings.max_file_bytes {
-        return Err(ExtractError::TooLarge(ByteLimit {
-            bytes: bytes.len() as u64,
-            max: settings.max_file_bytes,
-        }));
+        return Err(ExtractError::TooLarge(ByteLimit { bytes: bytes.len() as u64, max: settings.max_file_bytes }));
     }
     let declared = sniff::declared_kind(hints.filename, hints.content_type);
     match sniff::sniff(bytes) {
@@ -171,10 +168,7 @@ pub fn extract_in_process(
         Sniffed::Pdf => extract_pdf(bytes, hints.password, settings),
         Sniffed::Zip => Ok(unpaged(DocKind::Docx, docx::extract(bytes, settings)?)),
         Sniffed::Ole if sniff::ole_is_encrypted_package(bytes) => Err(ExtractError::Encrypted),
-        Sniffed::Ole => Err(unsupported(
-            "OLE compound file (legacy .doc/.xls/.ppt)",
-            declared,
-        )),
+        Sniffed::Ole => Err(unsupported("OLE compound file (legacy .doc/.xls/.ppt)", declared)),
         Sniffed::Binary(name) => Err(unsupported(name, declared)),
         Sniffed::Text => match declared {
             Some(kind @ (DocKind::Pdf | DocKind::Docx)) => Err(unsupported("text", Some(kind))),
@@ -195,11 +189,7 @@ fn unsupported(detected: &str, declared: Option<DocKind>) -> ExtractError {
 }
 
 fn unpaged(kind: DocKind, text: String) -> Extracted {
-    Extracted {
-        kind,
-        text,
-        pages: Vec::new(),
-    }
+    Extracted { kind, text, pages: Vec::new() }
 }
 
 /// Plain text, Markdown or HTML: an unmistakable HTML document is HTML whatever it was called;
@@ -210,10 +200,7 @@ fn extract_text_family(
     declared: Option<DocKind>,
     settings: &ExtractSettings,
 ) -> Result<Extracted, ExtractError> {
-    let charset = hints
-        .content_type
-        .and_then(text::charset_from_content_type)
-        .or_else(|| html::meta_charset(bytes));
+    let charset = hints.content_type.and_then(text::charset_from_content_type).or_else(|| html::meta_charset(bytes));
     let decoded = text::decode(bytes, charset);
     let kind = if declared == Some(DocKind::Html) || html::looks_like_html(&decoded) {
         DocKind::Html
@@ -235,15 +222,8 @@ fn extract_text_family(
     Ok(unpaged(kind, text))
 }
 
-fn extract_pdf(
-    bytes: &[u8],
-    password: Option<&str>,
-    settings: &ExtractSettings,
-) -> Result<Extracted, ExtractError> {
-    let limits = pdf::PdfLimits {
-        max_pages: settings.max_pages,
-        max_chars: settings.max_chars,
-    };
+fn extract_pdf(bytes: &[u8], password: Option<&str>, settings: &ExtractSettings) -> Result<Extracted, ExtractError> {
+    let limits = pdf::PdfLimits { max_pages: settings.max_pages, max_chars: settings.max_chars };
     let pages = pdf::extract_pdf(bytes, password, &limits).map_err(map_pdf_error)?;
     let mut text = String::new();
     let mut spans = Vec::with_capacity(pages.len());
@@ -253,17 +233,9 @@ fn extract_pdf(
         }
         let start = text.len();
         text.push_str(text::normalize(&page.text).trim_end());
-        spans.push(PageSpan {
-            number: page.number,
-            start,
-            end: text.len(),
-        });
+        spans.push(PageSpan { number: page.number, start, end: text.len() });
     }
-    Ok(Extracted {
-        kind: DocKind::Pdf,
-        text,
-        pages: spans,
-    })
+    Ok(Extracted { kind: DocKind::Pdf, text, pages: spans })
 }
 
 /// Maps the PDF extractor's errors. The catch-all keeps this compiling and correct if the PDF
@@ -272,15 +244,9 @@ fn map_pdf_error(err: pdf::PdfError) -> ExtractError {
     match err {
         pdf::PdfError::Encrypted => ExtractError::Encrypted,
         pdf::PdfError::NoText => ExtractError::NoText,
-        pdf::PdfError::NotPdf => ExtractError::Unsupported {
-            detected: "not a PDF (no %PDF- header)".to_owned(),
-        },
-        pdf::PdfError::TooManyPages { pages, max } => {
-            ExtractError::LimitExceeded(Limit::Pages { pages, max })
-        }
-        pdf::PdfError::TooLong { max: max_chars } => {
-            ExtractError::LimitExceeded(Limit::Chars { max: max_chars })
-        }
+        pdf::PdfError::NotPdf => ExtractError::Unsupported { detected: "not a PDF (no %PDF- header)".to_owned() },
+        pdf::PdfError::TooManyPages { pages, max } => ExtractError::LimitExceeded(Limit::Pages { pages, max }),
+        pdf::PdfError::TooLong { max: max_chars } => ExtractError::LimitExceeded(Limit::Chars { max: max_chars }),
         other => ExtractError::Corrupt(other.to_string()),
     }
 }

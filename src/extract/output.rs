@@ -49,12 +49,7 @@ pub(crate) struct TextBuilder {
 impl TextBuilder {
     /// An empty builder that fails once more than `max_chars` characters were written.
     pub(crate) fn new(max_chars: usize) -> Self {
-        Self {
-            text: String::new(),
-            pending: Break::None,
-            chars: 0,
-            max_chars,
-        }
+        Self { text: String::new(), pending: Break::None, chars: 0, max_chars }
     }
 
     /// Requests a break before the next text; the strongest request since the last text wins.
@@ -114,9 +109,7 @@ impl TextBuilder {
 
     fn check_limit(&self) -> Result<(), ExtractError> {
         if self.chars > self.max_chars {
-            return Err(ExtractError::LimitExceeded(Limit::Chars {
-                max: self.max_chars,
-            }));
+            return Err(ExtractError::LimitExceeded(Limit::Chars { max: self.max_chars }));
         }
         Ok(())
     }
@@ -145,9 +138,6 @@ mod tests {
     fn character_limit_is_enforced_while_writing() {
         let mut out = TextBuilder::new(3);
         assert!(out.push_str("abc").is_ok());
-        assert!(matches!(
-            out.push_str("d"),
-            Err(ExtractError::LimitExceeded(Limit::Chars { max: 3 }))
-        ));
+        assert!(matches!(out.push_str("d"), Err(ExtractError::LimitExceeded(Limit::Chars { max: 3 }))));
     }
 }

@@ -96,10 +96,7 @@ pub struct PdfLimits {
 impl Default for PdfLimits {
     /// 2,000 pages and 20 million characters: a long book is well inside both.
     fn default() -> PdfLimits {
-        PdfLimits {
-            max_pages: 2_000,
-            max_chars: 20_000_000,
-        }
+        PdfLimits { max_pages: 2_000, max_chars: 20_000_000 }
     }
 }
 
@@ -113,46 +110,29 @@ impl Default for PdfLimits {
 /// [`PdfError::NotPdf`] without a PDF header, [`PdfError::Encrypted`] when no valid
 /// password is available, [`PdfError::TooManyPages`] / [`PdfError::TooLong`] past the
 /// limits, [`PdfError::NoText`] when no page has text, [`PdfError::Corrupt`] otherwise.
-pub fn extract_pdf(
-    bytes: &[u8],
-    password: Option<&str>,
-    limits: &PdfLimits,
-) -> Result<Vec<PdfPage>, PdfError> {
+pub fn extract_pdf(bytes: &[u8], password: Option<&str>, limits: &PdfLimits) -> Result<Vec<PdfPage>, PdfError> {
     if !document::has_header(bytes) {
         return Err(PdfError::NotPdf);
     }
     // lopdf is hardened but not proven panic-free on hostile input; a panic there must
     // cost this document only.
-    catch_unwind(AssertUnwindSafe(|| extract(bytes, password, limits))).unwrap_or_else(|_| {
-        Err(PdfError::Corrupt(
-            "the PDF parser failed on malformed data".into(),
-        ))
-    })
+    catch_unwind(AssertUnwindSafe(|| extract(bytes, password, limits)))
+        .unwrap_or_else(|_| Err(PdfError::Corrupt("the PDF parser failed on malformed data".into())))
 }
 
-fn extract(
-    bytes: &[u8],
-    password: Option<&str>,
-    limits: &PdfLimits,
-) -> Result<Vec<PdfPage>, PdfError> {
+fn extract(bytes: &[u8], password: Option<&str>, limits: &PdfLimits) -> Result<Vec<PdfPage>, PdfError> {
     let doc = document::open(bytes, password)?;
     let ids = document::pages(&doc);
     if ids.is_empty() {
         return Err(PdfError::Corrupt("the document has no pages".into()));
     }
     if ids.len() > limits.max_pages {
-        return Err(PdfError::TooManyPages {
-            pages: ids.len(),
-            max: limits.max_pages,
-        });
+        return Err(PdfError::TooManyPages { pages: ids.len(), max: limits.max_pages });
     }
     // Layout and furniture removal change the count a little; the exact check is on the
     // final text, this one only stops runaway work early.
     let glyph_cap = limits.max_chars.saturating_mul(2).saturating_add(10_000);
-    let mut budget = Budget {
-        operators: MAX_OPERATORS,
-        glyphs: u64::try_from(glyph_cap).unwrap_or(u64::MAX),
-    };
+    let mut budget = Budget { operators: MAX_OPERATORS, glyphs: u64::try_from(glyph_cap).unwrap_or(u64::MAX) };
     let mut cache = DocCache::default();
     let mut pages: Vec<Vec<Line>> = Vec::with_capacity(ids.len());
     let mut heights = Vec::with_capacity(ids.len());
@@ -161,14 +141,10 @@ fn extract(
         pages.push(lines);
         heights.push(height);
         if budget.glyphs == 0 {
-            return Err(PdfError::TooLong {
-                max: limits.max_chars,
-            });
+            return Err(PdfError::TooLong { max: limits.max_chars });
         }
         if budget.operators == 0 {
-            return Err(PdfError::Corrupt(format!(
-                "more than {MAX_OPERATORS} drawing operations"
-            )));
+            return Err(PdfError::Corrupt(format!("more than {MAX_OPERATORS} drawing operations")));
         }
     }
     furniture::strip(&mut pages, &heights);
@@ -203,9 +179,7 @@ fn finish(pages: Vec<Vec<Line>>, limits: &PdfLimits) -> Result<Vec<PdfPage>, Pdf
         let text = render(&lines);
         total = total.saturating_add(text.chars().count());
         if total > limits.max_chars {
-            return Err(PdfError::TooLong {
-                max: limits.max_chars,
-            });
+            return Err(PdfError::TooLong { max: limits.max_chars });
         }
         let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
         out.push(PdfPage { number, text });
@@ -226,9 +200,5 @@ fn render(lines: &[Line]) -> String {
         }
         raw.push_str(line.text.trim());
     }
-    raw.nfkc()
-        .filter(|&c| !c.is_control() || c == '\n')
-        .collect::<String>()
-        .trim()
-        .to_owned()
+    raw.nfkc().filter(|&c| !c.is_control() || c == '\n').collect::<String>().trim().to_owned()
 }

@@ -19,33 +19,19 @@ use super::{ByteLimit, ExtractError, Extracted, OwnedHints, Sandbox};
 /// Only when the file cannot be read or the report cannot be rendered.
 pub async fn debug_report(sandbox: &Sandbox, path: &Path, json: bool) -> anyhow::Result<String> {
     let outcome = extract_file(sandbox, path).await?;
-    if json {
-        render_json(path, &outcome)
-    } else {
-        Ok(render_text(path, &outcome))
-    }
+    if json { render_json(path, &outcome) } else { Ok(render_text(path, &outcome)) }
 }
 
-async fn extract_file(
-    sandbox: &Sandbox,
-    path: &Path,
-) -> anyhow::Result<Result<Extracted, ExtractError>> {
-    let size = tokio::fs::metadata(path)
-        .await
-        .with_context(|| format!("cannot stat {}", path.display()))?
-        .len();
+async fn extract_file(sandbox: &Sandbox, path: &Path) -> anyhow::Result<Result<Extracted, ExtractError>> {
+    let size = tokio::fs::metadata(path).await.with_context(|| format!("cannot stat {}", path.display()))?.len();
     let max = sandbox.settings().max_file_bytes;
     // Refused before reading, like an oversized upload.
     if size > max {
         return Ok(Err(ExtractError::TooLarge(ByteLimit { bytes: size, max })));
     }
-    let bytes = tokio::fs::read(path)
-        .await
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let hints = OwnedHints {
-        filename: path.file_name().map(|n| n.to_string_lossy().into_owned()),
-        ..OwnedHints::default()
-    };
+    let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
+    let hints =
+        OwnedHints { filename: path.file_name().map(|n| n.to_string_lossy().into_owned()), ..OwnedHints::default() };
     Ok(sandbox.extract(Arc::from(bytes), hints).await)
 }
 

@@ -38,11 +38,7 @@ impl Sandbox {
     /// A sandbox running `program extract-child` with `settings`. The worker passes
     /// [`std::env::current_exe`]; tests pass `env!("CARGO_BIN_EXE_ragpipe")`.
     pub fn new(program: PathBuf, settings: ExtractSettings) -> Self {
-        Self {
-            program,
-            settings,
-            fault: None,
-        }
+        Self { program, settings, fault: None }
     }
 
     /// A sandbox running the current executable.
@@ -75,17 +71,10 @@ impl Sandbox {
     ///
     /// Whatever extraction reports, plus `TimedOut`, `Crashed`, `MemoryLimit`,
     /// `LimitExceeded(Output)` from the sandbox, and `Internal` if the child cannot be started.
-    pub async fn extract(
-        &self,
-        bytes: Arc<[u8]>,
-        hints: OwnedHints,
-    ) -> Result<Extracted, ExtractError> {
+    pub async fn extract(&self, bytes: Arc<[u8]>, hints: OwnedHints) -> Result<Extracted, ExtractError> {
         let max = self.settings.max_file_bytes;
         if bytes.len() as u64 > max {
-            return Err(ExtractError::TooLarge(ByteLimit {
-                bytes: bytes.len() as u64,
-                max,
-            }));
+            return Err(ExtractError::TooLarge(ByteLimit { bytes: bytes.len() as u64, max }));
         }
         let header = protocol::encode_header(&RequestHeader {
             settings: self.settings.clone(),
@@ -99,9 +88,7 @@ impl Sandbox {
             Ok(reply) => reply,
             Err(_elapsed) => {
                 kill_group(&mut child).await;
-                Err(ExtractError::TimedOut {
-                    secs: self.settings.timeout_secs,
-                })
+                Err(ExtractError::TimedOut { secs: self.settings.timeout_secs })
             }
         }
     }
@@ -120,12 +107,7 @@ impl Sandbox {
             .env("OPENBLAS_NUM_THREADS", "1")
             .env("OMP_NUM_THREADS", "1")
             .spawn()
-            .map_err(|err| {
-                ExtractError::Internal(format!(
-                    "cannot start extractor {}: {err}",
-                    self.program.display()
-                ))
-            })
+            .map_err(|err| ExtractError::Internal(format!("cannot start extractor {}: {err}", self.program.display())))
     }
 
     async fn communicate(
@@ -149,27 +131,18 @@ impl Sandbox {
             .await
             .map_err(|err| ExtractError::Internal(format!("cannot read extractor output: {err}")));
         let output = match output {
-            Ok(Bounded {
-                bytes,
-                truncated: false,
-            }) => bytes,
-            Ok(Bounded {
-                truncated: true, ..
-            }) => {
+            Ok(Bounded { bytes, truncated: false }) => bytes,
+            Ok(Bounded { truncated: true, .. }) => {
                 kill_group(child).await;
-                return Err(ExtractError::LimitExceeded(Limit::Output {
-                    max: max_output,
-                }));
+                return Err(ExtractError::LimitExceeded(Limit::Output { max: max_output }));
             }
             Err(err) => {
                 kill_group(child).await;
                 return Err(err);
             }
         };
-        let status = child
-            .wait()
-            .await
-            .map_err(|err| ExtractError::Internal(format!("cannot wait for extractor: {err}")))?;
+        let status =
+            child.wait().await.map_err(|err| ExtractError::Internal(format!("cannot wait for extractor: {err}")))?;
         // The writer fails with a broken pipe when the child exits before reading everything
         // (e.g. a crash): that is reported through the exit status, not as an error of its own.
         let _ = writer.await;
@@ -178,11 +151,7 @@ impl Sandbox {
     }
 }
 
-async fn write_request(
-    mut stdin: ChildStdin,
-    header: Vec<u8>,
-    bytes: Arc<[u8]>,
-) -> std::io::Result<()> {
+async fn write_request(mut stdin: ChildStdin, header: Vec<u8>, bytes: Arc<[u8]>) -> std::io::Result<()> {
     stdin.write_all(&header).await?;
     stdin.write_all(&bytes).await?;
     stdin.shutdown().await
@@ -206,11 +175,7 @@ enum Excess {
 }
 
 /// Reads a stream to its end (or the bound, see [`Excess`]), keeping at most `max` bytes.
-async fn read_bounded(
-    mut stream: impl AsyncRead + Unpin,
-    max: usize,
-    excess: Excess,
-) -> std::io::Result<Bounded> {
+async fn read_bounded(mut stream: impl AsyncRead + Unpin, max: usize, excess: Excess) -> std::io::Result<Bounded> {
     let mut bytes = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut truncated = false;
@@ -245,52 +210,31 @@ async fn kill_group(child: &mut Child) {
 /// failure the status and stderr support.
 fn classify(status: ExitStatus, output: &[u8], stderr: &str) -> Result<Extracted, ExtractError> {
     if status.success() {
-        return serde_json::from_slice::<Reply>(output).unwrap_or_else(|err| {
-            Err(ExtractError::Crashed(format!(
-                "extractor returned a malformed reply: {err}"
-            )))
-        });
+        return serde_json::from_slice::<Reply>(output)
+            .unwrap_or_else(|err| Err(ExtractError::Crashed(format!("extractor returned a malformed reply: {err}"))));
     }
     if stderr.contains("memory allocation of") || stderr.contains("out of memory") {
         return Err(ExtractError::MemoryLimit);
     }
     if stderr.contains("has overflowed its stack") {
-        return Err(ExtractError::Crashed(
-            "extractor crashed: stack overflow".to_owned(),
-        ));
+        return Err(ExtractError::Crashed("extractor crashed: stack overflow".to_owned()));
     }
     if let Some(message) = panic_message(stderr) {
-        return Err(ExtractError::Crashed(format!(
-            "extractor panicked: {message}"
-        )));
+        return Err(ExtractError::Crashed(format!("extractor panicked: {message}")));
     }
     if let Some(signal) = status.signal() {
         return Err(ExtractError::Crashed(format!(
             "extractor crashed: signal {signal}{}",
-            signal_name(signal)
-                .map(|n| format!(" ({n})"))
-                .unwrap_or_default()
+            signal_name(signal).map(|n| format!(" ({n})")).unwrap_or_default()
         )));
     }
-    let last_line = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
+    let last_line = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
     let code = status.code().unwrap_or(-1);
-    let own_failures = [
-        child::EXIT_BAD_REQUEST,
-        child::EXIT_NO_LIMIT,
-        child::EXIT_WRITE_FAILED,
-    ];
+    let own_failures = [child::EXIT_BAD_REQUEST, child::EXIT_NO_LIMIT, child::EXIT_WRITE_FAILED];
     if own_failures.iter().any(|&own| i32::from(own) == code) {
-        return Err(ExtractError::Internal(format!(
-            "extractor child failed: {last_line}"
-        )));
+        return Err(ExtractError::Internal(format!("extractor child failed: {last_line}")));
     }
-    Err(ExtractError::Crashed(format!(
-        "extractor exited with status {code}: {last_line}"
-    )))
+    Err(ExtractError::Crashed(format!("extractor exited with status {code}: {last_line}")))
 }
 
 /// The message of a Rust panic report ("thread 'main' panicked at src/x.rs:1:2:\nmessage").
@@ -325,28 +269,16 @@ mod tests {
 
     #[test]
     fn failures_are_classified_from_status_and_stderr() {
-        let oom = classify(
-            signalled(libc::SIGABRT),
-            b"",
-            "memory allocation of 16777216 bytes failed\n",
-        );
+        let oom = classify(signalled(libc::SIGABRT), b"", "memory allocation of 16777216 bytes failed\n");
         assert_eq!(oom, Err(ExtractError::MemoryLimit));
         let segv = classify(signalled(libc::SIGSEGV), b"", "");
-        assert_eq!(
-            segv,
-            Err(ExtractError::Crashed(
-                "extractor crashed: signal 11 (SIGSEGV)".into()
-            ))
-        );
+        assert_eq!(segv, Err(ExtractError::Crashed("extractor crashed: signal 11 (SIGSEGV)".into())));
         let panic = classify(
             ExitStatus::from_raw(101 << 8),
             b"",
             "\nthread 'main' panicked at src/a.rs:1:1:\nboom\nnote: run with RUST_BACKTRACE",
         );
-        assert_eq!(
-            panic,
-            Err(ExtractError::Crashed("extractor panicked: boom".into()))
-        );
+        assert_eq!(panic, Err(ExtractError::Crashed("extractor panicked: boom".into())));
     }
 
     #[test]
@@ -355,9 +287,7 @@ mod tests {
         let err = classify(status, b"", "extract-child: bad request header: eof\n");
         assert_eq!(
             err,
-            Err(ExtractError::Internal(
-                "extractor child failed: extract-child: bad request header: eof".into()
-            ))
+            Err(ExtractError::Internal("extractor child failed: extract-child: bad request header: eof".into()))
         );
     }
 

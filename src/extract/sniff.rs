@@ -54,19 +54,13 @@ pub(crate) fn sniff(bytes: &[u8]) -> Sniffed {
     if memfind(head, b"%PDF-").is_some() {
         return Sniffed::Pdf;
     }
-    if [b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"]
-        .iter()
-        .any(|magic| bytes.starts_with(*magic))
-    {
+    if [b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"].iter().any(|magic| bytes.starts_with(*magic)) {
         return Sniffed::Zip;
     }
     if bytes.starts_with(OLE_MAGIC) {
         return Sniffed::Ole;
     }
-    if let Some((_, name)) = BINARY_MAGIC
-        .iter()
-        .find(|(magic, _)| bytes.starts_with(magic))
-    {
+    if let Some((_, name)) = BINARY_MAGIC.iter().find(|(magic, _)| bytes.starts_with(magic)) {
         return Sniffed::Binary(name);
     }
     if is_riff_webp(bytes) {
@@ -89,10 +83,7 @@ fn looks_binary(bytes: &[u8]) -> bool {
     if window.contains(&0) {
         return true;
     }
-    let controls = bytes
-        .iter()
-        .filter(|&&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0C | 0x1B))
-        .count();
+    let controls = bytes.iter().filter(|&&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0C | 0x1B)).count();
     controls * 100 > bytes.len()
 }
 
@@ -100,10 +91,7 @@ fn looks_binary(bytes: &[u8]) -> bool {
 /// DOCX/XLSX as OLE with `EncryptionInfo` and `EncryptedPackage` streams, whose names appear
 /// UTF-16LE in the directory sectors.
 pub(crate) fn ole_is_encrypted_package(bytes: &[u8]) -> bool {
-    let name: Vec<u8> = "EncryptedPackage"
-        .encode_utf16()
-        .flat_map(u16::to_le_bytes)
-        .collect();
+    let name: Vec<u8> = "EncryptedPackage".encode_utf16().flat_map(u16::to_le_bytes).collect();
     memfind(bytes, &name).is_some()
 }
 
@@ -117,9 +105,7 @@ pub(crate) fn memfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The document kind the sender declared (content type first, then file extension), if any.
 pub(crate) fn declared_kind(filename: Option<&str>, content_type: Option<&str>) -> Option<DocKind> {
-    content_type
-        .and_then(kind_from_content_type)
-        .or_else(|| filename.and_then(kind_from_filename))
+    content_type.and_then(kind_from_content_type).or_else(|| filename.and_then(kind_from_filename))
 }
 
 fn kind_from_content_type(content_type: &str) -> Option<DocKind> {
@@ -165,14 +151,8 @@ mod tests {
     #[test]
     fn declared_kind_prefers_content_type_then_extension() {
         assert_eq!(declared_kind(Some("a.PDF"), None), Some(DocKind::Pdf));
-        assert_eq!(
-            declared_kind(Some("a.pdf"), Some("text/markdown; charset=utf-8")),
-            Some(DocKind::Markdown)
-        );
-        assert_eq!(
-            declared_kind(Some("a.md"), Some("application/octet-stream")),
-            Some(DocKind::Markdown)
-        );
+        assert_eq!(declared_kind(Some("a.pdf"), Some("text/markdown; charset=utf-8")), Some(DocKind::Markdown));
+        assert_eq!(declared_kind(Some("a.md"), Some("application/octet-stream")), Some(DocKind::Markdown));
         assert_eq!(declared_kind(Some("noext"), None), None);
     }
 }

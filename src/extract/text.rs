@@ -20,11 +20,7 @@ pub(crate) fn decode(bytes: &[u8], fallback: Option<&'static Encoding>) -> Strin
     if let Ok(text) = std::str::from_utf8(bytes) {
         return text.to_owned();
     }
-    let encoding = if mostly_utf8(bytes) {
-        UTF_8
-    } else {
-        fallback.unwrap_or(WINDOWS_1252)
-    };
+    let encoding = if mostly_utf8(bytes) { UTF_8 } else { fallback.unwrap_or(WINDOWS_1252) };
     encoding.decode_without_bom_handling(bytes).0.into_owned()
 }
 
@@ -120,9 +116,6 @@ mod tests {
 
     #[test]
     fn line_endings_and_controls_are_normalised() {
-        assert_eq!(
-            normalize("\u{feff}a\r\nb\rc\u{c}d\u{0}e\tf"),
-            "a\nb\nc\nde\tf"
-        );
+        assert_eq!(normalize("\u{feff}a\r\nb\rc\u{c}d\u{0}e\tf"), "a\nb\nc\nde\tf");
     }
 }

@@ -88,7 +88,8 @@ impl Indexes {
         if let Some(found) = open.get(&collection.name) {
             return Ok(found.clone());
         }
-        let (root, name, dims, model) = (self.root.clone(), collection.name.clone(), self.dimensions, self.model.clone());
+        let (root, name, dims, model) =
+            (self.root.clone(), collection.name.clone(), self.dimensions, self.model.clone());
         let loaded = tokio::task::spawn_blocking(move || snapshot::load(&root, &name, dims, &model))
             .await
             .map_err(|e| IndexError::Snapshot(format!("load task: {e}")))??;
@@ -100,7 +101,13 @@ impl Indexes {
                 generation: l.manifest.generation,
                 dirty: false,
             },
-            None => State { index: VectorIndex::new(self.dimensions)?, caught_up: 0, watermark: 0, generation: 1, dirty: true },
+            None => State {
+                index: VectorIndex::new(self.dimensions)?,
+                caught_up: 0,
+                watermark: 0,
+                generation: 1,
+                dirty: true,
+            },
         };
         let from_snapshot = !state.dirty;
         metrics::INDEX_VECTORS.add(state.index.len() as i64);
@@ -137,7 +144,12 @@ impl Indexes {
     ///
     /// # Errors
     /// Wrong dimension, FAISS failure, or the index could not be opened.
-    pub async fn search(&self, collection: &Collection, query: Vec<f32>, k: usize) -> Result<(Vec<(i64, f32)>, u64), IndexError> {
+    pub async fn search(
+        &self,
+        collection: &Collection,
+        query: Vec<f32>,
+        k: usize,
+    ) -> Result<(Vec<(i64, f32)>, u64), IndexError> {
         let slot = self.open(collection).await?;
         tokio::task::spawn_blocking(move || {
             let mut state = slot.lock();
@@ -271,7 +283,12 @@ impl Indexes {
     /// Follows `document.ingested` events from other workers and catches the named collection
     /// up from the store; also catches every open index up every `interval` as a safety net for
     /// events missed while disconnected.
-    pub async fn run_follower(self: Arc<Self>, broker: Arc<dyn Broker>, interval: Duration, shutdown: CancellationToken) {
+    pub async fn run_follower(
+        self: Arc<Self>,
+        broker: Arc<dyn Broker>,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         let mut events = match broker.subscribe_events(&[DOCUMENT_INGESTED]).await {
             Ok(events) => Some(events),

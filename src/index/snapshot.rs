@@ -128,7 +128,12 @@ fn verify(dir: &Path, manifest: &[u8], collection: &str, dimensions: usize, mode
     }
     let index = VectorIndex::read(&path).map_err(|e| e.to_string())?;
     if index.len() != manifest.count || index.dimensions() != dimensions {
-        return Err(format!("index holds {} vectors of {}d; manifest says {}", index.len(), index.dimensions(), manifest.count));
+        return Err(format!(
+            "index holds {} vectors of {}d; manifest says {}",
+            index.len(),
+            index.dimensions(),
+            manifest.count
+        ));
     }
     Ok(Loaded { index, manifest })
 }
@@ -155,7 +160,10 @@ fn remove_unreferenced(dir: &Path, keep: &str) {
         let name = name.to_string_lossy();
         let stale = name.ends_with(".faiss") && name != keep;
         let old_tmp = name.ends_with(".faiss.tmp")
-            && entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 3600));
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 3600));
         if stale || old_tmp {
             let _ = std::fs::remove_file(entry.path());
         }

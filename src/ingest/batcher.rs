@@ -160,7 +160,8 @@ impl Batcher {
         }
         // Tokenising is CPU work: off the async threads.
         let service = self.service.clone();
-        let inputs = tokio::task::spawn_blocking(move || texts.into_iter().map(|t| service.input(t)).collect::<Vec<_>>()).await;
+        let inputs =
+            tokio::task::spawn_blocking(move || texts.into_iter().map(|t| service.input(t)).collect::<Vec<_>>()).await;
         let inputs = match inputs {
             Ok(inputs) => inputs,
             Err(e) => {
@@ -202,7 +203,8 @@ impl Batcher {
         let mut done = Vec::new();
         let mut results = results.into_iter();
         for (key, i) in slots {
-            let result = results.next().unwrap_or_else(|| Err(crate::embed::EmbedError::transient("no result for an input")));
+            let result =
+                results.next().unwrap_or_else(|| Err(crate::embed::EmbedError::transient("no result for an input")));
             let Some(p) = self.pending.get_mut(&key) else { continue };
             match result {
                 Ok(vector) => p.vectors[i] = Some(vector),

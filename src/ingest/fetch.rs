@@ -53,7 +53,9 @@ pub fn fetch(upload: &UploadMessage, policy: &FetchPolicy) -> Result<Vec<u8>, Fa
     match (&upload.uri, &upload.content_b64) {
         (Some(uri), None) => read_uri(uri, policy),
         (None, Some(b64)) => decode_inline(b64, policy),
-        (Some(_), Some(_)) => Err(Failure::permanent("invalid_message", "give either `uri` or `content_b64`, not both")),
+        (Some(_), Some(_)) => {
+            Err(Failure::permanent("invalid_message", "give either `uri` or `content_b64`, not both"))
+        }
         (None, None) => Err(Failure::permanent("invalid_message", "the upload has neither `uri` nor `content_b64`")),
     }
 }
@@ -84,7 +86,8 @@ fn read_uri(uri: &str, policy: &FetchPolicy) -> Result<Vec<u8>, Failure> {
     }
     let file = std::fs::File::open(&canonical)
         .map_err(|e| Failure::permanent("unreadable", format!("{}: {e}", canonical.display())))?;
-    let meta = file.metadata().map_err(|e| Failure::permanent("unreadable", format!("{}: {e}", canonical.display())))?;
+    let meta =
+        file.metadata().map_err(|e| Failure::permanent("unreadable", format!("{}: {e}", canonical.display())))?;
     if !meta.is_file() {
         return Err(Failure::permanent("unreadable", format!("{} is not a regular file", canonical.display())));
     }

@@ -132,8 +132,7 @@ async fn intake(mut deliveries: Deliveries, next: mpsc::Sender<Job>, finisher: &
 
 /// Decodes and validates an upload message.
 fn decode_upload(body: &[u8]) -> Result<UploadMessage, Failure> {
-    let upload: UploadMessage =
-        messages::decode(body).map_err(|e| Failure::permanent(e.code(), e.to_string()))?;
+    let upload: UploadMessage = messages::decode(body).map_err(|e| Failure::permanent(e.code(), e.to_string()))?;
     validate_collection(&upload.collection)?;
     if upload.upload_id.trim().is_empty() {
         return Err(Failure::permanent("invalid_message", "`upload_id` must not be empty"));

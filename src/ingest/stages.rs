@@ -96,7 +96,11 @@ async fn reindex_document(s: &Services, doc: &Doc) -> Result<(), Failure> {
 }
 
 /// Extracts text in the sandbox. A file with no text ends as `no_text`, not as a failure.
-pub(crate) async fn extract(s: &Arc<Services>, f: &Finisher, w: Work<Arc<[u8]>>) -> Result<Option<Work<Extracted>>, Failed> {
+pub(crate) async fn extract(
+    s: &Arc<Services>,
+    f: &Finisher,
+    w: Work<Arc<[u8]>>,
+) -> Result<Option<Work<Extracted>>, Failed> {
     let started = Instant::now();
     let hints = OwnedHints {
         filename: Some(w.job.upload.filename.clone()),
@@ -140,7 +144,11 @@ async fn finish_no_text(s: &Services, f: &Finisher, job: Job, doc: Doc, reason: 
 }
 
 /// Splits the text into chunks (CPU work, on the blocking pool).
-pub(crate) async fn chunk(s: &Arc<Services>, f: &Finisher, w: Work<Extracted>) -> Result<Option<Work<Vec<Chunk>>>, Failed> {
+pub(crate) async fn chunk(
+    s: &Arc<Services>,
+    f: &Finisher,
+    w: Work<Extracted>,
+) -> Result<Option<Work<Vec<Chunk>>>, Failed> {
     let started = Instant::now();
     let chunker = s.chunker.clone();
     let extracted = w.data;

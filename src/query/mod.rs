@@ -123,7 +123,12 @@ async fn answer(s: &Services, body: &[u8]) -> Answer {
     }
 }
 
-async fn retrieve(s: &Services, request: &QueryRequest, collection_name: &str, top_k: usize) -> Result<QueryResponse, ErrorReply> {
+async fn retrieve(
+    s: &Services,
+    request: &QueryRequest,
+    collection_name: &str,
+    top_k: usize,
+) -> Result<QueryResponse, ErrorReply> {
     let cfg = &s.settings.query;
     let mut timings = BTreeMap::new();
     let query = request.query.trim();
@@ -131,13 +136,19 @@ async fn retrieve(s: &Services, request: &QueryRequest, collection_name: &str, t
         return Err(ErrorReply::new("invalid_request", "`query` must not be empty"));
     }
     if query.chars().count() > cfg.max_query_chars {
-        return Err(ErrorReply::new("invalid_request", format!("`query` is longer than {} characters", cfg.max_query_chars)));
+        return Err(ErrorReply::new(
+            "invalid_request",
+            format!("`query` is longer than {} characters", cfg.max_query_chars),
+        ));
     }
     if top_k == 0 || top_k > cfg.max_top_k {
         return Err(ErrorReply::new("invalid_request", format!("`top_k` must be between 1 and {}", cfg.max_top_k)));
     }
     if request.answer == Some(true) {
-        return Err(ErrorReply::new("llm_not_configured", "answers need an [llm] section; ask without `answer` for chunks"));
+        return Err(ErrorReply::new(
+            "llm_not_configured",
+            "answers need an [llm] section; ask without `answer` for chunks",
+        ));
     }
     crate::ingest::validate_collection(collection_name).map_err(|f| ErrorReply::new(&f.code, f.reason))?;
     let collection = s

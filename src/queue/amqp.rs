@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
@@ -83,7 +83,8 @@ impl AmqpBroker {
         let mut ingest_args = FieldTable::default();
         ingest_args.insert("x-queue-type".into(), long_string("quorum"));
         ingest_args.insert("x-dead-letter-exchange".into(), long_string(&s.dead_letter_exchange));
-        ingest_args.insert("x-delivery-limit".into(), AMQPValue::LongInt(i32::try_from(s.delivery_limit).unwrap_or(i32::MAX)));
+        ingest_args
+            .insert("x-delivery-limit".into(), AMQPValue::LongInt(i32::try_from(s.delivery_limit).unwrap_or(i32::MAX)));
         self.declare_queue(&s.ingest_queue, ingest_args).await?;
         ch.queue_bind(
             s.ingest_queue.as_str().into(),
@@ -151,12 +152,8 @@ impl AmqpBroker {
 
 fn convert_delivery(delivery: lapin::message::Delivery) -> Delivery {
     let props = &delivery.properties;
-    let delivery_count = props
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-delivery-count"))
-        .and_then(amqp_int)
-        .unwrap_or(0);
+    let delivery_count =
+        props.headers().as_ref().and_then(|h| h.inner().get("x-delivery-count")).and_then(amqp_int).unwrap_or(0);
     Delivery {
         redelivered: delivery.redelivered,
         delivery_count: u32::try_from(delivery_count).unwrap_or(u32::MAX),
@@ -213,14 +210,12 @@ impl Acker for AmqpAcker {
 impl Broker for AmqpBroker {
     async fn publish_upload(&self, body: &[u8]) -> Result<(), QueueError> {
         let s = &self.settings;
-        self.publish(&self.publisher, &s.ingest_exchange, &s.ingest_routing_key, body, json_properties(), true)
-            .await
+        self.publish(&self.publisher, &s.ingest_exchange, &s.ingest_routing_key, body, json_properties(), true).await
     }
 
     async fn publish_event(&self, routing_key: &str, body: &[u8]) -> Result<(), QueueError> {
         // Not mandatory: an event nobody listens to is not an error.
-        self.publish(&self.publisher, &self.settings.events_exchange, routing_key, body, json_properties(), false)
-            .await
+        self.publish(&self.publisher, &self.settings.events_exchange, routing_key, body, json_properties(), false).await
     }
 
     async fn dead_letter(&self, body: &[u8], failure: &Failure) -> Result<(), QueueError> {
@@ -287,9 +282,8 @@ impl Broker for AmqpBroker {
             .await
             .map_err(unavailable)?;
         let correlation_id = uuid::Uuid::new_v4().to_string();
-        let properties = json_properties()
-            .with_reply_to(DIRECT_REPLY_TO.into())
-            .with_correlation_id(correlation_id.as_str().into());
+        let properties =
+            json_properties().with_reply_to(DIRECT_REPLY_TO.into()).with_correlation_id(correlation_id.as_str().into());
         self.publish(&channel, "", &self.settings.query_queue, body, properties, true).await?;
         let wait = async {
             while let Some(item) = replies.next().await {

@@ -8,8 +8,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{
-    Claim, ChunkHit, Collection, NewChunk, NewDocument, Persisted, QueryLogEntry, StatusRow, Store,
-    StoreError, StoredVectors, decode_vector_into, encode_vector,
+    ChunkHit, Claim, Collection, NewChunk, NewDocument, Persisted, QueryLogEntry, StatusRow, Store, StoreError,
+    StoredVectors, decode_vector_into, encode_vector,
 };
 use crate::config::DatabaseSettings;
 
@@ -28,10 +28,7 @@ impl PgStore {
     /// # Errors
     /// No URL configured, or the first connection fails.
     pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
-        let url = settings
-            .url
-            .as_ref()
-            .ok_or_else(|| StoreError::Unavailable("database.url is not set".into()))?;
+        let url = settings.url.as_ref().ok_or_else(|| StoreError::Unavailable("database.url is not set".into()))?;
         let pool = PgPoolOptions::new()
             .max_connections(settings.pool_size)
             .min_connections(settings.min_connections)
@@ -76,10 +73,7 @@ impl PgStore {
     /// # Errors
     /// A migration fails or the database is unreachable.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Migrate(e.to_string()))
+        sqlx::migrate!("./migrations/postgres").run(&self.pool).await.map_err(|e| StoreError::Migrate(e.to_string()))
     }
 
     async fn read_vectors(
@@ -97,7 +91,8 @@ impl PgStore {
 }
 
 fn collect_vectors(rows: &[sqlx::postgres::PgRow], dimensions: usize) -> Result<StoredVectors, StoreError> {
-    let mut out = StoredVectors { ids: Vec::with_capacity(rows.len()), vectors: Vec::with_capacity(rows.len() * dimensions) };
+    let mut out =
+        StoredVectors { ids: Vec::with_capacity(rows.len()), vectors: Vec::with_capacity(rows.len() * dimensions) };
     for row in rows {
         out.ids.push(row.try_get("id").map_err(map_err)?);
         let bytes: Vec<u8> = row.try_get("embedding").map_err(map_err)?;

@@ -51,7 +51,8 @@ impl TestEnv {
     pub async fn new() -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let database = format!("ragpipe_test_{id}");
-        let mut admin = sqlx::PgConnection::connect(&admin_database_url()).await.expect("connect to the admin database");
+        let mut admin =
+            sqlx::PgConnection::connect(&admin_database_url()).await.expect("connect to the admin database");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
             .execute(&mut admin)
             .await
@@ -158,9 +159,10 @@ impl Drop for TestEnv {
             rt.block_on(async move {
                 delete_topology(&settings).await;
                 if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_database_url()).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")))
-                        .execute(&mut admin)
-                        .await;
+                    let _ =
+                        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")))
+                            .execute(&mut admin)
+                            .await;
                 }
                 delete_keys(&settings.cache.key_prefix).await;
             });
@@ -170,7 +172,9 @@ impl Drop for TestEnv {
 }
 
 async fn delete_topology(settings: &Settings) {
-    let Ok(conn) = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await else { return };
+    let Ok(conn) = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await else {
+        return;
+    };
     let Ok(channel) = conn.create_channel().await else { return };
     let b = &settings.broker;
     for queue in [&b.ingest_queue, &b.dead_letter_queue, &b.query_queue] {
@@ -185,7 +189,8 @@ async fn delete_topology(settings: &Settings) {
 async fn delete_keys(prefix: &str) {
     let Ok(client) = redis::Client::open(redis_url()) else { return };
     let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap_or_default();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap_or_default();
     if !keys.is_empty() {
         let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
     }

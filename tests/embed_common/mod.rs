@@ -100,9 +100,14 @@ impl Respond for Responder {
         }
         // Typed structs, not a serde_json::Value tree: the fake shares the CPU with the code
         // under test (and the benchmark), so it should cost as little as a real server's reply.
-        let data: Vec<Item> =
-            seen.inputs.iter().enumerate().map(|(index, text)| Item { object: "embedding", index, embedding: self.hash.vector(text) }).collect();
-        let reply = Reply { object: "list", model: &seen.model, data, usage: Usage { prompt_tokens: 0, total_tokens: 0 } };
+        let data: Vec<Item> = seen
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(index, text)| Item { object: "embedding", index, embedding: self.hash.vector(text) })
+            .collect();
+        let reply =
+            Reply { object: "list", model: &seen.model, data, usage: Usage { prompt_tokens: 0, total_tokens: 0 } };
         let body = serde_json::to_vec(&reply).unwrap_or_default();
         ResponseTemplate::new(200).set_body_raw(body, "application/json").set_delay(self.delay)
     }

@@ -42,10 +42,7 @@ pub fn extract_corpus(relative: &str) -> Result<Extracted, ExtractError> {
 
 /// Extracts bytes in process with default settings and `name` as the filename hint.
 pub fn extract_named(bytes: &[u8], name: &str) -> Result<Extracted, ExtractError> {
-    let hints = Hints {
-        filename: Some(name),
-        ..Hints::default()
-    };
+    let hints = Hints { filename: Some(name), ..Hints::default() };
     extract_in_process(bytes, &hints, &ExtractSettings::default())
 }
 
@@ -60,8 +57,7 @@ pub fn text_of(relative: &str) -> String {
 /// A zip archive of `(name, content)` entries, deflated.
 pub fn build_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     use std::io::Write;
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (name, content) in entries {
         writer.start_file(*name, options).expect("start zip entry");

@@ -19,17 +19,8 @@ enum Token {
 /// Inline containers whose content runs on without a break: `Str "m", Superscript [Str "2"]`
 /// renders as "m2". Every other constructor (Space, SoftBreak, Para, Note, Quoted, …) and every
 /// other list ends a word.
-const INLINE_CONTAINERS: &[&str] = &[
-    "Emph",
-    "Strong",
-    "Underline",
-    "Strikeout",
-    "Superscript",
-    "Subscript",
-    "SmallCaps",
-    "Span",
-    "Link",
-];
+const INLINE_CONTAINERS: &[&str] =
+    &["Emph", "Strong", "Underline", "Strikeout", "Superscript", "Subscript", "SmallCaps", "Span", "Link"];
 
 /// An open bracket, as the word builder sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,12 +57,9 @@ impl Words {
     }
 
     fn open(&mut self, bracket: char) {
-        let open = if self.stack.last() == Some(&Open::InlineTuple)
-            || self.stack.last() == Some(&Open::TupleList)
-        {
+        let open = if self.stack.last() == Some(&Open::InlineTuple) || self.stack.last() == Some(&Open::TupleList) {
             Open::TupleList
-        } else if bracket == '(' && (Self::is_inline(self.last_ident.as_ref()) || self.after_inline)
-        {
+        } else if bracket == '(' && (Self::is_inline(self.last_ident.as_ref()) || self.after_inline) {
             Open::InlineTuple
         } else {
             let inline = bracket == '[' && Self::is_inline(self.last_ident.take().as_ref());
@@ -112,9 +100,7 @@ pub fn str_words(native: &str) -> Vec<String> {
                     continue;
                 }
             }
-            (Token::Ident(name), Some(Token::Open('(')))
-                if name == "Code" || name == "CodeBlock" =>
-            {
+            (Token::Ident(name), Some(Token::Open('('))) if name == "Code" || name == "CodeBlock" => {
                 if let Some(close) = matching_close(&tokens, i + 1)
                     && let Some(Token::Str(code)) = tokens.get(close + 1)
                 {
@@ -150,9 +136,7 @@ pub fn str_words(native: &str) -> Vec<String> {
 /// span's content, else `None`.
 fn skip_comment_span(tokens: &[Token], attrs_open: usize) -> Option<usize> {
     let attrs_close = matching_close(tokens, attrs_open)?;
-    let is_comment = tokens[attrs_open..attrs_close]
-        .iter()
-        .any(|t| *t == Token::Str("comment-start".to_owned()));
+    let is_comment = tokens[attrs_open..attrs_close].iter().any(|t| *t == Token::Str("comment-start".to_owned()));
     if !is_comment || tokens.get(attrs_close + 1) != Some(&Token::Open('[')) {
         return None;
     }
@@ -220,9 +204,7 @@ fn unescape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, out: &mut Stri
             digits.push(d);
             chars.next();
         }
-        u32::from_str_radix(&digits, radix)
-            .ok()
-            .and_then(char::from_u32)
+        u32::from_str_radix(&digits, radix).ok().and_then(char::from_u32)
     };
     match c {
         'n' => out.push('\n'),
@@ -245,9 +227,7 @@ fn unescape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, out: &mut Stri
 /// Maximal runs of alphanumeric characters: punctuation and spacing differences between
 /// pandoc's tokens and our text do not count, words do.
 pub fn alphanumeric_words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_owned)
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_owned)
 }
 
 /// Fraction of `expected` words (as a multiset) found in `text`, and the missing ones.

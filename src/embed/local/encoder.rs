@@ -53,7 +53,13 @@ impl Encoder {
                 row += 1;
             }
         }
-        kernels::layer_norm(&mut self.hidden, h, &weights.embed_norm_weight, &weights.embed_norm_bias, cfg.layer_norm_eps);
+        kernels::layer_norm(
+            &mut self.hidden,
+            h,
+            &weights.embed_norm_weight,
+            &weights.embed_norm_bias,
+            cfg.layer_norm_eps,
+        );
 
         let scale = 1.0 / (head_dim as f32).sqrt();
         for layer in &weights.layers {
@@ -76,7 +82,8 @@ impl Encoder {
                 let scores = &mut self.scores[..len * len];
                 for head in 0..heads {
                     let col = head * head_dim;
-                    let block = |offset: usize| View { data: &qkv[offset + col..], rows: len, cols: head_dim, stride: 3 * h };
+                    let block =
+                        |offset: usize| View { data: &qkv[offset + col..], rows: len, cols: head_dim, stride: 3 * h };
                     kernels::gemm(block(0), block(h), true, scale, 0.0, scores, len);
                     for row in scores.chunks_exact_mut(len) {
                         kernels::softmax(row);
@@ -104,7 +111,13 @@ impl Encoder {
                 &mut self.attn_out,
                 h,
             );
-            kernels::layer_norm(&mut self.attn_out, h, &layer.attn_norm_weight, &layer.attn_norm_bias, cfg.layer_norm_eps);
+            kernels::layer_norm(
+                &mut self.attn_out,
+                h,
+                &layer.attn_norm_weight,
+                &layer.attn_norm_bias,
+                cfg.layer_norm_eps,
+            );
             // Feed-forward: up, GELU, down (+ residual), layer norm.
             kernels::fill_rows(&mut self.up, &layer.up_bias);
             kernels::gemm(

@@ -297,7 +297,15 @@ mod tests {
         let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let w: Vec<f32> = (0..12).map(|i| i as f32).collect();
         let mut out = vec![1.0; 8];
-        gemm(View { data: &a, rows: 2, cols: 3, stride: 3 }, View { data: &w, rows: 4, cols: 3, stride: 3 }, true, 1.0, 1.0, &mut out, 4);
+        gemm(
+            View { data: &a, rows: 2, cols: 3, stride: 3 },
+            View { data: &w, rows: 4, cols: 3, stride: 3 },
+            true,
+            1.0,
+            1.0,
+            &mut out,
+            4,
+        );
         let w = &w;
         let want: Vec<f32> = (0..2)
             .flat_map(|r| (0..4).map(move |c| 1.0 + (0..3).map(|k| a[r * 3 + k] * w[c * 3 + k]).sum::<f32>()))
@@ -308,7 +316,8 @@ mod tests {
     #[test]
     fn gelu_matches_its_definition() {
         let mut xs: Vec<f32> = (-60..=60).map(|i| i as f32 / 10.0).collect();
-        let want: Vec<f64> = xs.iter().map(|&x| 0.5 * f64::from(x) * (1.0 + erf_reference(f64::from(x) / 2f64.sqrt()))).collect();
+        let want: Vec<f64> =
+            xs.iter().map(|&x| 0.5 * f64::from(x) * (1.0 + erf_reference(f64::from(x) / 2f64.sqrt()))).collect();
         gelu(&mut xs);
         for (got, want) in xs.iter().zip(want) {
             assert!((f64::from(*got) - want).abs() < 1e-5, "{got} vs {want}");

@@ -62,16 +62,25 @@ impl LocalEmbedder {
                 .expect("spawning an inference thread");
         }
         tracing::info!(model = model_id, dir = %dir.display(), dimensions, max_seq_length, threads, "local embedding model loaded");
-        Ok(Self { model_id: model_id.to_owned(), dimensions, max_seq_length, tokenizer: Arc::new(tokenizer), threads, jobs })
+        Ok(Self {
+            model_id: model_id.to_owned(),
+            dimensions,
+            max_seq_length,
+            tokenizer: Arc::new(tokenizer),
+            threads,
+            jobs,
+        })
     }
 
     /// Tokenize (on the blocking pool), sort by length, cut into sub-batches, run them on the
     /// inference threads, put the vectors back in input order.
     async fn run(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let (tokenizer, owned, max_seq) = (Arc::clone(&self.tokenizer), texts.to_vec(), self.max_seq_length);
-        let ids: Vec<Vec<u32>> = tokio::task::spawn_blocking(move || owned.iter().map(|t| encode(&tokenizer, t, max_seq)).collect::<Result<Vec<_>, _>>())
-            .await
-            .map_err(|e| EmbedError::permanent("local_model", format!("tokenizing failed: {e}")))??;
+        let ids: Vec<Vec<u32>> = tokio::task::spawn_blocking(move || {
+            owned.iter().map(|t| encode(&tokenizer, t, max_seq)).collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| EmbedError::permanent("local_model", format!("tokenizing failed: {e}")))??;
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
         // Split so every thread gets work, but no sub-batch exceeds SUB_BATCH_TOKENS.
@@ -100,7 +109,8 @@ impl LocalEmbedder {
         let mut vectors = vec![Vec::new(); texts.len()];
         for (batch, rx) in batches.iter().zip(pending) {
             let result = rx.await.map_err(|_| EmbedError::permanent("local_model", "an inference thread stopped"))?;
-            let batch_vectors = result.map_err(|_| EmbedError::permanent("local_model", "the local model panicked (see the log)"))?;
+            let batch_vectors =
+                result.map_err(|_| EmbedError::permanent("local_model", "the local model panicked (see the log)"))?;
             for (&i, v) in batch.iter().zip(batch_vectors) {
                 vectors[i] = v;
             }
@@ -111,7 +121,9 @@ impl LocalEmbedder {
 
 /// Token ids of `text` with the special tokens, truncated to `max_seq` tokens.
 fn encode(tokenizer: &tokenizers::Tokenizer, text: &str, max_seq: usize) -> Result<Vec<u32>, EmbedError> {
-    let encoding = tokenizer.encode(text, true).map_err(|e| EmbedError::permanent("local_model", format!("tokenizing failed: {e}")))?;
+    let encoding = tokenizer
+        .encode(text, true)
+        .map_err(|e| EmbedError::permanent("local_model", format!("tokenizing failed: {e}")))?;
     let ids = encoding.get_ids();
     if ids.len() <= max_seq {
         return Ok(ids.to_vec());

@@ -110,10 +110,16 @@ impl ModelFiles {
         let config_path = dir.join("config.json");
         let config: BertConfig = read_json(&config_path)?;
         if !matches!(config.model_type.as_str(), "bert" | "") {
-            return Err(ModelError::new(&config_path, format!("model_type {:?} is not supported (BERT-family encoders only)", config.model_type)));
+            return Err(ModelError::new(
+                &config_path,
+                format!("model_type {:?} is not supported (BERT-family encoders only)", config.model_type),
+            ));
         }
         if config.hidden_act != "gelu" {
-            return Err(ModelError::new(&config_path, format!("hidden_act {:?} is not supported (gelu only)", config.hidden_act)));
+            return Err(ModelError::new(
+                &config_path,
+                format!("hidden_act {:?} is not supported (gelu only)", config.hidden_act),
+            ));
         }
         if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err(ModelError::new(&config_path, "hidden_size must be a multiple of num_attention_heads"));
@@ -129,16 +135,14 @@ impl ModelFiles {
         // The shipped tokenizer.json of all-MiniLM-L6-v2 truncates at 128 tokens while the model
         // was trained on 256: the sentence-transformers config is the authority.
         let sbert_path = dir.join("sentence_bert_config.json");
-        let max_seq_length = if sbert_path.exists() {
-            read_json::<SentenceBertConfig>(&sbert_path)?.max_seq_length
-        } else {
-            None
-        }
-        .unwrap_or(config.max_position_embeddings)
-        .clamp(3, config.max_position_embeddings);
+        let max_seq_length =
+            if sbert_path.exists() { read_json::<SentenceBertConfig>(&sbert_path)?.max_seq_length } else { None }
+                .unwrap_or(config.max_position_embeddings)
+                .clamp(3, config.max_position_embeddings);
 
         let tokenizer_path = dir.join("tokenizer.json");
-        let mut tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| ModelError::new(&tokenizer_path, e.to_string()))?;
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| ModelError::new(&tokenizer_path, e.to_string()))?;
         tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(|e| ModelError::new(&tokenizer_path, e.to_string()))?;
 
@@ -150,17 +154,24 @@ impl ModelFiles {
 impl Weights {
     fn load(path: &Path, config: BertConfig) -> Result<Self, ModelError> {
         let bytes = std::fs::read(path).map_err(|e| ModelError::new(path, format!("cannot read: {e}")))?;
-        let tensors = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::new(path, format!("not a safetensors file: {e}")))?;
+        let tensors = SafeTensors::deserialize(&bytes)
+            .map_err(|e| ModelError::new(path, format!("not a safetensors file: {e}")))?;
         // Checkpoints saved from `BertForXxx` prefix every name with `bert.`.
         let prefix = if tensors.names().iter().any(|n| n.starts_with("bert.")) { "bert." } else { "" };
         let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>, ModelError> {
             let full = format!("{prefix}{name}");
             let view = tensors.tensor(&full).map_err(|_| ModelError::new(path, format!("has no tensor {full}")))?;
             if view.shape() != shape {
-                return Err(ModelError::new(path, format!("tensor {full} has shape {:?}, config.json implies {shape:?}", view.shape())));
+                return Err(ModelError::new(
+                    path,
+                    format!("tensor {full} has shape {:?}, config.json implies {shape:?}", view.shape()),
+                ));
             }
             to_f32(view.dtype(), view.data()).ok_or_else(|| {
-                ModelError::new(path, format!("tensor {full} is {:?}; only F32, F16 and BF16 weights are supported", view.dtype()))
+                ModelError::new(
+                    path,
+                    format!("tensor {full} is {:?}; only F32, F16 and BF16 weights are supported", view.dtype()),
+                )
             })
         };
 
@@ -170,7 +181,8 @@ impl Weights {
             .tensor(&format!("{prefix}embeddings.word_embeddings.weight"))
             .map(|t| t.shape().first().copied().unwrap_or(0))
             .map_err(|_| ModelError::new(path, "has no word embeddings"))?;
-        let token_types = tensor("embeddings.token_type_embeddings.weight", &[2, h]).or_else(|_| tensor("embeddings.token_type_embeddings.weight", &[1, h]))?;
+        let token_types = tensor("embeddings.token_type_embeddings.weight", &[2, h])
+            .or_else(|_| tensor("embeddings.token_type_embeddings.weight", &[1, h]))?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let name = |rest: &str| format!("encoder.layer.{l}.{rest}");
@@ -212,7 +224,9 @@ impl Weights {
 fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
     match dtype {
         Dtype::F32 => Some(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-        Dtype::BF16 => Some(data.chunks_exact(2).map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)).collect()),
+        Dtype::BF16 => Some(
+            data.chunks_exact(2).map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)).collect(),
+        ),
         Dtype::F16 => Some(data.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect()),
         _ => None,
     }

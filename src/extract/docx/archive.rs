@@ -46,10 +46,7 @@ impl<'a> Archive<'a> {
     pub(crate) fn open(bytes: &'a [u8], limits: ZipLimits) -> Result<Self, ExtractError> {
         let zip = ZipArchive::new(Cursor::new(bytes)).map_err(zip_error)?;
         if zip.len() > limits.max_entries {
-            return Err(ExtractError::LimitExceeded(Limit::ZipEntries {
-                entries: zip.len(),
-                max: limits.max_entries,
-            }));
+            return Err(ExtractError::LimitExceeded(Limit::ZipEntries { entries: zip.len(), max: limits.max_entries }));
         }
         let mut names = HashMap::with_capacity(zip.len());
         for index in 0..zip.len() {
@@ -58,13 +55,7 @@ impl<'a> Archive<'a> {
                 names.entry(key).or_insert(index);
             }
         }
-        Ok(Self {
-            zip,
-            names,
-            limits,
-            decompressed: 0,
-            file_len: bytes.len() as u64,
-        })
+        Ok(Self { zip, names, limits, decompressed: 0, file_len: bytes.len() as u64 })
     }
 
     /// Whether a part exists (name without leading `/`, any case).
@@ -93,10 +84,7 @@ impl<'a> Archive<'a> {
         let Some(&index) = self.names.get(&part_key(part)) else {
             return Ok(None);
         };
-        let remaining = self
-            .limits
-            .max_uncompressed
-            .saturating_sub(self.decompressed);
+        let remaining = self.limits.max_uncompressed.saturating_sub(self.decompressed);
         let (max_total, max_ratio) = (self.limits.max_uncompressed, self.limits.max_ratio);
         let file_len = self.file_len;
         let mut entry = self.zip.by_index(index).map_err(zip_error)?;
@@ -106,24 +94,19 @@ impl<'a> Archive<'a> {
         let mut out = Vec::new();
         let mut chunk = vec![0u8; READ_CHUNK];
         loop {
-            let n = entry.read(&mut chunk).map_err(|err| {
-                ExtractError::Corrupt(format!("cannot decompress zip entry {part}: {err}"))
-            })?;
+            let n = entry
+                .read(&mut chunk)
+                .map_err(|err| ExtractError::Corrupt(format!("cannot decompress zip entry {part}: {err}")))?;
             if n == 0 {
                 break;
             }
             out.extend_from_slice(&chunk[..n]);
             let produced = out.len() as u64;
             if produced > remaining {
-                return Err(ExtractError::LimitExceeded(Limit::ZipBytes {
-                    max: max_total,
-                }));
+                return Err(ExtractError::LimitExceeded(Limit::ZipBytes { max: max_total }));
             }
             if produced > RATIO_GRACE_BYTES && produced / compressed > max_ratio {
-                return Err(ExtractError::LimitExceeded(Limit::ZipRatio {
-                    entry: part.to_owned(),
-                    max: max_ratio,
-                }));
+                return Err(ExtractError::LimitExceeded(Limit::ZipRatio { entry: part.to_owned(), max: max_ratio }));
             }
         }
         self.decompressed += out.len() as u64;
@@ -139,10 +122,9 @@ fn part_key(part: &str) -> String {
 /// whole part.
 fn decode_xml(bytes: &[u8]) -> String {
     match encoding_rs::Encoding::for_bom(bytes) {
-        Some((encoding, bom_len)) => encoding
-            .decode_without_bom_handling(bytes.get(bom_len..).unwrap_or_default())
-            .0
-            .into_owned(),
+        Some((encoding, bom_len)) => {
+            encoding.decode_without_bom_handling(bytes.get(bom_len..).unwrap_or_default()).0.into_owned()
+        }
         None => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
@@ -154,9 +136,9 @@ fn zip_error(err: ZipError) -> ExtractError {
         ZipError::UnsupportedArchive(ZipError::PASSWORD_REQUIRED) | ZipError::InvalidPassword => {
             ExtractError::Encrypted
         }
-        ZipError::CompressionMethodNotSupported(method) => ExtractError::Corrupt(format!(
-            "zip entry uses unsupported compression method {method}"
-        )),
+        ZipError::CompressionMethodNotSupported(method) => {
+            ExtractError::Corrupt(format!("zip entry uses unsupported compression method {method}"))
+        }
         other => ExtractError::Corrupt(format!("invalid zip: {other}")),
     }
 }

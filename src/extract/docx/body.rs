@@ -169,8 +169,7 @@ impl<'w> Walker<'w> {
             Ns::W => {
                 SKIPPED.contains(&name)
                     || (matches!(name, "footnote" | "endnote")
-                        && xml::w_attr(element, "type")
-                            .is_some_and(|kind| SEPARATOR_NOTES.contains(&kind.as_str())))
+                        && xml::w_attr(element, "type").is_some_and(|kind| SEPARATOR_NOTES.contains(&kind.as_str())))
             }
             Ns::Mc => match (name, self.stack.last()) {
                 ("Choice" | "Fallback", Some(Frame::Alternate(taken))) => *taken,
@@ -252,14 +251,12 @@ impl<'w> Walker<'w> {
     fn read_paragraph_props(&mut self, name: &str, element: &BytesStart<'_>) {
         match name {
             "framePr" => {
-                self.glue_next_paragraph = xml::w_attr(element, "dropCap")
-                    .is_some_and(|kind| matches!(kind.as_str(), "drop" | "margin"));
+                self.glue_next_paragraph =
+                    xml::w_attr(element, "dropCap").is_some_and(|kind| matches!(kind.as_str(), "drop" | "margin"));
             }
             "numId" => self.list.num_id = xml::w_attr(element, "val"),
             "ilvl" => {
-                self.list.level = xml::w_attr(element, "val")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
+                self.list.level = xml::w_attr(element, "val").and_then(|v| v.parse().ok()).unwrap_or(0);
             }
             _ => {}
         }

@@ -37,10 +37,7 @@ pub(crate) fn extract(bytes: &[u8], settings: &ExtractSettings) -> Result<String
         None => Vec::new(),
     };
     let mut numbering = match related_part(&rels, "numbering") {
-        Some(part) => archive
-            .read_text(part)?
-            .map(|xml| Numbering::parse(&xml))
-            .unwrap_or_default(),
+        Some(part) => archive.read_text(part)?.map(|xml| Numbering::parse(&xml)).unwrap_or_default(),
         None => Numbering::default(),
     };
     let mut out = TextBuilder::new(settings.max_chars);
@@ -76,15 +73,8 @@ fn zip_limits(settings: &ExtractSettings) -> ZipLimits {
     }
 }
 
-fn walk_part(
-    out: &mut TextBuilder,
-    numbering: &mut Numbering,
-    part: &str,
-    xml: &str,
-) -> Result<(), ExtractError> {
-    Walker::new(out, numbering)
-        .walk(xml)
-        .map_err(|err| in_part(part, err))
+fn walk_part(out: &mut TextBuilder, numbering: &mut Numbering, part: &str, xml: &str) -> Result<(), ExtractError> {
+    Walker::new(out, numbering).walk(xml).map_err(|err| in_part(part, err))
 }
 
 /// Names the part in a corruption message.
@@ -119,9 +109,7 @@ fn append_headers_and_footers(
 }
 
 fn related_parts<'r>(rels: &'r [Relationship], kind: &'r str) -> impl Iterator<Item = &'r str> {
-    rels.iter()
-        .filter(move |rel| rel.is(kind))
-        .filter_map(|rel| rel.target.as_deref())
+    rels.iter().filter(move |rel| rel.is(kind)).filter_map(|rel| rel.target.as_deref())
 }
 
 fn related_part<'r>(rels: &'r [Relationship], kind: &'r str) -> Option<&'r str> {
@@ -132,29 +120,18 @@ fn related_part<'r>(rels: &'r [Relationship], kind: &'r str) -> Option<&'r str> 
 /// `[Content_Types].xml` declares as a Word main part, else the conventional
 /// `word/document.xml`. Packages whose main part is another Office type are unsupported.
 fn find_main_part(archive: &mut Archive<'_>) -> Result<String, ExtractError> {
-    let types = archive
-        .read_text("[Content_Types].xml")?
-        .map(|xml| ContentTypes::parse(&xml))
-        .unwrap_or_default();
+    let types = archive.read_text("[Content_Types].xml")?.map(|xml| ContentTypes::parse(&xml)).unwrap_or_default();
     let package_rels = match archive.read_text("_rels/.rels")? {
         Some(xml) => opc::parse_relationships(&xml, ""),
         None => Vec::new(),
     };
-    let by_rel = related_part(&package_rels, "officeDocument")
-        .filter(|part| archive.contains(part))
-        .map(str::to_owned);
+    let by_rel = related_part(&package_rels, "officeDocument").filter(|part| archive.contains(part)).map(str::to_owned);
     let candidate = by_rel
         .or_else(|| types.find_part(is_word_main))
-        .or_else(|| {
-            archive
-                .contains("word/document.xml")
-                .then(|| "word/document.xml".to_owned())
-        });
+        .or_else(|| archive.contains("word/document.xml").then(|| "word/document.xml".to_owned()));
     match candidate {
         Some(part) if types.of(&part).is_none_or(|ct| !is_other_office(ct)) => Ok(part),
-        _ => Err(ExtractError::Unsupported {
-            detected: describe_zip(archive, &types)?,
-        }),
+        _ => Err(ExtractError::Unsupported { detected: describe_zip(archive, &types)? }),
     }
 }
 
@@ -164,14 +141,9 @@ fn is_word_main(content_type: &str) -> bool {
 }
 
 fn is_other_office(content_type: &str) -> bool {
-    [
-        "spreadsheetml",
-        "presentationml",
-        "ms-excel",
-        "ms-powerpoint",
-    ]
-    .iter()
-    .any(|kind| content_type.to_ascii_lowercase().contains(kind))
+    ["spreadsheetml", "presentationml", "ms-excel", "ms-powerpoint"]
+        .iter()
+        .any(|kind| content_type.to_ascii_lowercase().contains(kind))
 }
 
 /// Names a zip that is not a Word document, for the failure message.
@@ -182,10 +154,7 @@ fn describe_zip(archive: &mut Archive<'_>, types: &ContentTypes) -> Result<Strin
             return Ok(format!("zip archive ({mimetype})"));
         }
     }
-    let office = [
-        ("spreadsheetml", "xlsx spreadsheet"),
-        ("presentationml", "pptx presentation"),
-    ];
+    let office = [("spreadsheetml", "xlsx spreadsheet"), ("presentationml", "pptx presentation")];
     for (marker, name) in office {
         if types.find_part(|ct| ct.contains(marker)).is_some() {
             return Ok(name.to_owned());

@@ -19,11 +19,7 @@ struct Level {
 
 impl Default for Level {
     fn default() -> Self {
-        Self {
-            format: "decimal".to_owned(),
-            text: String::new(),
-            start: 1,
-        }
+        Self { format: "decimal".to_owned(), text: String::new(), start: 1 }
     }
 }
 
@@ -57,25 +53,17 @@ impl Numbering {
                 "abstractNum" => current_abstract = xml::w_attr(element, "abstractNumId"),
                 "num" => current_num = xml::w_attr(element, "numId"),
                 "lvl" | "lvlOverride" => {
-                    current_level = xml::w_attr(element, "ilvl")
-                        .and_then(|l| l.parse().ok())
-                        .filter(|&l| l < LEVELS);
+                    current_level = xml::w_attr(element, "ilvl").and_then(|l| l.parse().ok()).filter(|&l| l < LEVELS);
                 }
                 "abstractNumId" => {
                     if let (Some(num), Some(abs)) = (&current_num, val) {
-                        numbering
-                            .instances
-                            .insert(num.clone(), (abs, HashMap::new()));
+                        numbering.instances.insert(num.clone(), (abs, HashMap::new()));
                     }
                 }
                 "startOverride" => {
                     let start = val.and_then(|v| v.parse().ok());
-                    let instance = current_num
-                        .as_ref()
-                        .and_then(|n| numbering.instances.get_mut(n));
-                    if let (Some((_, overrides)), Some(level), Some(start)) =
-                        (instance, current_level, start)
-                    {
+                    let instance = current_num.as_ref().and_then(|n| numbering.instances.get_mut(n));
+                    if let (Some((_, overrides)), Some(level), Some(start)) = (instance, current_level, start) {
                         overrides.insert(level, start);
                     }
                 }
@@ -91,10 +79,7 @@ impl Numbering {
     }
 
     fn set_level_field(&mut self, abs: &str, level: usize, field: &str, value: String) {
-        let levels = self
-            .abstract_levels
-            .entry(abs.to_owned())
-            .or_insert_with(|| vec![Level::default(); LEVELS]);
+        let levels = self.abstract_levels.entry(abs.to_owned()).or_insert_with(|| vec![Level::default(); LEVELS]);
         let slot = &mut levels[level];
         match field {
             "start" => slot.start = value.parse().unwrap_or(1),
@@ -159,21 +144,8 @@ fn render_marker(
 
 /// Bullets are usually private-use glyphs of the Symbol/Wingdings fonts; show those as `•`.
 fn bullet(text: &str) -> String {
-    let visible: String = text
-        .chars()
-        .map(|c| {
-            if ('\u{e000}'..='\u{f8ff}').contains(&c) {
-                '•'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if visible.trim().is_empty() {
-        "•".to_owned()
-    } else {
-        visible
-    }
+    let visible: String = text.chars().map(|c| if ('\u{e000}'..='\u{f8ff}').contains(&c) { '•' } else { c }).collect();
+    if visible.trim().is_empty() { "•".to_owned() } else { visible }
 }
 
 fn format_number(format: &str, n: u32) -> String {

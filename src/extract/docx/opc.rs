@@ -69,12 +69,8 @@ impl ContentTypes {
 
     /// The first part whose override declares a content type matching `predicate`.
     pub(crate) fn find_part(&self, predicate: impl Fn(&str) -> bool) -> Option<String> {
-        let mut parts: Vec<&String> = self
-            .overrides
-            .iter()
-            .filter(|(_, ct)| predicate(ct))
-            .map(|(part, _)| part)
-            .collect();
+        let mut parts: Vec<&String> =
+            self.overrides.iter().filter(|(_, ct)| predicate(ct)).map(|(part, _)| part).collect();
         parts.sort();
         parts.first().map(|part| (*part).clone())
     }
@@ -92,9 +88,8 @@ pub(crate) fn parse_relationships(xml: &str, source: &str) -> Vec<Relationship> 
             return;
         };
         let external = attribute(element, "TargetMode").is_some_and(|m| m == "External");
-        let target = attribute(element, "Target")
-            .filter(|_| !external)
-            .and_then(|target| resolve_target(source, &target));
+        let target =
+            attribute(element, "Target").filter(|_| !external).and_then(|target| resolve_target(source, &target));
         rels.push(Relationship { kind, target });
     });
     rels
@@ -136,9 +131,7 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
         match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'%', Some(byte)) => {
                 out.push(byte);
@@ -176,23 +169,14 @@ mod tests {
 
     #[test]
     fn targets_resolve_relative_absolute_and_escaped() {
-        assert_eq!(
-            resolve_target("word/document.xml", "header1.xml").as_deref(),
-            Some("word/header1.xml")
-        );
-        assert_eq!(
-            resolve_target("", "/word/document2.xml").as_deref(),
-            Some("word/document2.xml")
-        );
+        assert_eq!(resolve_target("word/document.xml", "header1.xml").as_deref(), Some("word/header1.xml"));
+        assert_eq!(resolve_target("", "/word/document2.xml").as_deref(), Some("word/document2.xml"));
         assert_eq!(
             resolve_target("word/document.xml", "../customXml/item%201.xml").as_deref(),
             Some("customXml/item 1.xml")
         );
         assert_eq!(resolve_target("word/document.xml", "../../x.xml"), None);
-        assert_eq!(
-            rels_part_of("word/document.xml"),
-            "word/_rels/document.xml.rels"
-        );
+        assert_eq!(rels_part_of("word/document.xml"), "word/_rels/document.xml.rels");
     }
 
     #[test]

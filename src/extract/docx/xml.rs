@@ -28,14 +28,10 @@ const W_URIS: &[&str] = &[
     "http://purl.oclc.org/ooxml/wordprocessingml/main",
 ];
 const MC_URI: &str = "http://schemas.openxmlformats.org/markup-compatibility/2006";
-const MATH_URIS: &[&str] = &[
-    "http://schemas.openxmlformats.org/officeDocument/2006/math",
-    "http://purl.oclc.org/ooxml/officeDocument/math",
-];
-const DRAWING_URIS: &[&str] = &[
-    "http://schemas.openxmlformats.org/drawingml/2006/main",
-    "http://purl.oclc.org/ooxml/drawingml/main",
-];
+const MATH_URIS: &[&str] =
+    &["http://schemas.openxmlformats.org/officeDocument/2006/math", "http://purl.oclc.org/ooxml/officeDocument/math"];
+const DRAWING_URIS: &[&str] =
+    &["http://schemas.openxmlformats.org/drawingml/2006/main", "http://purl.oclc.org/ooxml/drawingml/main"];
 /// Bound on simultaneous namespace declarations: fuzzed parts can declare millions of them.
 const MAX_NAMESPACE_BINDINGS: usize = 4096;
 
@@ -65,9 +61,7 @@ impl<'a> DocxReader<'a> {
     /// Reader over a part's text (DTDs are reported as events and never processed).
     pub(crate) fn new(xml: &'a str) -> Self {
         let mut reader = NsReader::from_str(xml);
-        reader
-            .resolver_mut()
-            .set_max_namespace_bindings(MAX_NAMESPACE_BINDINGS);
+        reader.resolver_mut().set_max_namespace_bindings(MAX_NAMESPACE_BINDINGS);
         Self { reader }
     }
 
@@ -80,9 +74,7 @@ impl<'a> DocxReader<'a> {
         let position = self.reader.buffer_position();
         match self.reader.read_resolved_event() {
             Ok((resolved, event)) => Ok((classify(&resolved), event)),
-            Err(err) => Err(ExtractError::Corrupt(format!(
-                "malformed XML near byte {position}: {err}"
-            ))),
+            Err(err) => Err(ExtractError::Corrupt(format!("malformed XML near byte {position}: {err}"))),
         }
     }
 
@@ -149,7 +141,8 @@ mod tests {
 
     #[test]
     fn prefixes_do_not_matter_only_uris() {
-        let xml = r#"<ns0:p xmlns:ns0="http://purl.oclc.org/ooxml/wordprocessingml/main"><x:p xmlns:x="urn:other"/></ns0:p>"#;
+        let xml =
+            r#"<ns0:p xmlns:ns0="http://purl.oclc.org/ooxml/wordprocessingml/main"><x:p xmlns:x="urn:other"/></ns0:p>"#;
         let mut reader = DocxReader::new(xml);
         let (ns, event) = reader.next().unwrap_or((Ns::Other, Event::Eof));
         assert_eq!(ns, Ns::W);

@@ -31,10 +31,7 @@ pub(super) fn draw<'a>(interp: &mut Interpreter<'a>, doc: &'a Document, page: &'
 
 /// The appearance stream of a visible text-bearing annotation, with the matrix that puts
 /// it in its `/Rect` (ISO 32000-1, 12.5.5).
-fn appearance<'a>(
-    doc: &'a Document,
-    annot: &'a Dictionary,
-) -> Option<(lopdf::ObjectId, &'a lopdf::Stream, Matrix)> {
+fn appearance<'a>(doc: &'a Document, annot: &'a Dictionary) -> Option<(lopdf::ObjectId, &'a lopdf::Stream, Matrix)> {
     let subtype = objects::name(doc, annot, b"Subtype")?;
     if !matches!(subtype, b"Widget" | b"FreeText" | b"Stamp") {
         return None;
@@ -60,9 +57,7 @@ fn appearance<'a>(
 }
 
 fn rect(doc: &Document, dict: &Dictionary, key: &[u8]) -> Option<[f32; 4]> {
-    let v: Vec<f32> = objects::numbers(doc, objects::array(doc, dict, key)?)
-        .into_iter()
-        .collect::<Option<_>>()?;
+    let v: Vec<f32> = objects::numbers(doc, objects::array(doc, dict, key)?).into_iter().collect::<Option<_>>()?;
     let [a, b, c, d] = v[..] else { return None };
     Some([a.min(c), b.min(d), a.max(c), b.max(d)])
 }
@@ -70,33 +65,13 @@ fn rect(doc: &Document, dict: &Dictionary, key: &[u8]) -> Option<[f32; 4]> {
 /// The matrix mapping the form's box (as transformed by its own matrix) onto `rect`.
 /// `run_form` applies the form matrix itself, so it is not part of the result.
 fn fit(bbox: [f32; 4], matrix: Matrix, rect: [f32; 4]) -> Matrix {
-    let corners = [
-        (bbox[0], bbox[1]),
-        (bbox[2], bbox[1]),
-        (bbox[0], bbox[3]),
-        (bbox[2], bbox[3]),
-    ];
+    let corners = [(bbox[0], bbox[1]), (bbox[2], bbox[1]), (bbox[0], bbox[3]), (bbox[2], bbox[3])];
     let pts: Vec<(f32, f32)> = corners.iter().map(|&(x, y)| matrix.apply(x, y)).collect();
     let min_x = pts.iter().map(|p| p.0).fold(f32::MAX, f32::min);
     let max_x = pts.iter().map(|p| p.0).fold(f32::MIN, f32::max);
     let min_y = pts.iter().map(|p| p.1).fold(f32::MAX, f32::min);
     let max_y = pts.iter().map(|p| p.1).fold(f32::MIN, f32::max);
-    let sx = if max_x - min_x > 1e-3 {
-        (rect[2] - rect[0]) / (max_x - min_x)
-    } else {
-        1.0
-    };
-    let sy = if max_y - min_y > 1e-3 {
-        (rect[3] - rect[1]) / (max_y - min_y)
-    } else {
-        1.0
-    };
-    Matrix {
-        a: sx,
-        b: 0.0,
-        c: 0.0,
-        d: sy,
-        e: rect[0] - min_x * sx,
-        f: rect[1] - min_y * sy,
-    }
+    let sx = if max_x - min_x > 1e-3 { (rect[2] - rect[0]) / (max_x - min_x) } else { 1.0 };
+    let sy = if max_y - min_y > 1e-3 { (rect[3] - rect[1]) / (max_y - min_y) } else { 1.0 };
+    Matrix { a: sx, b: 0.0, c: 0.0, d: sy, e: rect[0] - min_x * sx, f: rect[1] - min_y * sy }
 }

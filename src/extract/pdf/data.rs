@@ -47,9 +47,7 @@ pub(super) fn glyph_name_scalar(name: &[u8]) -> Option<char> {
     let base = name.split('.').next().unwrap_or(name);
     let hex = match base.strip_prefix("uni") {
         Some(h) if h.len() == 4 => h,
-        _ => base
-            .strip_prefix('u')
-            .filter(|h| (4..=6).contains(&h.len()))?,
+        _ => base.strip_prefix('u').filter(|h| (4..=6).contains(&h.len()))?,
     };
     u32::from_str_radix(hex, 16).ok().and_then(char::from_u32)
 }
@@ -116,11 +114,7 @@ impl CoreFont {
                 (false, false) => CoreFont::Times,
             })
         } else if name.contains("helvetica") || name.contains("arial") || name.contains("sans") {
-            Some(if bold {
-                CoreFont::HelveticaBold
-            } else {
-                CoreFont::Helvetica
-            })
+            Some(if bold { CoreFont::HelveticaBold } else { CoreFont::Helvetica })
         } else {
             None
         }
@@ -137,9 +131,7 @@ impl CoreFont {
             CoreFont::TimesItalic => core_widths::TIMES_ITALIC,
             CoreFont::TimesBoldItalic => core_widths::TIMES_BOLDITALIC,
         };
-        let i = table
-            .binary_search_by_key(&u32::from(c), |(c, _)| *c)
-            .ok()?;
+        let i = table.binary_search_by_key(&u32::from(c), |(c, _)| *c).ok()?;
         table.get(i).map(|(_, w)| f32::from(*w))
     }
 }
@@ -208,10 +200,7 @@ mod tests {
     #[test]
     fn core_widths_and_cid_collections_are_loaded() {
         assert_eq!(CoreFont::Helvetica.width('a'), Some(556.0));
-        assert_eq!(
-            CoreFont::from_base_font(b"ABCDEF+Arial,Bold"),
-            Some(CoreFont::HelveticaBold)
-        );
+        assert_eq!(CoreFont::from_base_font(b"ABCDEF+Arial,Bold"), Some(CoreFont::HelveticaBold));
         // Adobe-Japan1 CID 843 is HIRAGANA LETTER A; CID 1 is the space.
         assert_eq!(Collection::Japan1.char_of(843), Some('あ'));
         assert_eq!(Collection::Japan1.char_of(1), Some(' '));

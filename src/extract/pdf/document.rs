@@ -80,10 +80,7 @@ fn memchr_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
     };
     let mut out = Vec::new();
     let mut i = 0;
-    while let Some(at) = haystack
-        .get(i..)
-        .and_then(|h| h.iter().position(|&b| b == first))
-    {
+    while let Some(at) = haystack.get(i..).and_then(|h| h.iter().position(|&b| b == first)) {
         let start = i + at;
         if haystack.get(start..start + needle.len()) == Some(needle) {
             out.push(start);
@@ -124,9 +121,7 @@ fn load(bytes: &[u8], password: Option<&str>) -> lopdf::Result<Document> {
 fn load_error(e: lopdf::Error) -> PdfError {
     match e {
         lopdf::Error::InvalidPassword
-        | lopdf::Error::Decryption(lopdf::encryption::DecryptionError::IncorrectPassword) => {
-            PdfError::Encrypted
-        }
+        | lopdf::Error::Decryption(lopdf::encryption::DecryptionError::IncorrectPassword) => PdfError::Encrypted,
         lopdf::Error::Decryption(e) => PdfError::Corrupt(format!("cannot decrypt: {e}")),
         e => PdfError::Corrupt(format!("unreadable PDF structure: {e}")),
     }
@@ -156,9 +151,7 @@ fn decrypt_here(doc: &mut Document, password: Option<&str>) -> Result<(), PdfErr
     candidates.extend(password);
     for pw in candidates {
         if doc.authenticate_password(pw).is_ok() {
-            return doc
-                .decrypt(pw)
-                .map_err(|e| PdfError::Corrupt(format!("cannot decrypt: {e}")));
+            return doc.decrypt(pw).map_err(|e| PdfError::Corrupt(format!("cannot decrypt: {e}")));
         }
     }
     Err(PdfError::Encrypted)
@@ -209,9 +202,7 @@ pub(super) struct Page<'a> {
 pub(super) fn page(doc: &Document, id: ObjectId) -> Option<Page<'_>> {
     let dict = doc.get_dictionary(id).ok()?;
     let resources = inherited(doc, dict, b"Resources").and_then(|o| o.as_dict().ok());
-    let media = inherited(doc, dict, b"MediaBox")
-        .and_then(|o| page_box(doc, o))
-        .unwrap_or(DEFAULT_BOX);
+    let media = inherited(doc, dict, b"MediaBox").and_then(|o| page_box(doc, o)).unwrap_or(DEFAULT_BOX);
     let crop = inherited(doc, dict, b"CropBox")
         .and_then(|o| page_box(doc, o))
         .and_then(|c| intersect(c, media))
@@ -220,11 +211,7 @@ pub(super) fn page(doc: &Document, id: ObjectId) -> Option<Page<'_>> {
         .and_then(|o| o.as_float().ok())
         .filter(|r| r.is_finite())
         .map_or(0, |r| (r as i64 / 90) * 90);
-    Some(Page {
-        dict,
-        resources,
-        frame: PageFrame::new(crop, rotate),
-    })
+    Some(Page { dict, resources, frame: PageFrame::new(crop, rotate) })
 }
 
 /// A page attribute from the page or the nearest ancestor that has it.
@@ -241,9 +228,7 @@ fn inherited<'a>(doc: &'a Document, page: &'a Dictionary, key: &[u8]) -> Option<
 
 /// `[x0 y0 x1 y1]` normalised; `None` when unusable (missing numbers, empty, absurd).
 fn page_box(doc: &Document, obj: &Object) -> Option<[f32; 4]> {
-    let v: Vec<f32> = objects::numbers(doc, obj.as_array().ok()?)
-        .into_iter()
-        .collect::<Option<_>>()?;
+    let v: Vec<f32> = objects::numbers(doc, obj.as_array().ok()?).into_iter().collect::<Option<_>>()?;
     let [a, b, c, d] = v[..] else { return None };
     let r = [a.min(c), b.min(d), a.max(c), b.max(d)];
     let (w, h) = (r[2] - r[0], r[3] - r[1]);
@@ -251,12 +236,7 @@ fn page_box(doc: &Document, obj: &Object) -> Option<[f32; 4]> {
 }
 
 fn intersect(a: [f32; 4], b: [f32; 4]) -> Option<[f32; 4]> {
-    let r = [
-        a[0].max(b[0]),
-        a[1].max(b[1]),
-        a[2].min(b[2]),
-        a[3].min(b[3]),
-    ];
+    let r = [a[0].max(b[0]), a[1].max(b[1]), a[2].min(b[2]), a[3].min(b[3])];
     (r[2] - r[0] >= 1.0 && r[3] - r[1] >= 1.0).then_some(r)
 }
 
@@ -276,18 +256,12 @@ mod tests {
         let bytes = b"<</Encrypt 5 0 R/EncryptMetadata true>> /Encrypt<<>>";
         let hidden = hide_encrypt(bytes);
         assert_eq!(hidden.len(), bytes.len());
-        assert_eq!(
-            &hidden[..],
-            b"<</Encryp_ 5 0 R/EncryptMetadata true>> /Encryp_<<>>"
-        );
+        assert_eq!(&hidden[..], b"<</Encryp_ 5 0 R/EncryptMetadata true>> /Encryp_<<>>");
     }
 
     #[test]
     fn crop_box_is_clamped_to_the_media_box() {
-        assert_eq!(
-            intersect([-10.0, 0.0, 700.0, 800.0], DEFAULT_BOX),
-            Some([0.0, 0.0, 612.0, 792.0])
-        );
+        assert_eq!(intersect([-10.0, 0.0, 700.0, 800.0], DEFAULT_BOX), Some([0.0, 0.0, 612.0, 792.0]));
         assert_eq!(intersect([700.0, 0.0, 800.0, 10.0], DEFAULT_BOX), None);
     }
 }

@@ -57,34 +57,18 @@ impl Font {
         if subtype == b"Type0" {
             let font = CompositeFont::load(doc, dict, to_unicode);
             let vertical = font.vertical;
-            return Font {
-                kind: Kind::Composite(font),
-                vertical,
-                size_scale: 1.0,
-            };
+            return Font { kind: Kind::Composite(font), vertical, size_scale: 1.0 };
         }
         if to_unicode.is_none() && gbk_system_font(doc, dict, subtype) {
-            return Font {
-                kind: Kind::Composite(CompositeFont::gbk()),
-                vertical: false,
-                size_scale: 1.0,
-            };
+            return Font { kind: Kind::Composite(CompositeFont::gbk()), vertical: false, size_scale: 1.0 };
         }
         let (font, size_scale) = SimpleFont::load(doc, dict, subtype, to_unicode.as_ref());
-        Font {
-            kind: Kind::Simple(font),
-            vertical: false,
-            size_scale,
-        }
+        Font { kind: Kind::Simple(font), vertical: false, size_scale }
     }
 
     /// A stand-in for a missing or unreadable font: Standard-encoded, half-em glyphs.
     pub fn fallback() -> Font {
-        Font {
-            kind: Kind::Simple(SimpleFont::fallback()),
-            vertical: false,
-            size_scale: 1.0,
-        }
+        Font { kind: Kind::Simple(SimpleFont::fallback()), vertical: false, size_scale: 1.0 }
     }
 
     /// Calls `each` for every code in `bytes`, in order.
@@ -142,10 +126,7 @@ fn gbk_system_font(doc: &Document, dict: &Dictionary, subtype: &[u8]) -> bool {
     };
     let embedded = descriptor(doc, dict).is_some_and(|d| d.has(b"FontFile2"));
     let non_ascii = !name.is_ascii();
-    subtype == b"TrueType"
-        && !embedded
-        && non_ascii
-        && !encoding_rs::GBK.decode_without_bom_handling(name).1
+    subtype == b"TrueType" && !embedded && non_ascii && !encoding_rs::GBK.decode_without_bom_handling(name).1
 }
 
 fn descriptor<'a>(doc: &'a Document, dict: &'a Dictionary) -> Option<&'a Dictionary> {

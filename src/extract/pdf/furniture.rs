@@ -45,11 +45,7 @@ pub(super) fn strip(pages: &mut [Vec<Line>], heights: &[f32]) {
     if pages.len() < MIN_PAGES {
         return;
     }
-    let candidates: Vec<Vec<Candidate>> = pages
-        .iter()
-        .zip(heights)
-        .map(|(lines, &h)| edge_lines(lines, h))
-        .collect();
+    let candidates: Vec<Vec<Candidate>> = pages.iter().zip(heights).map(|(lines, &h)| edge_lines(lines, h)).collect();
     let mut seen: HashMap<(Edge, &str), Vec<usize>> = HashMap::new();
     for (page, cands) in candidates.iter().enumerate() {
         for c in cands.iter().filter(|c| c.number.is_none()) {
@@ -64,9 +60,7 @@ pub(super) fn strip(pages: &mut [Vec<Line>], heights: &[f32]) {
             .iter()
             .filter(|c| match c.number {
                 Some(n) => is_page_number(&candidates, page, c.edge, n),
-                None => seen
-                    .get(&(c.edge, c.key.as_str()))
-                    .is_some_and(|p| repeats(p)),
+                None => seen.get(&(c.edge, c.key.as_str())).is_some_and(|p| repeats(p)),
             })
             .map(|c| c.line)
             .collect();
@@ -93,9 +87,7 @@ fn is_page_number(candidates: &[Vec<Candidate>], page: usize, edge: Edge, n: i64
     let hi = (page + NUMBER_WINDOW).min(candidates.len() - 1);
     (lo..=hi).filter(|&q| q != page).any(|q| {
         let expected = n + q as i64 - page as i64;
-        candidates[q]
-            .iter()
-            .any(|c| c.edge == edge && c.number == Some(expected))
+        candidates[q].iter().any(|c| c.edge == edge && c.number == Some(expected))
     })
 }
 
@@ -109,26 +101,13 @@ fn edge_lines(lines: &[Line], height: f32) -> Vec<Candidate> {
         .filter_map(|(i, l)| l.span.map(|(top, bottom)| (i, top, bottom)))
         .collect();
     placed.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let top = placed
-        .iter()
-        .take(EDGE_LINES)
-        .filter(|p| p.1 < EDGE_ZONE * height)
-        .map(|p| (p.0, Edge::Top));
-    let bottom = placed
-        .iter()
-        .rev()
-        .take(EDGE_LINES)
-        .filter(|p| p.2 > (1.0 - EDGE_ZONE) * height)
-        .map(|p| (p.0, Edge::Bottom));
+    let top = placed.iter().take(EDGE_LINES).filter(|p| p.1 < EDGE_ZONE * height).map(|p| (p.0, Edge::Top));
+    let bottom =
+        placed.iter().rev().take(EDGE_LINES).filter(|p| p.2 > (1.0 - EDGE_ZONE) * height).map(|p| (p.0, Edge::Bottom));
     top.chain(bottom)
         .filter_map(|(line, edge)| {
             let text = &lines.get(line)?.text;
-            Some(Candidate {
-                line,
-                edge,
-                key: key(text)?,
-                number: bare_number(text),
-            })
+            Some(Candidate { line, edge, key: key(text)?, number: bare_number(text) })
         })
         .collect()
 }
@@ -137,9 +116,7 @@ fn edge_lines(lines: &[Line], height: f32) -> Vec<Candidate> {
 fn body_size(lines: &[Line]) -> f32 {
     let mut chars_by_size: HashMap<i32, usize> = HashMap::new();
     for l in lines {
-        *chars_by_size
-            .entry((l.size * 2.0).round() as i32)
-            .or_default() += l.text.len();
+        *chars_by_size.entry((l.size * 2.0).round() as i32).or_default() += l.text.len();
     }
     let best = chars_by_size.into_iter().max_by_key(|&(size, n)| (n, size));
     best.map_or(f32::MAX, |(size, _)| size as f32 / 2.0)
@@ -163,10 +140,7 @@ fn bare_number(text: &str) -> Option<i64> {
     if text.chars().any(char::is_alphabetic) {
         return None;
     }
-    let digits: Vec<&str> = text
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let digits: Vec<&str> = text.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).collect();
     match digits[..] {
         [one] if one.len() <= 6 => one.parse().ok(),
         _ => None,
@@ -178,20 +152,11 @@ mod tests {
     use super::*;
 
     fn line(text: &str, top: f32) -> Line {
-        Line {
-            text: text.to_owned(),
-            span: Some((top, top + 10.0)),
-            size: 10.0,
-            para_start: false,
-        }
+        Line { text: text.to_owned(), span: Some((top, top + 10.0)), size: 10.0, para_start: false }
     }
 
     fn page(n: usize) -> Vec<Line> {
-        let head = if n.is_multiple_of(2) {
-            "FREE CULTURE"
-        } else {
-            "PIRACY"
-        };
+        let head = if n.is_multiple_of(2) { "FREE CULTURE" } else { "PIRACY" };
         vec![
             line(&format!("{head}  {}", n + 10), 20.0),
             line(&format!("Body text of page {n}."), 300.0),
@@ -210,10 +175,7 @@ mod tests {
         strip(&mut pages, &[792.0; 6]);
         for (n, p) in pages.iter().enumerate() {
             let body = format!("Body text of page {n}.");
-            assert_eq!(
-                texts(p),
-                vec![body.as_str(), "The same sentence on every page, mid-page."]
-            );
+            assert_eq!(texts(p), vec![body.as_str(), "The same sentence on every page, mid-page."]);
         }
     }
 
@@ -224,19 +186,11 @@ mod tests {
                 let mut title = line("Sparse data", 20.0);
                 title.size = 24.0;
                 let axis = if n == 2 { "10" } else { "x" };
-                vec![
-                    title,
-                    line("body", 300.0),
-                    line("more body", 320.0),
-                    line(axis, 700.0),
-                ]
+                vec![title, line("body", 300.0), line("more body", 320.0), line(axis, 700.0)]
             })
             .collect();
         strip(&mut pages, &[792.0; 4]);
-        assert_eq!(
-            texts(&pages[2]),
-            vec!["Sparse data", "body", "more body", "10"]
-        );
+        assert_eq!(texts(&pages[2]), vec!["Sparse data", "body", "more body", "10"]);
     }
 
     #[test]

@@ -12,33 +12,19 @@ pub(super) struct Matrix {
 }
 
 impl Matrix {
-    pub const IDENTITY: Matrix = Matrix {
-        a: 1.0,
-        b: 0.0,
-        c: 0.0,
-        d: 1.0,
-        e: 0.0,
-        f: 0.0,
-    };
+    pub const IDENTITY: Matrix = Matrix { a: 1.0, b: 0.0, c: 0.0, d: 1.0, e: 0.0, f: 0.0 };
 
     /// Builds a matrix from six operands; `None` when any is missing or not finite, so a
     /// malformed `cm`/`Tm` is ignored rather than poisoning every later coordinate.
     pub fn from_slice(v: &[f32]) -> Option<Matrix> {
         let [a, b, c, d, e, f] = *v else { return None };
         let m = Matrix { a, b, c, d, e, f };
-        [a, b, c, d, e, f]
-            .iter()
-            .all(|x| x.is_finite())
-            .then_some(m)
+        [a, b, c, d, e, f].iter().all(|x| x.is_finite()).then_some(m)
     }
 
     /// A translation by `(tx, ty)`.
     pub fn translate(tx: f32, ty: f32) -> Matrix {
-        Matrix {
-            e: tx,
-            f: ty,
-            ..Matrix::IDENTITY
-        }
+        Matrix { e: tx, f: ty, ..Matrix::IDENTITY }
     }
 
     /// `self` applied first, then `other` (PDF's `self × other`).
@@ -55,10 +41,7 @@ impl Matrix {
 
     /// Maps a point.
     pub fn apply(&self, x: f32, y: f32) -> (f32, f32) {
-        (
-            self.a * x + self.c * y + self.e,
-            self.b * x + self.d * y + self.f,
-        )
+        (self.a * x + self.c * y + self.e, self.b * x + self.d * y + self.f)
     }
 
     /// Maps a direction vector (no translation).
@@ -85,44 +68,21 @@ impl PageFrame {
         let (lx, ly) = (x0.min(x1), y0.min(y1));
         // Move the crop box to the origin, flip y so it grows downwards, then turn clockwise
         // by /Rotate: the display frame of a rotated page.
-        let flip = Matrix {
-            d: -1.0,
-            f: h,
-            ..Matrix::translate(-lx, 0.0)
-        };
+        let flip = Matrix { d: -1.0, f: h, ..Matrix::translate(-lx, 0.0) };
         let base = Matrix::translate(0.0, -ly).then(&flip);
         let (turn, width, height) = match rotate.rem_euclid(360) {
             90 => (rotation(0.0, 1.0, h), h, w),
-            180 => (
-                rotation(-1.0, 0.0, 0.0).then(&Matrix::translate(w, h)),
-                w,
-                h,
-            ),
-            270 => (
-                rotation(0.0, -1.0, 0.0).then(&Matrix::translate(0.0, w)),
-                h,
-                w,
-            ),
+            180 => (rotation(-1.0, 0.0, 0.0).then(&Matrix::translate(w, h)), w, h),
+            270 => (rotation(0.0, -1.0, 0.0).then(&Matrix::translate(0.0, w)), h, w),
             _ => (Matrix::IDENTITY, w, h),
         };
-        PageFrame {
-            to_display: base.then(&turn),
-            width,
-            height,
-        }
+        PageFrame { to_display: base.then(&turn), width, height }
     }
 }
 
 /// A clockwise turn in a y-down frame given `cos`/`sin`, then a shift right by `dx`.
 fn rotation(cos: f32, sin: f32, dx: f32) -> Matrix {
-    Matrix {
-        a: cos,
-        b: sin,
-        c: -sin,
-        d: cos,
-        e: dx,
-        f: 0.0,
-    }
+    Matrix { a: cos, b: sin, c: -sin, d: cos, e: dx, f: 0.0 }
 }
 
 #[cfg(test)]
@@ -164,11 +124,7 @@ mod tests {
 
     #[test]
     fn composition_applies_left_operand_first() {
-        let scale = Matrix {
-            a: 2.0,
-            d: 2.0,
-            ..Matrix::IDENTITY
-        };
+        let scale = Matrix { a: 2.0, d: 2.0, ..Matrix::IDENTITY };
         let m = scale.then(&Matrix::translate(5.0, 0.0));
         assert!(close(m.apply(1.0, 1.0), (7.0, 2.0)));
     }

@@ -86,10 +86,7 @@ impl<'a> Interpreter<'a> {
             cache,
             budget,
             out: PageGlyphs::default(),
-            gs: GState {
-                ctm: to_display,
-                text: TextState::default(),
-            },
+            gs: GState { ctm: to_display, text: TextState::default() },
             saved: Vec::new(),
             unsaved: 0,
             forms: Vec::new(),
@@ -237,8 +234,7 @@ impl<'a> Interpreter<'a> {
     }
 
     fn set_font(&mut self, args: &[Operand<'_>], res: Option<&'a Dictionary>) {
-        let (Some(Operand::Name(name)), Some(Operand::Num(size))) = (args.first(), args.get(1))
-        else {
+        let (Some(Operand::Name(name)), Some(Operand::Num(size))) = (args.first(), args.get(1)) else {
             return;
         };
         let font = res
@@ -290,10 +286,7 @@ impl<'a> Interpreter<'a> {
 
     fn draw_xobject(&mut self, name: &[u8], res: Option<&'a Dictionary>) {
         let doc = self.doc;
-        let Some(obj) = res
-            .and_then(|r| objects::dict(doc, r, b"XObject"))
-            .and_then(|x| x.get(name).ok())
-        else {
+        let Some(obj) = res.and_then(|r| objects::dict(doc, r, b"XObject")).and_then(|x| x.get(name).ok()) else {
             return;
         };
         let Some(id) = objects::reference(obj) else {
@@ -309,13 +302,7 @@ impl<'a> Interpreter<'a> {
 
     /// Runs a form XObject (or an annotation's appearance) drawn with `ctm`, its own
     /// `/Matrix` applied; the graphics state is restored afterwards.
-    pub fn run_form(
-        &mut self,
-        id: ObjectId,
-        form: &'a lopdf::Stream,
-        ctm: Matrix,
-        res: Option<&'a Dictionary>,
-    ) {
+    pub fn run_form(&mut self, id: ObjectId, form: &'a lopdf::Stream, ctm: Matrix, res: Option<&'a Dictionary>) {
         let doc = self.doc;
         if self.forms.len() >= MAX_FORM_DEPTH || self.forms.contains(&id) {
             return;
@@ -354,12 +341,7 @@ impl<'a> Interpreter<'a> {
 /// A form's `/Matrix`, identity when missing or malformed.
 pub(super) fn form_matrix(doc: &Document, form: &Dictionary) -> Matrix {
     objects::array(doc, form, b"Matrix")
-        .map(|a| {
-            objects::numbers(doc, a)
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-        })
+        .map(|a| objects::numbers(doc, a).into_iter().flatten().collect::<Vec<_>>())
         .and_then(|m| Matrix::from_slice(&m))
         .unwrap_or(Matrix::IDENTITY)
 }

@@ -50,11 +50,7 @@ impl Direction {
             return None;
         }
         Some(if dx.abs() >= dy.abs() {
-            if dx > 0.0 {
-                Direction::Right
-            } else {
-                Direction::Left
-            }
+            if dx > 0.0 { Direction::Right } else { Direction::Left }
         } else if dy > 0.0 {
             Direction::Down
         } else {

@@ -31,10 +31,7 @@ fn is_white(b: u8) -> bool {
 }
 
 fn is_delim(b: u8) -> bool {
-    matches!(
-        b,
-        b'(' | b')' | b'<' | b'>' | b'[' | b']' | b'{' | b'}' | b'/' | b'%'
-    )
+    matches!(b, b'(' | b')' | b'<' | b'>' | b'[' | b']' | b'{' | b'}' | b'/' | b'%')
 }
 
 fn is_regular(b: u8) -> bool {
@@ -85,9 +82,7 @@ impl<'a> Lexer<'a> {
         let mut out = Vec::with_capacity(raw.len());
         let mut i = 0;
         while let Some(&b) = raw.get(i) {
-            let escaped = raw
-                .get(i + 1..i + 3)
-                .and_then(|h| Some(hex_val(h[0])? << 4 | hex_val(h[1])?));
+            let escaped = raw.get(i + 1..i + 3).and_then(|h| Some(hex_val(h[0])? << 4 | hex_val(h[1])?));
             match (b, escaped) {
                 (b'#', Some(v)) => {
                     out.push(v);
@@ -146,11 +141,7 @@ impl<'a> Lexer<'a> {
         let end = self.pos.min(self.data.len());
         self.pos = (self.pos + 1).min(self.data.len());
         let raw = &self.data[start..end];
-        if plain {
-            Token::Str(Cow::Borrowed(raw))
-        } else {
-            Token::Str(Cow::Owned(unescape(raw)))
-        }
+        if plain { Token::Str(Cow::Borrowed(raw)) } else { Token::Str(Cow::Owned(unescape(raw))) }
     }
 
     fn number_or_keyword(&mut self) -> Token<'a> {

@@ -13,18 +13,11 @@ pub(super) fn resolve<'a>(doc: &'a Document, obj: &'a Object) -> &'a Object {
 
 /// The resolved value of `key`.
 pub(super) fn get<'a>(doc: &'a Document, dict: &'a Dictionary, key: &[u8]) -> Option<&'a Object> {
-    dict.get(key)
-        .ok()
-        .map(|o| resolve(doc, o))
-        .filter(|o| !o.is_null())
+    dict.get(key).ok().map(|o| resolve(doc, o)).filter(|o| !o.is_null())
 }
 
 /// `key` as a dictionary (a stream's dictionary counts).
-pub(super) fn dict<'a>(
-    doc: &'a Document,
-    dict: &'a Dictionary,
-    key: &[u8],
-) -> Option<&'a Dictionary> {
+pub(super) fn dict<'a>(doc: &'a Document, dict: &'a Dictionary, key: &[u8]) -> Option<&'a Dictionary> {
     match get(doc, dict, key)? {
         Object::Dictionary(d) => Some(d),
         Object::Stream(s) => Some(&s.dict),
@@ -39,26 +32,17 @@ pub(super) fn name<'a>(doc: &'a Document, dict: &'a Dictionary, key: &[u8]) -> O
 
 /// `key` as a finite number.
 pub(super) fn number(doc: &Document, dict: &Dictionary, key: &[u8]) -> Option<f32> {
-    get(doc, dict, key)
-        .and_then(|o| o.as_float().ok())
-        .filter(|v| v.is_finite())
+    get(doc, dict, key).and_then(|o| o.as_float().ok()).filter(|v| v.is_finite())
 }
 
 /// `key` as an array.
-pub(super) fn array<'a>(
-    doc: &'a Document,
-    dict: &'a Dictionary,
-    key: &[u8],
-) -> Option<&'a [Object]> {
+pub(super) fn array<'a>(doc: &'a Document, dict: &'a Dictionary, key: &[u8]) -> Option<&'a [Object]> {
     get(doc, dict, key)?.as_array().ok().map(Vec::as_slice)
 }
 
 /// The numbers of an array, resolving references; non-numbers read as `None`.
 pub(super) fn numbers(doc: &Document, items: &[Object]) -> Vec<Option<f32>> {
-    items
-        .iter()
-        .map(|o| resolve(doc, o).as_float().ok().filter(|v| v.is_finite()))
-        .collect()
+    items.iter().map(|o| resolve(doc, o).as_float().ok().filter(|v| v.is_finite())).collect()
 }
 
 /// A stream's decoded bytes, at most `limit` of them (lopdf keeps what a corrupt Flate

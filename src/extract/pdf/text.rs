@@ -42,9 +42,7 @@ impl PageGlyphs {
 
     /// The text of one glyph.
     pub fn text_of(&self, g: &Glyph) -> &str {
-        self.text
-            .get(g.start as usize..g.end as usize)
-            .unwrap_or("")
+        self.text.get(g.start as usize..g.end as usize).unwrap_or("")
     }
 }
 
@@ -145,11 +143,7 @@ impl TextState {
     pub fn kern(&mut self, n: f32) {
         let shift = -n / 1000.0 * self.size;
         let vertical = self.font.as_ref().is_some_and(|f| f.vertical);
-        let m = if vertical {
-            Matrix::translate(0.0, shift)
-        } else {
-            Matrix::translate(shift * self.hscale, 0.0)
-        };
+        let m = if vertical { Matrix::translate(0.0, shift) } else { Matrix::translate(shift * self.hscale, 0.0) };
         self.tm = m.then(&self.tm);
     }
 
@@ -158,20 +152,11 @@ impl TextState {
     pub fn advance(&mut self, code: &Code<'_>, font: &Font, ctm: &Matrix) -> Option<Glyph> {
         let trm = self.tm.then(ctm);
         let (x, y) = trm.apply(0.0, self.rise);
-        let spacing = self.char_space
-            + if code.word_space {
-                self.word_space
-            } else {
-                0.0
-            };
+        let spacing = self.char_space + if code.word_space { self.word_space } else { 0.0 };
         let (tx, ty, across) = if font.vertical {
             (0.0, -code.width * self.size + spacing, (self.size, 0.0))
         } else {
-            (
-                (code.width * self.size + spacing) * self.hscale,
-                0.0,
-                (0.0, self.size),
-            )
+            ((code.width * self.size + spacing) * self.hscale, 0.0, (0.0, self.size))
         };
         let (dx, dy) = trm.apply_vector(tx, ty);
         let (ax, ay) = trm.apply_vector(across.0, across.1);

@@ -55,12 +55,8 @@ fn read_document(stdin: &mut impl Read, header: &RequestHeader) -> Result<Vec<u8
     let len = usize::try_from(header.len)
         .ok()
         .filter(|_| header.len <= max)
-        .ok_or(ExtractError::TooLarge(ByteLimit {
-            bytes: header.len,
-            max,
-        }))?;
-    protocol::read_body(stdin, len)
-        .map_err(|err| ExtractError::Internal(format!("cannot read the document: {err}")))
+        .ok_or(ExtractError::TooLarge(ByteLimit { bytes: header.len, max }))?;
+    protocol::read_body(stdin, len).map_err(|err| ExtractError::Internal(format!("cannot read the document: {err}")))
 }
 
 fn write_reply(reply: &Reply) -> std::io::Result<()> {
@@ -83,18 +79,11 @@ fn limit_resources(max_memory_mb: u64) -> std::io::Result<()> {
 }
 
 fn rlimit(value: u64) -> libc::rlimit {
-    libc::rlimit {
-        rlim_cur: value as libc::rlim_t,
-        rlim_max: value as libc::rlim_t,
-    }
+    libc::rlimit { rlim_cur: value as libc::rlim_t, rlim_max: value as libc::rlim_t }
 }
 
 fn check(rc: libc::c_int) -> std::io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Virtual size of this process in bytes (`/proc/self/statm`, first field, in pages).

@@ -60,8 +60,8 @@ pub(crate) type Reply = Result<Extracted, ExtractError>;
 ///
 /// [`ExtractError::Internal`] if the header cannot be encoded or is over the size bound.
 pub(crate) fn encode_header(header: &RequestHeader) -> Result<Vec<u8>, ExtractError> {
-    let json = serde_json::to_vec(header)
-        .map_err(|err| ExtractError::Internal(format!("cannot encode request: {err}")))?;
+    let json =
+        serde_json::to_vec(header).map_err(|err| ExtractError::Internal(format!("cannot encode request: {err}")))?;
     let len = u32::try_from(json.len())
         .ok()
         .filter(|&len| len <= MAX_HEADER_BYTES)
@@ -99,9 +99,7 @@ pub(crate) fn read_header(input: &mut impl Read) -> std::io::Result<RequestHeade
 /// I/O errors, including a stream shorter than announced.
 pub(crate) fn read_body(input: &mut impl Read, len: usize) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(len)
-        .map_err(std::io::Error::other)?;
+    bytes.try_reserve_exact(len).map_err(std::io::Error::other)?;
     input.take(len as u64).read_to_end(&mut bytes)?;
     if bytes.len() != len {
         return Err(std::io::Error::new(
@@ -120,10 +118,7 @@ mod tests {
     fn header_round_trips_with_its_length_prefix() {
         let header = RequestHeader {
             settings: ExtractSettings::default(),
-            hints: OwnedHints {
-                filename: Some("a.txt".into()),
-                ..OwnedHints::default()
-            },
+            hints: OwnedHints { filename: Some("a.txt".into()), ..OwnedHints::default() },
             len: 3,
             fault: Some(Fault::Hang),
         };

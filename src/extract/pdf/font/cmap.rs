@@ -91,13 +91,7 @@ impl CMap {
     /// The CID of `code`, if the map has one.
     pub fn cid(&self, code: u32) -> Option<u32> {
         match find(&self.cids, code)? {
-            (
-                Entry {
-                    target: Target::Cid(start),
-                    ..
-                },
-                offset,
-            ) => Some(start.wrapping_add(offset)),
+            (Entry { target: Target::Cid(start), .. }, offset) => Some(start.wrapping_add(offset)),
             _ => None,
         }
     }
@@ -124,26 +118,15 @@ impl CMap {
 /// the nearest few that start at or before `code`.
 fn find(entries: &[Entry], code: u32) -> Option<(&Entry, u32)> {
     let end = entries.partition_point(|e| e.lo <= code);
-    entries[..end]
-        .iter()
-        .rev()
-        .take(8)
-        .find(|e| code <= e.hi)
-        .map(|e| (e, code - e.lo))
+    entries[..end].iter().rev().take(8).find(|e| code <= e.hi).map(|e| (e, code - e.lo))
 }
 
 fn bytes_to_code(bytes: &[u8]) -> u32 {
-    bytes
-        .iter()
-        .take(4)
-        .fold(0, |acc, &b| acc << 8 | u32::from(b))
+    bytes.iter().take(4).fold(0, |acc, &b| acc << 8 | u32::from(b))
 }
 
 fn utf16_units(bytes: &[u8]) -> Vec<u16> {
-    bytes
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]))
-        .collect()
+    bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])).collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -230,13 +213,9 @@ impl Parser {
         }
         let items: Vec<Item> = self.items.drain(..need).collect();
         match (self.section, items.as_slice()) {
-            (Some(Section::Codespace), [Item::Bytes(lo), Item::Bytes(hi)]) => {
-                self.codespace(lo, hi)
-            }
+            (Some(Section::Codespace), [Item::Bytes(lo), Item::Bytes(hi)]) => self.codespace(lo, hi),
             (Some(Section::BfChar), [Item::Bytes(src), dst]) => self.bf_char(src, dst),
-            (Some(Section::BfRange), [Item::Bytes(lo), Item::Bytes(hi), dst]) => {
-                self.bf_range(lo, hi, dst)
-            }
+            (Some(Section::BfRange), [Item::Bytes(lo), Item::Bytes(hi), dst]) => self.bf_range(lo, hi, dst),
             (Some(Section::CidChar), [Item::Bytes(src), Item::Number(cid)]) => {
                 let code = bytes_to_code(src);
                 self.push_cid(code, code, *cid);
@@ -250,11 +229,7 @@ impl Parser {
 
     fn codespace(&mut self, lo: &[u8], hi: &[u8]) {
         if (1..=4).contains(&lo.len()) && lo.len() == hi.len() {
-            self.cmap.codespaces.push(Codespace {
-                len: lo.len() as u8,
-                lo: bytes_to_code(lo),
-                hi: bytes_to_code(hi),
-            });
+            self.cmap.codespaces.push(Codespace { len: lo.len() as u8, lo: bytes_to_code(lo), hi: bytes_to_code(hi) });
         }
     }
 

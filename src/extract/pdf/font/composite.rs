@@ -45,9 +45,7 @@ impl CompositeFont {
         let (codes, vertical) = match objects::get(doc, dict, b"Encoding") {
             Some(Object::Name(name)) => predefined(name),
             Some(Object::Stream(s)) => {
-                let cmap = objects::stream_bytes(s, MAX_FONT_STREAM)
-                    .map(|b| CMap::parse(&b))
-                    .unwrap_or_default();
+                let cmap = objects::stream_bytes(s, MAX_FONT_STREAM).map(|b| CMap::parse(&b)).unwrap_or_default();
                 let vertical = cmap.vertical;
                 match cmap.codespaces.is_empty() {
                     true => (Codes::Identity, vertical),
@@ -67,14 +65,7 @@ impl CompositeFont {
             _ => None,
         };
         let widths = descendant.map_or_else(Widths::default, |d| Widths::load(doc, d));
-        CompositeFont {
-            codes,
-            to_unicode,
-            collection,
-            glyphs,
-            widths,
-            vertical,
-        }
+        CompositeFont { codes, to_unicode, collection, glyphs, widths, vertical }
     }
 
     /// A font whose strings are GBK text (see `gbk_system_font`).
@@ -106,34 +97,20 @@ impl CompositeFont {
                 None if len == 1 => self.widths.default / 2.0,
                 None => self.widths.default,
             };
-            let width = if self.vertical {
-                self.widths.vertical
-            } else {
-                width
-            };
-            each(Code {
-                text: scratch,
-                width,
-                word_space: len == 1 && code == 32,
-            });
+            let width = if self.vertical { self.widths.vertical } else { width };
+            each(Code { text: scratch, width, word_space: len == 1 && code == 32 });
         }
     }
 
     fn next_code(&self, bytes: &[u8]) -> (u32, usize) {
-        let two = || {
-            (
-                u32::from(bytes[0]) << 8 | u32::from(*bytes.get(1).unwrap_or(&0)),
-                2,
-            )
-        };
+        let two = || (u32::from(bytes[0]) << 8 | u32::from(*bytes.get(1).unwrap_or(&0)), 2);
         match &self.codes {
             Codes::Identity => two(),
             Codes::Embedded(cmap) => cmap.next_code(bytes).unwrap_or_else(two),
             Codes::Charset(enc) => charset_code(enc, bytes),
-            Codes::Utf16 if (0xd8..0xdc).contains(&bytes[0]) && bytes.len() >= 4 => (
-                u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-                4,
-            ),
+            Codes::Utf16 if (0xd8..0xdc).contains(&bytes[0]) && bytes.len() >= 4 => {
+                (u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), 4)
+            }
             Codes::Utf16 => two(),
             Codes::Utf8 => {
                 let len = match bytes[0] {
@@ -216,11 +193,7 @@ fn predefined(name: &[u8]) -> (Codes, bool) {
 fn charset_code(enc: &Encoding, bytes: &[u8]) -> (u32, usize) {
     let lead = bytes[0];
     let len = if enc == SHIFT_JIS {
-        if matches!(lead, 0x81..=0x9f | 0xe0..=0xfc) {
-            2
-        } else {
-            1
-        }
+        if matches!(lead, 0x81..=0x9f | 0xe0..=0xfc) { 2 } else { 1 }
     } else if enc == EUC_JP {
         match lead {
             0x8f => 3,
@@ -235,9 +208,7 @@ fn charset_code(enc: &Encoding, bytes: &[u8]) -> (u32, usize) {
         1
     };
     let len = len.min(bytes.len());
-    let code = bytes[..len]
-        .iter()
-        .fold(0u32, |acc, &b| acc << 8 | u32::from(b));
+    let code = bytes[..len].iter().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
     (code, len)
 }
 
@@ -260,11 +231,7 @@ struct Widths {
 
 impl Default for Widths {
     fn default() -> Widths {
-        Widths {
-            default: 1.0,
-            vertical: 1.0,
-            ranges: Vec::new(),
-        }
+        Widths { default: 1.0, vertical: 1.0, ranges: Vec::new() }
     }
 }
 
@@ -274,14 +241,8 @@ impl Widths {
         let vertical = objects::array(doc, cid_font, b"DW2")
             .and_then(|a| objects::numbers(doc, a).get(1).copied().flatten())
             .map_or(1.0, |w| (w / 1000.0).abs());
-        let ranges = objects::array(doc, cid_font, b"W")
-            .map(|w| width_ranges(doc, w))
-            .unwrap_or_default();
-        Widths {
-            default: default.clamp(0.0, 10.0),
-            vertical: vertical.clamp(0.0, 10.0),
-            ranges,
-        }
+        let ranges = objects::array(doc, cid_font, b"W").map(|w| width_ranges(doc, w)).unwrap_or_default();
+        Widths { default: default.clamp(0.0, 10.0), vertical: vertical.clamp(0.0, 10.0), ranges }
     }
 
     fn get(&self, cid: u32) -> f32 {
@@ -338,14 +299,7 @@ mod tests {
     }
 
     fn font(codes: Codes, collection: Option<Collection>) -> CompositeFont {
-        CompositeFont {
-            codes,
-            to_unicode: None,
-            collection,
-            glyphs: None,
-            widths: Widths::default(),
-            vertical: false,
-        }
+        CompositeFont { codes, to_unicode: None, collection, glyphs: None, widths: Widths::default(), vertical: false }
     }
 
     #[test]
@@ -357,10 +311,7 @@ mod tests {
 
     #[test]
     fn identity_cids_map_through_the_collection() {
-        let (text, _) = decode(
-            &font(Codes::Identity, Some(Collection::Japan1)),
-            &[0x03, 0x4b],
-        );
+        let (text, _) = decode(&font(Codes::Identity, Some(Collection::Japan1)), &[0x03, 0x4b]);
         assert_eq!(text, "あ");
     }
 
@@ -374,14 +325,8 @@ mod tests {
             Object::Integer(20),
             Object::Integer(250),
         ];
-        let widths = Widths {
-            ranges: width_ranges(&doc, &w),
-            ..Widths::default()
-        };
-        assert_eq!(
-            (widths.get(2), widths.get(15), widths.get(21)),
-            (0.6, 0.25, 1.0)
-        );
+        let widths = Widths { ranges: width_ranges(&doc, &w), ..Widths::default() };
+        assert_eq!((widths.get(2), widths.get(15), widths.get(21)), (0.6, 0.25, 1.0));
     }
 
     #[test]

@@ -43,37 +43,22 @@ impl SimpleFont {
             }
             offsets.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
         }
-        let (scale, size_scale) = if type3 {
-            type3_scales(doc, dict)
-        } else {
-            (0.001, 1.0)
-        };
-        let mut font = SimpleFont {
-            text,
-            offsets,
-            widths: Vec::new(),
-        };
+        let (scale, size_scale) = if type3 { type3_scales(doc, dict) } else { (0.001, 1.0) };
+        let mut font = SimpleFont { text, offsets, widths: Vec::new() };
         font.widths = font.load_widths(doc, dict, scale);
         (font, size_scale)
     }
 
     /// A Standard-encoded font with default widths.
     pub fn fallback() -> SimpleFont {
-        let encoding = Encoding {
-            base: BaseEncoding::Standard,
-            differences: Vec::new(),
-        };
+        let encoding = Encoding { base: BaseEncoding::Standard, differences: Vec::new() };
         let mut text = String::new();
         let mut offsets = vec![0];
         for code in 0..=255u8 {
             encoding.push_text(code, &mut text);
             offsets.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
         }
-        SimpleFont {
-            text,
-            offsets,
-            widths: vec![DEFAULT_WIDTH; 256],
-        }
+        SimpleFont { text, offsets, widths: vec![DEFAULT_WIDTH; 256] }
     }
 
     /// The text and advance of one code.
@@ -94,12 +79,8 @@ impl SimpleFont {
     /// Per-code advances: `/Widths` where given, else the core font's metrics by character,
     /// else `/MissingWidth`, else a default.
     fn load_widths(&self, doc: &Document, dict: &Dictionary, scale: f32) -> Vec<f32> {
-        let first = objects::number(doc, dict, b"FirstChar")
-            .unwrap_or(0.0)
-            .max(0.0) as usize;
-        let listed = objects::array(doc, dict, b"Widths")
-            .map(|a| objects::numbers(doc, a))
-            .unwrap_or_default();
+        let first = objects::number(doc, dict, b"FirstChar").unwrap_or(0.0).max(0.0) as usize;
+        let listed = objects::array(doc, dict, b"Widths").map(|a| objects::numbers(doc, a)).unwrap_or_default();
         let core = objects::name(doc, dict, b"BaseFont").and_then(CoreFont::from_base_font);
         let missing = super::descriptor(doc, dict)
             .and_then(|d| objects::number(doc, d, b"MissingWidth"))
@@ -107,18 +88,13 @@ impl SimpleFont {
             .map(|w| w * scale);
         (0..256usize)
             .map(|code| {
-                let from_list = code
-                    .checked_sub(first)
-                    .and_then(|i| listed.get(i).copied().flatten())
-                    .map(|w| w * scale);
+                let from_list =
+                    code.checked_sub(first).and_then(|i| listed.get(i).copied().flatten()).map(|w| w * scale);
                 let from_core = || {
                     let c = self.text_of(code as u8).chars().next()?;
                     core?.width(c).map(|w| w / 1000.0)
                 };
-                let w = from_list
-                    .or_else(from_core)
-                    .or(missing)
-                    .unwrap_or(DEFAULT_WIDTH);
+                let w = from_list.or_else(from_core).or(missing).unwrap_or(DEFAULT_WIDTH);
                 w.clamp(0.0, 10.0)
             })
             .collect()
@@ -127,9 +103,7 @@ impl SimpleFont {
 
 /// A Type 3 font's glyph-space scale for widths, and its glyph height relative to the size.
 fn type3_scales(doc: &Document, dict: &Dictionary) -> (f32, f32) {
-    let m = objects::array(doc, dict, b"FontMatrix")
-        .map(|a| objects::numbers(doc, a))
-        .unwrap_or_default();
+    let m = objects::array(doc, dict, b"FontMatrix").map(|a| objects::numbers(doc, a)).unwrap_or_default();
     let a = m.first().copied().flatten().unwrap_or(0.001);
     let d = m.get(3).copied().flatten().unwrap_or(0.001);
     (a.abs(), (d.abs() * 1000.0).clamp(0.01, 100.0))
@@ -143,10 +117,7 @@ struct Encoding<'a> {
 
 impl<'a> Encoding<'a> {
     fn load(doc: &'a Document, dict: &'a Dictionary, default: BaseEncoding) -> Encoding<'a> {
-        let mut enc = Encoding {
-            base: default,
-            differences: Vec::new(),
-        };
+        let mut enc = Encoding { base: default, differences: Vec::new() };
         match objects::get(doc, dict, b"Encoding") {
             Some(Object::Name(n)) => enc.base = BaseEncoding::from_name(n).unwrap_or(default),
             Some(Object::Dictionary(d)) => {

@@ -31,10 +31,7 @@ impl GlyphMap {
             Some(Object::Stream(s)) => objects::stream_bytes(s, MAX_FONT_STREAM),
             _ => None,
         };
-        Some(GlyphMap {
-            unicode,
-            cid_to_gid,
-        })
+        Some(GlyphMap { unicode, cid_to_gid })
     }
 
     /// The character drawn by a CID.
@@ -58,12 +55,7 @@ fn reverse_cmap(font: &[u8]) -> Option<HashMap<u16, char>> {
     let face = ttf_parser::RawFace::parse(font, 0).ok()?;
     let table = ttf_parser::cmap::Table::parse(face.table(ttf_parser::Tag::from_bytes(b"cmap"))?)?;
     let mut out: HashMap<u16, char> = HashMap::new();
-    for sub in table
-        .subtables
-        .into_iter()
-        .filter(|s| s.is_unicode())
-        .take(4)
-    {
+    for sub in table.subtables.into_iter().filter(|s| s.is_unicode()).take(4) {
         for c in (0..=0xffffu32).filter_map(char::from_u32) {
             if let Some(gid) = sub.glyph_index(u32::from(c)) {
                 out.entry(gid.0).or_insert(c);

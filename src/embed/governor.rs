@@ -14,14 +14,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use crate::config::{CacheSettings, EmbedderSettings, redact_url};
-
-/// Seconds between attempts to reach Redis again after a failure.
-const RECONNECT_AFTER: Duration = Duration::from_secs(5);
+use crate::cache::redis::RedisLink;
+use crate::config::{CacheSettings, EmbedderSettings};
 
 /// Checks both buckets with the server's clock; takes from both only if both allow, otherwise
 /// returns the milliseconds to wait. Mirrors [`Bucket`].
@@ -129,11 +125,9 @@ impl Local {
 
 /// The shared buckets in Redis.
 struct Shared {
-    url: SecretString,
+    link: RedisLink,
     keys: [String; 2],
-    timeout: Duration,
     script: redis::Script,
-    manager: tokio::sync::Mutex<(Option<ConnectionManager>, Option<Instant>)>,
     degraded: AtomicBool,
 }
 
@@ -154,12 +148,10 @@ impl Governor {
             tokens: Bucket::new(budgets.tokens_per_minute, now),
         };
         let shared = cache.url.as_ref().map(|url| Shared {
-            url: url.clone(),
+            link: RedisLink::new(url, Duration::from_millis(cache.timeout_ms.max(1))),
             // One hash tag, so both keys share a Redis Cluster slot (a script may only touch one).
             keys: ["requests", "tokens"].map(|b| format!("{}embed-governor:{{{model}}}:{b}", cache.key_prefix)),
-            timeout: Duration::from_millis(cache.timeout_ms.max(1)),
             script: redis::Script::new(SCRIPT),
-            manager: tokio::sync::Mutex::new((None, None)),
             degraded: AtomicBool::new(false),
         });
         Self { budgets, local: Mutex::new(local), shared }
@@ -205,14 +197,22 @@ impl Governor {
 impl Shared {
     /// The wait the shared buckets ask for, or `Err` if Redis cannot answer (use local ones).
     async fn try_take(&self, budgets: Budgets, tokens: u64) -> Result<Duration, ()> {
-        let mut manager = self.manager().await.ok_or(())?;
+        let mut manager = match self.link.manager().await {
+            Ok(manager) => manager,
+            Err(reason) => {
+                if let Some(reason) = reason {
+                    self.degrade(&reason);
+                }
+                return Err(());
+            }
+        };
         let mut call = self.script.prepare_invoke();
         call.key(&self.keys[0])
             .key(&self.keys[1])
             .arg(budgets.requests_per_minute)
             .arg(budgets.tokens_per_minute)
             .arg(tokens);
-        match tokio::time::timeout(self.timeout, call.invoke_async::<u64>(&mut manager)).await {
+        match tokio::time::timeout(self.link.timeout(), call.invoke_async::<u64>(&mut manager)).await {
             Ok(Ok(wait_ms)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!("redis is back: the embedding rate budget is shared again");
@@ -233,39 +233,6 @@ impl Shared {
     fn degrade(&self, error: &dyn std::fmt::Display) {
         if !self.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(%error, "redis unavailable: the embedding rate budget is enforced per worker until it is back");
-        }
-    }
-
-    async fn manager(&self) -> Option<ConnectionManager> {
-        let mut state = self.manager.lock().await;
-        if let Some(manager) = &state.0 {
-            return Some(manager.clone());
-        }
-        if state.1.is_some_and(|at| at.elapsed() < RECONNECT_AFTER) {
-            return None;
-        }
-        state.1 = Some(Instant::now());
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout * 4))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let connect = async {
-            let client = redis::Client::open(self.url.expose_secret())?;
-            ConnectionManager::new_with_config(client, config).await
-        };
-        match tokio::time::timeout(self.timeout * 4, connect).await {
-            Ok(Ok(manager)) => {
-                state.0 = Some(manager.clone());
-                Some(manager)
-            }
-            Ok(Err(error)) => {
-                self.degrade(&format!("{} ({error})", redact_url(&self.url)));
-                None
-            }
-            Err(_) => {
-                self.degrade(&format!("{} (connect timed out)", redact_url(&self.url)));
-                None
-            }
         }
     }
 }

@@ -65,15 +65,7 @@ impl Encoder {
         for layer in &weights.layers {
             // Q, K and V for every token at once.
             kernels::fill_rows(&mut self.qkv, &layer.qkv_bias);
-            kernels::gemm(
-                View { data: &self.hidden, rows: total, cols: h, stride: h },
-                View { data: &layer.qkv_weight, rows: 3 * h, cols: h, stride: h },
-                true,
-                1.0,
-                1.0,
-                &mut self.qkv,
-                3 * h,
-            );
+            kernels::linear(&self.hidden, total, &layer.qkv_weight, 3 * h, &mut self.qkv);
             // Attention, per sequence and head, on column blocks of the packed QKV matrix.
             let mut start = 0;
             for seq in sequences {
@@ -102,15 +94,7 @@ impl Encoder {
             }
             // Output projection, with the residual and bias preloaded, then layer norm.
             kernels::residual_rows(&mut self.attn_out, &self.hidden, &layer.out_bias);
-            kernels::gemm(
-                View { data: &self.context, rows: total, cols: h, stride: h },
-                View { data: &layer.out_weight, rows: h, cols: h, stride: h },
-                true,
-                1.0,
-                1.0,
-                &mut self.attn_out,
-                h,
-            );
+            kernels::linear(&self.context, total, &layer.out_weight, h, &mut self.attn_out);
             kernels::layer_norm(
                 &mut self.attn_out,
                 h,
@@ -120,26 +104,10 @@ impl Encoder {
             );
             // Feed-forward: up, GELU, down (+ residual), layer norm.
             kernels::fill_rows(&mut self.up, &layer.up_bias);
-            kernels::gemm(
-                View { data: &self.attn_out, rows: total, cols: h, stride: h },
-                View { data: &layer.up_weight, rows: inter, cols: h, stride: h },
-                true,
-                1.0,
-                1.0,
-                &mut self.up,
-                inter,
-            );
+            kernels::linear(&self.attn_out, total, &layer.up_weight, inter, &mut self.up);
             kernels::gelu(&mut self.up);
             kernels::residual_rows(&mut self.hidden, &self.attn_out, &layer.down_bias);
-            kernels::gemm(
-                View { data: &self.up, rows: total, cols: inter, stride: inter },
-                View { data: &layer.down_weight, rows: h, cols: inter, stride: inter },
-                true,
-                1.0,
-                1.0,
-                &mut self.hidden,
-                h,
-            );
+            kernels::linear(&self.up, total, &layer.down_weight, h, &mut self.hidden);
             kernels::layer_norm(&mut self.hidden, h, &layer.ffn_norm_weight, &layer.ffn_norm_bias, cfg.layer_norm_eps);
         }
 

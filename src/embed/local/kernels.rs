@@ -96,6 +96,22 @@ pub fn gemm(a: View<'_>, b: View<'_>, b_transposed: bool, alpha: f32, beta: f32,
     }
 }
 
+/// `out += input · weightᵀ` for a linear layer: `weight` is `out_features × in_features`
+/// (PyTorch's layout), `input` is `rows × in_features`, `out` is `rows × out_features`, usually
+/// preloaded with the bias (and the residual).
+pub fn linear(input: &[f32], rows: usize, weight: &[f32], out_features: usize, out: &mut [f32]) {
+    let in_features = weight.len() / out_features;
+    gemm(
+        View { data: input, rows, cols: in_features, stride: in_features },
+        View { data: weight, rows: out_features, cols: in_features, stride: in_features },
+        true,
+        1.0,
+        1.0,
+        out,
+        out_features,
+    );
+}
+
 /// Runs `$body` (a call to an `#[inline(always)]` generic kernel) compiled for AVX2 + FMA when
 /// the CPU has them, else for the baseline target.
 macro_rules! dispatch {

@@ -52,6 +52,38 @@ async fn raw_rate(model: &LocalEmbedder, texts: &[String]) -> f64 {
     texts.len() as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Latency of single-text (query) embeds while `bulk` keeps every inference thread busy.
+async fn query_latency_under_load(model: &Arc<LocalEmbedder>, bulk: &[String], queries: &[String]) {
+    let loaded = Arc::clone(model);
+    let bulk: Vec<String> = bulk.to_vec();
+    let load = tokio::spawn(async move {
+        let requests = bulk.chunks(REQUEST).map(|r| loaded.embed(r));
+        futures::future::join_all(requests).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut latencies = Vec::new();
+    for query in queries.iter().cycle().take(20) {
+        let started = Instant::now();
+        model.embed(std::slice::from_ref(query)).await.expect("query embeds");
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let busy = !load.is_finished();
+    load.await.expect("bulk task");
+    latencies.sort_by(f64::total_cmp);
+    let idle = {
+        let started = Instant::now();
+        model.embed(std::slice::from_ref(&queries[0])).await.expect("query embeds");
+        started.elapsed().as_secs_f64() * 1000.0
+    };
+    println!(
+        "query embed   idle {idle:.1} ms; during a bulk ingest of {} long texts: median {:.1} ms, max {:.1} ms{}",
+        REQUEST * 8,
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        if busy { "" } else { " (the bulk load ended before the last query)" }
+    );
+}
+
 fn peer(model_dir: &Path, sets: &[(&str, &[String])]) -> Option<serde_json::Value> {
     let python = std::env::var("BENCH_PEER_PYTHON").unwrap_or_else(|_| "/var/tmp/stvenv/bin/python".into());
     if !Path::new(&python).exists() {
@@ -145,6 +177,14 @@ fn main() {
             let versus =
                 theirs(name).map_or(String::new(), |t| format!("   PyTorch {t:6.1} texts/s   ratio {:.2}×", ours / t));
             println!("{name:<6} ~{tokens:>3} tokens   ragpipe {ours:6.1} texts/s{versus}");
+        }
+        if full {
+            query_latency_under_load(
+                &model,
+                &long.iter().cycle().take(REQUEST * 8).cloned().collect::<Vec<_>>(),
+                &short,
+            )
+            .await;
         }
         if full && std::env::var_os("BENCH_SKIP_PIPELINE").is_none() {
             pipeline(dir.clone(), &model, &words).await;

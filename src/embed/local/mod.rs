@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::{EmbedError, Embedder};
 use encoder::Encoder;
-use model::{ModelFiles, Weights};
+use model::{ModelError, ModelFiles, Weights};
 
 /// Token rows per sub-batch at most. Measured (benches/local_embed.rs): 512 is as fast as
 /// 4096 (GEMMs of ~500 rows already run near peak, and the activations stay in cache) and keeps
@@ -52,7 +52,7 @@ impl LocalEmbedder {
     ///
     /// # Errors
     /// The directory cannot be loaded ([`model::ModelError`], naming the file and the fix).
-    pub fn load(dir: &Path, model_id: &str, threads: usize) -> Result<Self, model::ModelError> {
+    pub fn load(dir: &Path, model_id: &str, threads: usize) -> Result<Self, ModelError> {
         let ModelFiles { weights, tokenizer, max_seq_length } = ModelFiles::load(dir)?;
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, usize::from) } else { threads };
         kernels::single_threaded_blas();
@@ -65,7 +65,7 @@ impl LocalEmbedder {
             std::thread::Builder::new()
                 .name(format!("embed-local-{i}"))
                 .spawn(move || inference_thread(&weights, &urgent_queue, &queue))
-                .expect("spawning an inference thread");
+                .map_err(|e| ModelError::new(dir, format!("cannot start an inference thread: {e}")))?;
         }
         tracing::info!(model = model_id, dir = %dir.display(), dimensions, max_seq_length, threads, "local embedding model loaded");
         Ok(Self {

@@ -16,7 +16,7 @@ pub struct ModelError {
 }
 
 impl ModelError {
-    fn new(path: &Path, message: impl Into<String>) -> Self {
+    pub(super) fn new(path: &Path, message: impl Into<String>) -> Self {
         Self { path: path.to_owned(), message: message.into() }
     }
 }

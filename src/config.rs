@@ -243,6 +243,9 @@ pub struct QuerySettings {
     pub concurrency: usize,
     /// Seconds `ragpipe query` waits for a reply.
     pub client_timeout_secs: u64,
+    /// Seconds a query may spend embedding its text (retries included) before it gets an
+    /// `embedding_timeout` error reply; below `client_timeout_secs`, so clients hear why.
+    pub embed_timeout_secs: u64,
 }
 
 impl Default for QuerySettings {
@@ -255,6 +258,7 @@ impl Default for QuerySettings {
             max_query_chars: 8_000,
             concurrency: 8,
             client_timeout_secs: 30,
+            embed_timeout_secs: 20,
         }
     }
 }
@@ -346,6 +350,7 @@ impl Settings {
         positive("query.candidate_factor", self.query.candidate_factor as u64);
         positive("query.concurrency", self.query.concurrency as u64);
         positive("query.max_query_chars", self.query.max_query_chars as u64);
+        positive("query.embed_timeout_secs", self.query.embed_timeout_secs);
         if self.database.min_connections > self.database.pool_size {
             problems.push(format!(
                 "database.min_connections ({}) must not exceed database.pool_size ({})",

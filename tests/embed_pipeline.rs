@@ -262,3 +262,38 @@ async fn identical_chunks_and_repeated_queries_reach_the_api_once() {
     );
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_gets_an_error_reply_when_the_api_keeps_failing_not_silence() {
+    // A healthy API for the ingest, then one that answers every request with a 500.
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&failing);
+    let script: Script =
+        Arc::new(move |_| flag.load(std::sync::atomic::Ordering::SeqCst).then(embed_common::server_error));
+    let fake = FakeOpenAi::start(16, Duration::ZERO, script).await;
+    let mut env = TestEnv::new().await;
+    env_with(&fake, &mut env);
+    env.settings.query.embed_timeout_secs = 1;
+    env.settings.embedder.initial_backoff_ms = 100;
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let broker = env.broker().await;
+    let upload = env.upload_file(&env.write("a.txt", document("alpha", 2).as_bytes()), "outage");
+    ingested(&ingest(&broker, std::slice::from_ref(&upload)).await[&upload.upload_id]);
+
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let request = QueryRequest {
+        v: VERSION,
+        query: "a question nobody asked before".into(),
+        collection: Some("outage".into()),
+        top_k: Some(1),
+        min_score: None,
+        answer: None,
+        filters: None,
+    };
+    let started = Instant::now();
+    let reply = client::query(&broker, &request, Duration::from_secs(30)).await.expect("a reply, not a client timeout");
+    assert_eq!(reply["error"]["code"], "embedding_timeout", "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(10), "answered after {:?}", started.elapsed());
+    assert!(fake.requests().len() > 2, "the API was retried within the limit");
+    worker.stop().await;
+}

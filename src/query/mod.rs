@@ -160,7 +160,17 @@ async fn retrieve(
 
     let t = Instant::now();
     // Through the embedding cache: a repeated query costs no API call.
-    let vector = s.embedding.embed_one(query).await.map_err(|e| ErrorReply::new("embedding_failed", e.to_string()))?;
+    // Bounded well below ingest's retry deadline: nobody waits minutes for a query.
+    let limit = std::time::Duration::from_secs(cfg.embed_timeout_secs);
+    let vector = tokio::time::timeout(limit, s.embedding.embed_one(query))
+        .await
+        .map_err(|_| {
+            ErrorReply::new(
+                "embedding_timeout",
+                format!("the embedding provider did not answer within {} s; try again later", limit.as_secs()),
+            )
+        })?
+        .map_err(|e| ErrorReply::new("embedding_failed", e.to_string()))?;
     timings.insert("embed".to_owned(), ms(t));
 
     let t = Instant::now();

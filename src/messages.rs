@@ -109,6 +109,22 @@ pub struct QueryRequest {
     pub filters: Option<BTreeMap<String, serde_json::Value>>,
 }
 
+impl QueryRequest {
+    /// A request (current version) for the `top_k` best chunks of `collection` for `query`;
+    /// set the other fields on the result if needed.
+    pub fn new(query: impl Into<String>, collection: impl Into<String>, top_k: usize) -> Self {
+        Self {
+            v: VERSION,
+            query: query.into(),
+            collection: Some(collection.into()),
+            top_k: Some(top_k),
+            min_score: None,
+            answer: None,
+            filters: None,
+        }
+    }
+}
+
 /// One retrieved chunk with its citation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultChunk {

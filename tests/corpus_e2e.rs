@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{TestEnv, corpus, failed, ingested};
 use ragpipe::client::{self, Outcome};
-use ragpipe::messages::{self, QueryRequest, VERSION};
+use ragpipe::messages::{self, QueryRequest};
 use ragpipe::queue::Broker;
 use ragpipe::worker::Role;
 use sqlx::Row;
@@ -128,15 +128,7 @@ async fn the_whole_corpus_goes_through_rabbitmq_without_a_worker_crash() {
     assert_eq!(depths.dead, failures, "one dead letter per failed upload");
 
     // The worker is still serving, and PDF citations carry page numbers.
-    let request = QueryRequest {
-        v: VERSION,
-        query: "Trace-based Just-in-Time Type Specialization for Dynamic Languages".into(),
-        collection: Some("corpus".into()),
-        top_k: Some(3),
-        min_score: None,
-        answer: None,
-        filters: None,
-    };
+    let request = QueryRequest::new("Trace-based Just-in-Time Type Specialization for Dynamic Languages", "corpus", 3);
     let reply = client::query(&broker, &request, Duration::from_secs(30)).await.expect("reply");
     let first = &reply["chunks"][0];
     assert_eq!(first["filename"], "tracemonkey.pdf", "{reply}");

@@ -15,7 +15,7 @@ use ragpipe::client;
 use ragpipe::config::EmbedderKind;
 use ragpipe::embed::Embedder;
 use ragpipe::embed::local::LocalEmbedder;
-use ragpipe::messages::{QueryRequest, VERSION};
+use ragpipe::messages::QueryRequest;
 use ragpipe::worker::Role;
 
 const MODEL: &str = "all-MiniLM-L6-v2";
@@ -154,15 +154,7 @@ async fn the_pipeline_ingests_and_answers_with_the_local_model() {
     for u in &uploads {
         ingested(&outcomes[&u.upload_id]);
     }
-    let request = QueryRequest {
-        v: VERSION,
-        query: "a young dog playing outside".into(),
-        collection: Some("semantic".into()),
-        top_k: Some(1),
-        min_score: None,
-        answer: None,
-        filters: None,
-    };
+    let request = QueryRequest::new("a young dog playing outside", "semantic", 1);
     let reply = client::query(&broker, &request, Duration::from_secs(30)).await.expect("reply");
     assert_eq!(reply["chunks"][0]["filename"], "pets.txt", "{reply}");
     worker.stop().await;

@@ -11,7 +11,7 @@ use common::{TestEnv, failed, ingest, ingested};
 use embed_common::{FakeOpenAi, Script, tokens};
 use lapin::options::BasicGetOptions;
 use ragpipe::client;
-use ragpipe::messages::{QueryRequest, VERSION};
+use ragpipe::messages::QueryRequest;
 use ragpipe::worker::Role;
 use sqlx::Row;
 
@@ -242,15 +242,7 @@ async fn identical_chunks_and_repeated_queries_reach_the_api_once() {
         "the shared chunk came from the cache"
     );
 
-    let request = QueryRequest {
-        v: VERSION,
-        query: "Which notes mention lighthouses?".into(),
-        collection: Some("cache".into()),
-        top_k: Some(2),
-        min_score: None,
-        answer: None,
-        filters: None,
-    };
+    let request = QueryRequest::new("Which notes mention lighthouses?", "cache", 2);
     for _ in 0..2 {
         let reply = client::query(&broker, &request, Duration::from_secs(30)).await.expect("reply");
         assert_eq!(reply["chunks"][0]["filename"], "b.txt", "{reply}");
@@ -281,15 +273,7 @@ async fn a_query_gets_an_error_reply_when_the_api_keeps_failing_not_silence() {
     ingested(&ingest(&broker, std::slice::from_ref(&upload)).await[&upload.upload_id]);
 
     failing.store(true, std::sync::atomic::Ordering::SeqCst);
-    let request = QueryRequest {
-        v: VERSION,
-        query: "a question nobody asked before".into(),
-        collection: Some("outage".into()),
-        top_k: Some(1),
-        min_score: None,
-        answer: None,
-        filters: None,
-    };
+    let request = QueryRequest::new("a question nobody asked before", "outage", 1);
     let started = Instant::now();
     let reply = client::query(&broker, &request, Duration::from_secs(30)).await.expect("a reply, not a client timeout");
     assert_eq!(reply["error"]["code"], "embedding_timeout", "{reply}");

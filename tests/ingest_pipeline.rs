@@ -8,21 +8,13 @@ use common::{TestEnv, corpus, failed, ingest, ingested};
 use futures::StreamExt;
 use lapin::options::BasicGetOptions;
 use ragpipe::client;
-use ragpipe::messages::{self, QueryRequest, VERSION};
+use ragpipe::messages::{self, QueryRequest};
 use ragpipe::queue::Broker;
 use ragpipe::worker::Role;
 use sqlx::Row;
 
 fn query(text: &str, collection: &str) -> QueryRequest {
-    QueryRequest {
-        v: VERSION,
-        query: text.into(),
-        collection: Some(collection.into()),
-        top_k: Some(3),
-        min_score: None,
-        answer: None,
-        filters: None,
-    }
+    QueryRequest::new(text, collection, 3)
 }
 
 async fn top_filenames(broker: &dyn Broker, text: &str, collection: &str) -> Vec<String> {

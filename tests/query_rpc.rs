@@ -10,7 +10,7 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use ragpipe::client;
-use ragpipe::messages::{QueryRequest, VERSION};
+use ragpipe::messages::QueryRequest;
 use ragpipe::worker::Role;
 
 /// Sends `body` to the query queue from a plain lapin client using direct reply-to and returns
@@ -114,15 +114,7 @@ async fn a_restarted_worker_answers_from_its_snapshot_without_reingesting() {
     assert!(manifest.exists(), "the stopping worker writes a snapshot");
 
     let worker = env.start_worker(&[Role::Query]).await;
-    let request = QueryRequest {
-        v: VERSION,
-        query: "When do the quince trees flower?".into(),
-        collection: Some("orchard".into()),
-        top_k: Some(1),
-        min_score: None,
-        answer: None,
-        filters: None,
-    };
+    let request = QueryRequest::new("When do the quince trees flower?", "orchard", 1);
     let reply = client::query(&broker, &request, Duration::from_secs(30)).await.expect("reply");
     assert_eq!(reply["chunks"][0]["filename"], "orchard.md", "{reply}");
     let stats = worker.services.indexes.stats("orchard").await.expect("index open");
@@ -144,15 +136,7 @@ async fn a_query_worker_in_another_process_role_sees_new_documents_through_event
     let first = env.upload_file(&env.write("one.txt", b"Copper kettles hang above the forge."), "follow");
     ingest(&broker, std::slice::from_ref(&first)).await;
     // Open the index in the query worker before the second document exists.
-    let request = |q: &str| QueryRequest {
-        v: VERSION,
-        query: q.into(),
-        collection: Some("follow".into()),
-        top_k: Some(1),
-        min_score: None,
-        answer: None,
-        filters: None,
-    };
+    let request = |q: &str| QueryRequest::new(q, "follow", 1);
     let reply = client::query(&broker, &request("copper kettles"), Duration::from_secs(30)).await.expect("reply");
     assert_eq!(reply["chunks"][0]["filename"], "one.txt");
 

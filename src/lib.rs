@@ -5,7 +5,8 @@
 //! at [`worker`] (how a process is wired) and [`ingest`] (the pipeline).
 //!
 //! Map of the crate, from the wiring down to the adapters:
-//! - [`cli`]: one file per subcommand (`migrate`, `worker`, `ingest`, `query`, `status`).
+//! - [`cli`]: one file per subcommand (`migrate`, `worker`, `ingest`, `query`, `status`, and the
+//!   offline tools `extract` and `chunk`).
 //! - [`worker`]: connects every backend into [`worker::Services`] and runs the roles.
 //! - [`ingest`]: the staged pipeline (dedup → extract → chunk → embed → persist + index → ack).
 //! - [`query`]: the query worker (embed → FAISS → one SQL fetch → reply).
@@ -13,7 +14,8 @@
 //! - [`http`]: `/metrics`, `/health`, `/ready`.
 //! - [`extract`]: bytes → text (pure).
 //! - [`chunk`]: text → token-bounded chunks with offsets (pure).
-//! - [`embed`]: the `Embedder` trait and its providers.
+//! - [`embed`]: the `Embedder` trait, its providers (OpenAI/Azure, a local BERT model on our own
+//!   encoder, hash) and the policy around them (batching, retries, rate governor, cache).
 //! - [`index`]: FAISS indexes per collection, snapshots, catch-up from the store.
 //! - [`queue`]: the `Broker` trait and its RabbitMQ adapter.
 //! - [`store`]: the `Store` trait and its PostgreSQL adapter.

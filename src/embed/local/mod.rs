@@ -157,6 +157,9 @@ fn inference_thread(
             },
         };
         let Ok((sequences, reply)) = job else { return };
+        if reply.is_closed() {
+            continue; // the caller gave up (a query past its deadline): skip the work
+        }
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encoder.embed(weights, &sequences)));
         if result.is_err() {
             // The scratch buffers may be half-written; start clean.

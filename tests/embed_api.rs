@@ -337,3 +337,32 @@ async fn a_reply_that_is_not_an_embeddings_response_points_at_the_base_url() {
     assert!(reason.contains("base_url"), "{reason}");
     assert_eq!(fake.requests().len(), 1, "not retried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_being_embedded_by_one_call_is_awaited_by_another_not_sent_twice() {
+    // Slow answers, so the second call starts while the first is in flight.
+    let fake = FakeOpenAi::start(8, Duration::from_millis(300), script(|_| None)).await;
+    let prefix = RedisPrefix::new();
+    let service = Arc::new(service_with(&fake, &cache_settings(&prefix), |_| {}));
+    let shared = "the same disclaimer closes every page of both documents".to_owned();
+    let first = vec!["only in the first document".to_owned(), shared.clone()];
+    let second = vec![shared.clone(), "only in the second document".to_owned()];
+    let (a, b) = tokio::join!(service.embed(&first), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        service.embed(&second).await
+    });
+    assert_eq!(a[1], b[0], "both calls got the shared text's vector");
+    assert!(a.iter().chain(&b).all(Result::is_ok));
+    assert_eq!(fake.inputs().iter().filter(|t| **t == shared).count(), 1, "sent once: {:?}", fake.inputs());
+    assert_eq!(fake.inputs().len(), 3);
+
+    // A call cancelled mid-flight does not strand a call waiting for the texts it claimed.
+    let claimed = vec!["claimed by a call that is then cancelled".to_owned()];
+    let (cancelled, waiter) =
+        tokio::join!(tokio::time::timeout(Duration::from_millis(100), service.embed(&claimed)), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            service.embed(&claimed).await
+        });
+    assert!(cancelled.is_err(), "the first call was cut short");
+    assert!(waiter[0].is_ok(), "the waiting call embedded the text itself: {waiter:?}");
+}

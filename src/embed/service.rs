@@ -12,13 +12,14 @@
 //! Results are per input, so one bad input (or one failed request) fails only the documents
 //! it belongs to.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use super::governor::Governor;
 use super::plan::{Input, Plan, pack};
@@ -55,6 +56,31 @@ pub struct EmbeddingService {
     retry: RetryPolicy,
     limits: Limits,
     cache_ttl: Duration,
+    /// Cache keys being embedded right now, with where their result will appear: a text that
+    /// misses the cache while another call is already embedding it waits for that call instead
+    /// of being sent twice (identical chunks of documents ingested at the same time).
+    in_flight: Arc<Mutex<HashMap<String, Pending>>>,
+}
+
+/// Where the result of an in-flight text will appear (`None` until it does).
+type Pending = watch::Receiver<Option<EmbedResult>>;
+
+/// The promise to publish results for some in-flight keys. Dropping it (the call finished or
+/// was cancelled) removes the keys, so waiters of a cancelled call see the channel close and
+/// embed the text themselves.
+struct Claim {
+    in_flight: Arc<Mutex<HashMap<String, Pending>>>,
+    /// (index into the call's keys, key, where its result goes).
+    senders: Vec<(usize, String, watch::Sender<Option<EmbedResult>>)>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut map = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (_, key, _) in &self.senders {
+            map.remove(key);
+        }
+    }
 }
 
 impl EmbeddingService {
@@ -84,6 +110,7 @@ impl EmbeddingService {
             governor,
             limits,
             cache_ttl,
+            in_flight: Arc::default(),
         }
     }
 
@@ -157,6 +184,8 @@ impl EmbeddingService {
         let keys: Vec<String> = plan.unique.iter().map(|i| self.cache_key(&i.text)).collect();
         let mut vectors: Vec<Option<EmbedResult>> = self.cached(&keys).await.into_iter().map(|v| v.map(Ok)).collect();
         let misses: Vec<usize> = (0..vectors.len()).filter(|&i| vectors[i].is_none()).collect();
+        // Texts another call is embedding right now are awaited, not sent again.
+        let (misses, waiting, claim) = self.claim(&keys, misses);
         if !misses.is_empty() {
             let tokens: Vec<usize> = misses.iter().map(|&i| plan.unique[i].tokens).collect();
             let requests = pack(&tokens, self.limits.batch_size, self.limits.max_tokens_per_request);
@@ -172,11 +201,50 @@ impl EmbeddingService {
             }
             self.cache.set_many(&fresh, self.cache_ttl).await;
         }
+        for (i, _, sender) in &claim.senders {
+            sender.send_replace(vectors[*i].clone());
+        }
+        drop(claim);
+        let mut orphaned = Vec::new();
+        for (i, mut receiver) in waiting {
+            match receiver.wait_for(Option::is_some).await {
+                Ok(result) => vectors[i] = result.clone(),
+                // The other call was cancelled before it had a result: embed it here.
+                Err(_) => orphaned.push(i),
+            }
+        }
+        if !orphaned.is_empty() {
+            let batch: Vec<Input> = orphaned.iter().map(|&i| plan.unique[i].clone()).collect();
+            for (&i, result) in orphaned.iter().zip(self.request(&batch).await) {
+                vectors[i] = Some(result);
+            }
+        }
         let vectors: Vec<EmbedResult> = vectors
             .into_iter()
             .map(|v| v.unwrap_or_else(|| Err(EmbedError::transient("a vector went missing"))))
             .collect();
         plan.assemble(&vectors)
+    }
+
+    /// Splits `misses` (indices into `keys`) into those this call embeds, now registered as in
+    /// flight, and those another call is embedding, with the receiver to wait on.
+    fn claim(&self, keys: &[String], misses: Vec<usize>) -> (Vec<usize>, Vec<(usize, Pending)>, Claim) {
+        let mut map = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut mine = Vec::new();
+        let mut waiting = Vec::new();
+        let mut senders = Vec::new();
+        for i in misses {
+            if let Some(receiver) = map.get(&keys[i]) {
+                waiting.push((i, receiver.clone()));
+            } else {
+                let (sender, receiver) = watch::channel(None);
+                map.insert(keys[i].clone(), receiver);
+                senders.push((i, keys[i].clone(), sender));
+                mine.push(i);
+            }
+        }
+        drop(map);
+        (mine, waiting, Claim { in_flight: Arc::clone(&self.in_flight), senders })
     }
 
     /// Cached vectors of `keys`; anything unreadable is a miss.

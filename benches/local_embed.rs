@@ -53,9 +53,9 @@ async fn raw_rate(model: &LocalEmbedder, texts: &[String]) -> f64 {
 }
 
 /// Latency of single-text (query) embeds while `bulk` keeps every inference thread busy.
-async fn query_latency_under_load(model: &Arc<LocalEmbedder>, bulk: &[String], queries: &[String]) {
+async fn query_latency_under_load(model: &Arc<LocalEmbedder>, bulk: Vec<String>, queries: &[String]) {
+    let bulk_texts = bulk.len();
     let loaded = Arc::clone(model);
-    let bulk: Vec<String> = bulk.to_vec();
     let load = tokio::spawn(async move {
         let requests = bulk.chunks(REQUEST).map(|r| loaded.embed(r));
         futures::future::join_all(requests).await
@@ -77,7 +77,7 @@ async fn query_latency_under_load(model: &Arc<LocalEmbedder>, bulk: &[String], q
     };
     println!(
         "query embed   idle {idle:.1} ms; during a bulk ingest of {} long texts: median {:.1} ms, max {:.1} ms{}",
-        REQUEST * 8,
+        bulk_texts,
         latencies[latencies.len() / 2],
         latencies[latencies.len() - 1],
         if busy { "" } else { " (the bulk load ended before the last query)" }
@@ -179,12 +179,7 @@ fn main() {
             println!("{name:<6} ~{tokens:>3} tokens   ragpipe {ours:6.1} texts/s{versus}");
         }
         if full {
-            query_latency_under_load(
-                &model,
-                &long.iter().cycle().take(REQUEST * 8).cloned().collect::<Vec<_>>(),
-                &short,
-            )
-            .await;
+            query_latency_under_load(&model, long.iter().cycle().take(REQUEST * 8).cloned().collect(), &short).await;
         }
         if full && std::env::var_os("BENCH_SKIP_PIPELINE").is_none() {
             pipeline(dir.clone(), &model, &words).await;

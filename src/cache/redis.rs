@@ -78,14 +78,13 @@ impl RedisLink {
 pub struct RedisCache {
     link: RedisLink,
     prefix: String,
-    timeout: Duration,
 }
 
 impl RedisCache {
     /// A cache that connects to `url` on first use.
     pub fn new(url: &SecretString, settings: &CacheSettings) -> Self {
         let timeout = Duration::from_millis(settings.timeout_ms);
-        Self { link: RedisLink::new(url, timeout), prefix: settings.key_prefix.clone(), timeout }
+        Self { link: RedisLink::new(url, timeout), prefix: settings.key_prefix.clone() }
     }
 
     async fn manager(&self) -> Option<ConnectionManager> {
@@ -119,7 +118,7 @@ impl Cache for RedisCache {
         let Some(mut manager) = self.manager().await else { return misses() };
         let full: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
         let fetch = async { manager.mget::<_, Vec<Option<Vec<u8>>>>(&full).await };
-        match tokio::time::timeout(self.timeout, fetch).await {
+        match tokio::time::timeout(self.link.timeout(), fetch).await {
             Ok(Ok(values)) if values.len() == keys.len() => values,
             Ok(Ok(values)) => {
                 degraded("get", &format!("MGET returned {} values for {} keys", values.len(), keys.len()));
@@ -147,7 +146,7 @@ impl Cache for RedisCache {
             pipe.set_ex(self.key(key), value.as_slice(), ttl.as_secs().max(1)).ignore();
         }
         let write = async { pipe.query_async::<()>(&mut manager).await };
-        match tokio::time::timeout(self.timeout, write).await {
+        match tokio::time::timeout(self.link.timeout(), write).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => degraded("set", &error),
             Err(_) => degraded("set", &"timed out"),

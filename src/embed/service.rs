@@ -59,8 +59,11 @@ pub struct EmbeddingService {
     /// Cache keys being embedded right now, with where their result will appear: a text that
     /// misses the cache while another call is already embedding it waits for that call instead
     /// of being sent twice (identical chunks of documents ingested at the same time).
-    in_flight: Arc<Mutex<HashMap<String, Pending>>>,
+    in_flight: Mutex<InFlight>,
 }
+
+/// Cache key → where its result will appear, for texts being embedded right now.
+type InFlight = HashMap<String, Pending>;
 
 /// Where the result of an in-flight text will appear (`None` until it does).
 type Pending = watch::Receiver<Option<EmbedResult>>;
@@ -68,13 +71,13 @@ type Pending = watch::Receiver<Option<EmbedResult>>;
 /// The promise to publish results for some in-flight keys. Dropping it (the call finished or
 /// was cancelled) removes the keys, so waiters of a cancelled call see the channel close and
 /// embed the text themselves.
-struct Claim {
-    in_flight: Arc<Mutex<HashMap<String, Pending>>>,
+struct Claim<'a> {
+    in_flight: &'a Mutex<InFlight>,
     /// (index into the call's keys, key, where its result goes).
     senders: Vec<(usize, String, watch::Sender<Option<EmbedResult>>)>,
 }
 
-impl Drop for Claim {
+impl Drop for Claim<'_> {
     fn drop(&mut self) {
         let mut map = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (_, key, _) in &self.senders {
@@ -110,7 +113,7 @@ impl EmbeddingService {
             governor,
             limits,
             cache_ttl,
-            in_flight: Arc::default(),
+            in_flight: Mutex::default(),
         }
     }
 
@@ -228,7 +231,7 @@ impl EmbeddingService {
 
     /// Splits `misses` (indices into `keys`) into those this call embeds, now registered as in
     /// flight, and those another call is embedding, with the receiver to wait on.
-    fn claim(&self, keys: &[String], misses: Vec<usize>) -> (Vec<usize>, Vec<(usize, Pending)>, Claim) {
+    fn claim(&self, keys: &[String], misses: Vec<usize>) -> (Vec<usize>, Vec<(usize, Pending)>, Claim<'_>) {
         let mut map = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut mine = Vec::new();
         let mut waiting = Vec::new();
@@ -244,7 +247,7 @@ impl EmbeddingService {
             }
         }
         drop(map);
-        (mine, waiting, Claim { in_flight: Arc::clone(&self.in_flight), senders })
+        (mine, waiting, Claim { in_flight: &self.in_flight, senders })
     }
 
     /// Cached vectors of `keys`; anything unreadable is a miss.

@@ -163,7 +163,7 @@ fn gelu_generic(xs: &mut [f32]) {
 
 /// erf as a rational function of x (Eigen's `generic_fast_erf_float`; |error| < 2e-7 on f32).
 #[inline(always)]
-pub fn erf(x: f32) -> f32 {
+fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
@@ -183,7 +183,7 @@ pub fn erf(x: f32) -> f32 {
 /// e^x by range reduction to `x = n·ln2 + r` and Cephes' degree-5 polynomial for e^r, with
 /// 2^n built in the exponent bits (relative error ~2e-7; inputs clamped to f32's range).
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+fn exp(x: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer in the low bits.
     let x = x.clamp(-87.3, 88.3);
     let shifted = x * std::f32::consts::LOG2_E + SHIFT;
@@ -230,7 +230,7 @@ fn layer_norm_generic(xs: &mut [f32], width: usize, gamma: &[f32], beta: &[f32],
 
 /// Sum with eight independent accumulators, so it vectorises without reassociation licence.
 #[inline(always)]
-pub fn sum(xs: &[f32]) -> f32 {
+fn sum(xs: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = xs.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();

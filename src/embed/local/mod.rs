@@ -83,7 +83,7 @@ impl LocalEmbedder {
     /// inference threads, put the vectors back in input order.
     async fn run(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let (tokenizer, owned, max_seq) = (Arc::clone(&self.tokenizer), texts.to_vec(), self.max_seq_length);
-        let ids: Vec<Vec<u32>> = tokio::task::spawn_blocking(move || {
+        let mut ids: Vec<Vec<u32>> = tokio::task::spawn_blocking(move || {
             owned.iter().map(|t| encode(&tokenizer, t, max_seq)).collect::<Result<Vec<_>, _>>()
         })
         .await
@@ -107,7 +107,7 @@ impl LocalEmbedder {
         let mut pending = Vec::with_capacity(batches.len());
         for batch in &batches {
             let (tx, rx) = oneshot::channel();
-            let sequences = batch.iter().map(|&i| ids[i].clone()).collect();
+            let sequences = batch.iter().map(|&i| std::mem::take(&mut ids[i])).collect();
             let lane = if texts.len() == 1 { &self.urgent } else { &self.jobs };
             lane.send((sequences, tx))
                 .map_err(|_| EmbedError::permanent("local_model", "the inference threads have stopped"))?;
@@ -148,13 +148,10 @@ fn inference_thread(
 ) {
     let mut encoder = Encoder::default();
     loop {
-        // Urgent work first; otherwise block on whichever lane delivers.
-        let job = match urgent.try_recv() {
-            Ok(job) => Ok(job),
-            Err(_) => crossbeam_channel::select_biased! {
-                recv(urgent) -> job => job,
-                recv(bulk) -> job => job,
-            },
+        // Urgent work first whenever both lanes have some.
+        let job = crossbeam_channel::select_biased! {
+            recv(urgent) -> job => job,
+            recv(bulk) -> job => job,
         };
         let Ok((sequences, reply)) = job else { return };
         if reply.is_closed() {

@@ -5,7 +5,7 @@
 //!    tokens (cut from `../shared/corpus/text`), in requests of 64 like the embed stage sends;
 //! 2. **PyTorch**: `benches/local_embed_vs_torch.py` on the same texts (2 threads, batch 32),
 //!    if `BENCH_PEER_PYTHON` (default `/var/tmp/stvenv/bin/python`) exists;
-//! 3. **pipeline**: 40 uploads through RabbitMQ → … → embed (local) → PostgreSQL + FAISS, timed
+//! 3. **pipeline**: 100 uploads through RabbitMQ → … → embed (local) → PostgreSQL + FAISS, timed
 //!    from the first publish to the last `document.ingested`, against the raw model on exactly
 //!    the chunk texts the pipeline produced.
 //!
@@ -119,7 +119,11 @@ async fn pipeline(model_dir: PathBuf, model: &LocalEmbedder, words: &[&str]) {
     env.settings.broker.prefetch = 40;
     let worker = env.start_worker(&[Role::Ingest]).await;
     let broker = env.broker().await;
-    let paragraphs = texts_of(model, words, 120, 400);
+    // 100 uploads (~1,000 chunks, ~12 s): long enough that the pipeline's start-up (the first
+    // documents' fetch, extraction and chunking, before the model has work) weighs what it does in
+    // a real bulk ingest rather than a tenth of the run. BENCH_PIPELINE_UPLOADS changes it.
+    let uploads_n: usize = std::env::var("BENCH_PIPELINE_UPLOADS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let paragraphs = texts_of(model, words, 120, uploads_n * 10);
     let uploads: Vec<_> = paragraphs
         .chunks(10)
         .enumerate()
@@ -146,6 +150,8 @@ async fn pipeline(model_dir: PathBuf, model: &LocalEmbedder, words: &[&str]) {
 }
 
 fn main() {
+    // As in `main`: the "OPENBLAS_CORETYPE unset" row measures what a ragpipe process gets.
+    ragpipe::blas::ensure_best_kernel();
     let dir = std::env::var_os("RAGPIPE_TEST_MODEL_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(MODEL), PathBuf::from);
     let threads = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -169,6 +175,11 @@ fn main() {
         let long = texts_of(&model, &words, 241, long_count);
         let short = texts_of(&model, &words, 37, short_count);
 
+        println!(
+            "OPENBLAS_CORETYPE={}: {}",
+            std::env::var("OPENBLAS_CORETYPE").unwrap_or_else(|_| "unset".into()),
+            ragpipe::blas::Kernels::current().describe()
+        );
         let ours_long = raw_rate(&model, &long).await;
         let ours_short = raw_rate(&model, &short).await;
         let torch = if full { peer(&dir, &[("long", &long), ("short", &short)]) } else { None };

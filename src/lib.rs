@@ -21,11 +21,14 @@
 //! - [`store`]: the `Store` trait and its PostgreSQL adapter.
 //! - [`cache`]: the `Cache` trait, Redis and in-process.
 //! - [`blobs`]: content-addressable storage of original bytes.
+//! - [`blas`]: the CPU's SIMD level, the OpenBLAS kernel FAISS runs on, and the start-up guard
+//!   that re-executes with a better kernel when OpenBLAS fell back to a generic one.
 //! - [`messages`]: versioned wire types (uploads, queries, replies, events).
 //! - [`config`]: typed settings (defaults < `workers.toml` < `RAGPIPE__SECTION__KEY`).
 //! - [`error`]: the transient/permanent failure vocabulary.
 //! - [`telemetry`]: logging and metric definitions.
 
+pub mod blas;
 pub mod blobs;
 pub mod cache;
 pub mod chunk;

@@ -12,6 +12,8 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::ExtractChild) {
         return ragpipe::extract::child_main();
     }
+    // Before any thread exists: may re-execute the program with a better OpenBLAS kernel.
+    ragpipe::blas::ensure_best_kernel();
     ragpipe::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -19,6 +19,11 @@ pub struct Args {}
 /// # Errors
 /// The database or broker is unreachable.
 pub async fn run(_args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
+    let kernels = crate::blas::Kernels::current();
+    println!("compute:\n  {}", kernels.describe());
+    if let Some(warning) = kernels.warning() {
+        println!("  warning: {warning}");
+    }
     let store = PgStore::connect(&settings.database).await.context("connecting to the database")?;
     let rows = store.status().await.context("reading document counts")?;
     println!("documents:");

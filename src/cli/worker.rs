@@ -31,6 +31,7 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         cache = %settings.cache.url.as_ref().map(redact_url).unwrap_or_else(|| "in-process".into()),
         "starting worker"
     );
+    crate::blas::Kernels::current().log();
     let program = std::env::current_exe().context("locating the ragpipe binary for the extraction sandbox")?;
     let http = settings.http.clone();
     let services = Arc::new(Services::connect(settings, program).await.context("starting the worker")?);

@@ -2,7 +2,7 @@
 //!
 //! - [`hash`]: deterministic feature hashing (lexical, not semantic; tests and last resort).
 //! - [`openai`]: OpenAI-compatible servers and Azure OpenAI through async-openai.
-//! - [`local`]: a BERT-family model from a directory, on our own encoder over OpenBLAS.
+//! - [`local`]: a BERT-family model from a directory, on our own encoder (the `gemm` crate for matrix products).
 //! - [`http`]: the transport under async-openai (no hidden retries) and the classification of
 //!   HTTP failures into [`EmbedError`]s.
 //! - [`service`]: [`service::EmbeddingService`], the one place with the policy: cache → dedup →

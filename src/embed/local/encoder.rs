@@ -18,6 +18,8 @@ pub struct Encoder {
     attn_out: Vec<f32>,
     up: Vec<f32>,
     scores: Vec<f32>,
+    /// Per query row of one head: 1 / the sum of its unnormalised attention weights.
+    inv_sums: Vec<f32>,
 }
 
 impl Encoder {
@@ -38,6 +40,7 @@ impl Encoder {
         resize(&mut self.attn_out, total * h);
         resize(&mut self.up, total * inter);
         resize(&mut self.scores, longest * longest);
+        resize(&mut self.inv_sums, longest);
 
         // Embeddings: word + position + token type 0, then layer norm.
         let mut row = 0;
@@ -77,18 +80,24 @@ impl Encoder {
                     let block =
                         |offset: usize| View { data: &qkv[offset + col..], rows: len, cols: head_dim, stride: 3 * h };
                     kernels::gemm(block(0), block(h), true, scale, 0.0, scores, len);
-                    for row in scores.chunks_exact_mut(len) {
-                        kernels::softmax(row);
+                    // softmax(S)·V = diag(1/Σ)·exp(S − max)·V: normalising the len × head_dim
+                    // output instead of the len × len weights saves a pass over the weights.
+                    for (row, inv) in scores.chunks_exact_mut(len).zip(&mut self.inv_sums) {
+                        *inv = 1.0 / kernels::exp_shifted(row);
                     }
+                    let context = &mut self.context[start * h + col..];
                     kernels::gemm(
                         View { data: scores, rows: len, cols: len, stride: len },
                         block(2 * h),
                         false,
                         1.0,
                         0.0,
-                        &mut self.context[start * h + col..],
+                        context,
                         h,
                     );
+                    for (row, inv) in context.chunks_mut(h).zip(&self.inv_sums[..len]) {
+                        row[..head_dim].iter_mut().for_each(|x| *x *= inv);
+                    }
                 }
                 start += len;
             }

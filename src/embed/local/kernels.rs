@@ -1,43 +1,16 @@
-//! The encoder's numeric kernels: matrix products through OpenBLAS's `cblas_sgemm` (the
-//! OpenBLAS FAISS already links), and the element-wise steps (bias, GELU, softmax, layer
-//! norm) written branch-free so the compiler vectorises them, with an AVX2 + FMA build picked
-//! at run time. Measured: libm's `expf`/`erff` in the attention softmax and the GELU cost
-//! about a fifth of the encoder's time on ~240-token chunks; the polynomial versions below
-//! cost a tenth of that.
-
-use std::os::raw::c_int;
-
-const ROW_MAJOR: c_int = 101;
-const NO_TRANS: c_int = 111;
-const TRANS: c_int = 112;
-
-#[link(name = "openblas")]
-unsafe extern "C" {
-    fn cblas_sgemm(
-        order: c_int,
-        trans_a: c_int,
-        trans_b: c_int,
-        m: c_int,
-        n: c_int,
-        k: c_int,
-        alpha: f32,
-        a: *const f32,
-        lda: c_int,
-        b: *const f32,
-        ldb: c_int,
-        beta: f32,
-        c: *mut f32,
-        ldc: c_int,
-    );
-    fn openblas_set_num_threads(threads: c_int);
-}
-
-/// Makes every BLAS call single-threaded: the encoder runs one BLAS call per inference thread
-/// instead, which keeps the element-wise steps parallel too and avoids oversubscribing cores.
-pub fn single_threaded_blas() {
-    // SAFETY: sets a process-wide integer in OpenBLAS; no pointers involved.
-    unsafe { openblas_set_num_threads(1) }
-}
+//! The encoder's numeric kernels: matrix products through the `gemm` crate (pure Rust, AVX-512
+//! or AVX2 + FMA kernels picked at run time from the CPU's features), and the element-wise
+//! steps (bias, GELU, softmax, layer norm) written branch-free so the compiler vectorises them,
+//! with AVX-512 and AVX2 + FMA builds picked at run time. Measured: libm's `expf`/`erff` in the
+//! attention softmax and the GELU cost about a fifth of the encoder's time on ~240-token chunks;
+//! the polynomial versions below cost a tenth of that.
+//!
+//! The matrix products used to go through OpenBLAS's `cblas_sgemm`. OpenBLAS chooses its kernels
+//! from a table of CPU models when it loads, and falls back to SSE3 kernels on CPUs it does not
+//! know (4–6× slower here); `gemm` decides from the CPU's feature bits, so the encoder runs at
+//! the same speed whichever kernel OpenBLAS picked for FAISS (`cargo bench --bench local_embed`).
+//! faer 0.24.4, the other candidate, was as fast but returned wrong sums for small products with
+//! strided operands (our attention heads) and crashed on some shapes off the main thread.
 
 /// A row-major matrix inside a slice: `rows` × `cols`, rows `stride` apart (`stride ≥ cols`),
 /// so a column block of a wider matrix (one attention head) can be used in place.
@@ -61,7 +34,8 @@ impl View<'_> {
 
 /// `out = alpha · a · bᵀ + beta · out` when `b_transposed` (b is `n × k`, the layout of a
 /// linear layer's weight), else `alpha · a · b + beta · out` (b is `k × n`). `out` has `ldc`
-/// values per row and `a.rows` rows.
+/// values per row and `a.rows` rows; `beta` is 0 (overwrite) or 1 (accumulate). Single-threaded:
+/// the encoder runs one product per inference thread.
 pub fn gemm(a: View<'_>, b: View<'_>, b_transposed: bool, alpha: f32, beta: f32, out: &mut [f32], ldc: usize) {
     a.check("gemm a");
     b.check("gemm b");
@@ -70,41 +44,55 @@ pub fn gemm(a: View<'_>, b: View<'_>, b_transposed: bool, alpha: f32, beta: f32,
     let b_inner = if b_transposed { b.cols } else { b.rows };
     assert_eq!(k, b_inner, "gemm: inner dimensions differ");
     assert!(n <= ldc, "gemm: {n} output columns exceed ldc {ldc}");
+    let accumulate = match beta {
+        0.0 => false,
+        1.0 => true,
+        _ => panic!("gemm: beta must be 0 or 1, got {beta}"),
+    };
     if m == 0 || n == 0 {
         return;
     }
     assert!(out.len() >= (m - 1) * ldc + n, "gemm: output too small");
-    let dim = |v: usize| c_int::try_from(v).expect("matrix dimension fits a C int");
-    // SAFETY: the checks above keep every access OpenBLAS makes (rows × stride) inside the slices.
+    let stride = |v: usize| isize::try_from(v).expect("matrix stride fits an isize");
+    // gemm takes (column stride, row stride) per operand; bᵀ is b read with the strides swapped.
+    let (b_cs, b_rs) = if b_transposed { (stride(b.stride), 1) } else { (1, stride(b.stride)) };
+    // SAFETY: the checks above keep every element gemm addresses (rows × stride + cols) inside
+    // the slices; `out` does not alias `a` or `b` (a unique borrow).
     unsafe {
-        cblas_sgemm(
-            ROW_MAJOR,
-            NO_TRANS,
-            if b_transposed { TRANS } else { NO_TRANS },
-            dim(m),
-            dim(n),
-            dim(k),
-            alpha,
-            a.data.as_ptr(),
-            dim(a.stride.max(1)),
-            b.data.as_ptr(),
-            dim(b.stride.max(1)),
-            beta,
+        gemm::gemm(
+            m,
+            n,
+            k,
             out.as_mut_ptr(),
-            dim(ldc.max(1)),
+            1,
+            stride(ldc),
+            accumulate,
+            a.data.as_ptr(),
+            1,
+            stride(a.stride),
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            // gemm computes dst = alpha · dst + beta · lhs · rhs: its alpha is our beta.
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         );
     }
 }
 
-/// `out += input · weightᵀ` for a linear layer: `weight` is `out_features × in_features`
-/// (PyTorch's layout), `input` is `rows × in_features`, `out` is `rows × out_features`, usually
-/// preloaded with the bias (and the residual).
+/// `out += input · weight` for a linear layer whose weight is stored transposed: `weight` is
+/// `in_features × out_features` (see `model::Layer`), `input` is `rows × in_features`, `out` is
+/// `rows × out_features`, usually preloaded with the bias (and the residual).
 pub fn linear(input: &[f32], rows: usize, weight: &[f32], out_features: usize, out: &mut [f32]) {
     let in_features = weight.len() / out_features;
     gemm(
         View { data: input, rows, cols: in_features, stride: in_features },
-        View { data: weight, rows: out_features, cols: in_features, stride: in_features },
-        true,
+        View { data: weight, rows: in_features, cols: out_features, stride: out_features },
+        false,
         1.0,
         1.0,
         out,
@@ -112,20 +100,30 @@ pub fn linear(input: &[f32], rows: usize, weight: &[f32], out_features: usize, o
     );
 }
 
-/// Runs `$body` (a call to an `#[inline(always)]` generic kernel) compiled for AVX2 + FMA when
-/// the CPU has them, else for the baseline target.
+/// Defines `$name` to run `$generic` (an `#[inline(always)]` kernel) compiled for AVX-512 when
+/// the CPU has it, else for AVX2 + FMA when it has those, else for the baseline target: the
+/// same source, vectorised by the compiler for each width.
 macro_rules! dispatch {
-    ($name:ident($($arg:ident: $ty:ty),*) => $generic:ident) => {
-        pub fn $name($($arg: $ty),*) {
+    ($name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $generic:ident) => {
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn fast($($arg: $ty),*) {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     $generic($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has the features `fast` was compiled for.
-                    return unsafe { fast($($arg),*) };
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") && has!("fma") {
+                    // SAFETY: the CPU has the features `avx512` was compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if has!("avx2") && has!("fma") {
+                    // SAFETY: the CPU has the features `avx2` was compiled for.
+                    return unsafe { avx2($($arg),*) };
                 }
             }
             $generic($($arg),*)
@@ -134,7 +132,7 @@ macro_rules! dispatch {
 }
 
 dispatch!(gelu(xs: &mut [f32]) => gelu_generic);
-dispatch!(softmax(row: &mut [f32]) => softmax_generic);
+dispatch!(exp_shifted(row: &mut [f32]) -> f32 => exp_shifted_generic);
 dispatch!(layer_norm(xs: &mut [f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32) => layer_norm_generic);
 
 /// Copies `bias` into every `width`-wide row of `out` (a GEMM with `beta = 1` then adds to it).
@@ -202,15 +200,34 @@ fn exp(x: f32) -> f32 {
     e_r * two_n
 }
 
-/// Softmax of one row in place.
+/// `x ← e^(x − max(row))` for every x of the row; returns the sum of the results. Sixteen
+/// independent lanes for the max and the sum: a plain fold over `f32::max` is one dependent chain
+/// the compiler cannot vectorise (it was a tenth of the encoder's time on ~240-token texts).
 #[inline(always)]
-fn softmax_generic(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    for x in row.iter_mut() {
-        *x = exp(*x - max);
+fn exp_shifted_generic(row: &mut [f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = row.chunks_exact(16);
+    let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for c in chunks {
+        for i in 0..16 {
+            lanes[i] = lanes[i].max(c[i]);
+        }
     }
-    let inv = 1.0 / sum(row);
-    row.iter_mut().for_each(|x| *x *= inv);
+    max = lanes.iter().fold(max, |m, &x| m.max(x));
+    let mut acc = [0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            c[i] = exp(c[i] - max);
+            acc[i] += c[i];
+        }
+    }
+    let mut tail = 0.0;
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        tail += *x;
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Layer normalisation of every `width`-wide row, then `· gamma + beta`.
@@ -258,6 +275,11 @@ fn sum_squares(xs: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn softmax(row: &mut [f32]) {
+        let inv = 1.0 / exp_shifted(row);
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
 
     /// erf by its Taylor series in f64 (converges fast for |x| ≤ 4 with enough terms).
     fn erf_reference(x: f64) -> f64 {
@@ -309,7 +331,7 @@ mod tests {
             assert!((mean - 1.0).abs() < 1e-5 && (var - 4.0).abs() < 1e-4, "mean {mean} var {var}");
         }
 
-        // a: 2×3, w: 4×3 (a linear layer's layout) → a·wᵀ: 2×4.
+        // a: 2×3, w: 4×3 (PyTorch's layout of a linear layer) → a·wᵀ: 2×4.
         let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let w: Vec<f32> = (0..12).map(|i| i as f32).collect();
         let mut out = vec![1.0; 8];

@@ -1,14 +1,14 @@
 //! A local BERT-family sentence-embedding model (e.g. all-MiniLM-L6-v2), run by our own
-//! encoder over OpenBLAS — chosen by measurement over candle (4× slower than PyTorch on real
-//! chunk sizes) and ONNX Runtime (needs an ONNX export the model directories do not ship);
-//! see `benches/local_embed.rs` and the README for figures.
+//! encoder — chosen by measurement over candle (4× slower than PyTorch on real chunk sizes) and
+//! ONNX Runtime (needs an ONNX export the model directories do not ship); see
+//! `benches/local_embed.rs` and the README for figures.
 //!
 //! - [`model`]: loads and checks a model directory.
 //! - [`encoder`]: the forward pass over packed (unpadded) batches.
-//! - [`kernels`]: GEMM through OpenBLAS and the vectorised element-wise steps.
+//! - [`kernels`]: GEMM through the `gemm` crate and the vectorised element-wise steps.
 //!
 //! Inference never runs on the async threads: [`LocalEmbedder`] feeds a small pool of
-//! dedicated threads (one per core by default, each with single-threaded BLAS), splitting a
+//! dedicated threads (one per core by default, each running single-threaded products), splitting a
 //! request into length-sorted sub-batches so both cores work on one request.
 
 pub mod encoder;
@@ -55,7 +55,6 @@ impl LocalEmbedder {
     pub fn load(dir: &Path, model_id: &str, threads: usize) -> Result<Self, ModelError> {
         let ModelFiles { weights, tokenizer, max_seq_length } = ModelFiles::load(dir)?;
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, usize::from) } else { threads };
-        kernels::single_threaded_blas();
         let dimensions = weights.config.hidden_size;
         let weights = Arc::new(weights);
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
@@ -128,8 +127,9 @@ impl LocalEmbedder {
 
 /// Token ids of `text` with the special tokens, truncated to `max_seq` tokens.
 fn encode(tokenizer: &tokenizers::Tokenizer, text: &str, max_seq: usize) -> Result<Vec<u32>, EmbedError> {
+    // `encode_fast` skips the character offsets nobody reads here.
     let encoding = tokenizer
-        .encode(text, true)
+        .encode_fast(text, true)
         .map_err(|e| EmbedError::permanent("local_model", format!("tokenizing failed: {e}")))?;
     let ids = encoding.get_ids();
     if ids.len() <= max_seq {
@@ -177,7 +177,7 @@ impl Embedder for LocalEmbedder {
     }
 
     fn count_tokens(&self, text: &str) -> usize {
-        self.tokenizer.encode(text, false).map_or_else(|_| super::tokens::estimate(text), |e| e.len())
+        self.tokenizer.encode_fast(text, false).map_or_else(|_| super::tokens::estimate(text), |e| e.len())
     }
 
     fn split_tokens(&self, text: &str, max_tokens: usize) -> Vec<String> {

@@ -7,7 +7,7 @@
 # services, and the PyTorch venv named in benches/local_embed_vs_torch.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "CPU: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p') ($(nproc) cores)"
+echo "CPU: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p') (family $(sed -n 's/^cpu family[[:space:]]*: //p' /proc/cpuinfo | head -1), model $(sed -n 's/^model[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores)"
 cargo bench --bench local_embed --no-run --quiet
 cargo bench --bench faiss_blas --no-run --quiet
 rows=(unset Prescott Haswell)

@@ -75,7 +75,7 @@ async fn embed_stage(cfg: &Config) {
     };
     let mut settings = EmbedderSettings::default();
     configure(&fake, &mut settings, cfg);
-    let service = EmbeddingService::from_settings(&settings, &cache_settings, cache::from_settings(&cache_settings))
+    let service = EmbeddingService::from_settings(&settings, &cache_settings, cache::connect(&cache_settings).1)
         .expect("service");
     let texts: Vec<String> =
         (0..DOCUMENTS).flat_map(|d| (0..CHUNKS_PER_DOCUMENT).map(move |i| paragraph(d, i))).collect();
@@ -96,7 +96,7 @@ async fn pipeline(cfg: &Config) {
     env.settings.ingest.channel_capacity = DOCUMENTS;
     env.settings.database.pool_size = 10;
     let worker = env.start_worker(&[Role::Ingest]).await;
-    let broker = env.broker().await;
+    let broker = env.queue().await;
     let uploads: Vec<_> = (0..DOCUMENTS)
         .map(|d| {
             let text = (0..CHUNKS_PER_DOCUMENT).map(|i| paragraph(d, i)).collect::<Vec<_>>().join("\n\n");

@@ -118,7 +118,7 @@ async fn pipeline(model_dir: PathBuf, model: &LocalEmbedder, words: &[&str]) {
     env.settings.chunk.max_tokens = 200;
     env.settings.broker.prefetch = 40;
     let worker = env.start_worker(&[Role::Ingest]).await;
-    let broker = env.broker().await;
+    let broker = env.queue().await;
     // 100 uploads (~1,000 chunks, ~12 s): long enough that the pipeline's start-up (the first
     // documents' fetch, extraction and chunking, before the model has work) weighs what it does in
     // a real bulk ingest rather than a tenth of the run. BENCH_PIPELINE_UPLOADS changes it.

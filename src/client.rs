@@ -9,11 +9,12 @@ use std::time::Duration;
 use base64::Engine;
 use futures::StreamExt;
 
-use crate::ingest::fetch::FetchPolicy;
+use crate::fetch::FetchPolicy;
 use crate::messages::{
-    self, DOCUMENT_FAILED, DOCUMENT_INGESTED, DocumentFailed, DocumentIngested, QueryRequest, UploadMessage, VERSION,
+    self, CollectionName, DOCUMENT_FAILED, DOCUMENT_INGESTED, DocumentFailed, DocumentIngested, QueryRequest,
+    UploadMessage, VERSION,
 };
-use crate::queue::{Broker, Events, QueueError};
+use crate::queue::{EventBus, Events, QueueError, RequestReply};
 
 /// A client failure.
 #[derive(Debug, thiserror::Error)]
@@ -82,14 +83,18 @@ fn walk(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), ClientError> {
 ///
 /// # Errors
 /// The file cannot be read, or is too large to inline.
-pub fn upload_for_file(path: &Path, collection: &str, policy: &FetchPolicy) -> Result<UploadMessage, ClientError> {
+pub fn upload_for_file(
+    path: &Path,
+    collection: &CollectionName,
+    policy: &FetchPolicy,
+) -> Result<UploadMessage, ClientError> {
     let io = |error| ClientError::Io { path: path.to_path_buf(), error };
     let canonical = path.canonicalize().map_err(io)?;
     let filename = canonical.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut upload = UploadMessage {
         v: VERSION,
         upload_id: uuid::Uuid::new_v4().to_string(),
-        collection: collection.to_owned(),
+        collection: collection.clone(),
         filename,
         content_type: guess_content_type(&canonical).map(str::to_owned),
         uri: None,
@@ -137,8 +142,8 @@ pub enum Outcome {
 ///
 /// # Errors
 /// The broker fails.
-pub async fn subscribe_outcomes(broker: &dyn Broker) -> Result<Events, ClientError> {
-    Ok(broker.subscribe_events(&[DOCUMENT_INGESTED, DOCUMENT_FAILED]).await?)
+pub async fn subscribe_outcomes(events: &dyn EventBus) -> Result<Events, ClientError> {
+    Ok(events.subscribe(&[DOCUMENT_INGESTED, DOCUMENT_FAILED]).await?)
 }
 
 /// Waits until every upload in `pending` has an outcome or `timeout` passes; calls `progress`
@@ -179,10 +184,10 @@ pub async fn wait_for_outcomes(
 /// # Errors
 /// The broker fails, no reply arrives in time, or the reply is not JSON.
 pub async fn query(
-    broker: &dyn Broker,
+    requests: &dyn RequestReply,
     request: &QueryRequest,
     timeout: Duration,
 ) -> Result<serde_json::Value, ClientError> {
-    let reply = broker.request(&messages::encode(request), timeout).await?;
+    let reply = requests.request(&messages::encode(request), timeout).await?;
     serde_json::from_slice(&reply).map_err(|e| ClientError::BadReply(e.to_string()))
 }

@@ -49,7 +49,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerSettings {
-    /// `amqp://user:pass@host:port/vhost`; absent means the embedded queue (not available yet).
+    /// `amqp://user:pass@host:port/vhost`; absent means the embedded queue (a job table in the
+    /// data directory's SQLite file).
     pub url: Option<SecretString>,
     /// Direct exchange uploads are published to.
     pub ingest_exchange: String,
@@ -73,6 +74,12 @@ pub struct BrokerSettings {
     pub query_prefetch: u16,
     /// Seconds to wait for a publisher confirm before treating the publish as failed.
     pub confirm_timeout_secs: u64,
+    /// Embedded queue: seconds a consumer holds a job before it is delivered again, unless the
+    /// consumer renews it (it does, every third of this, while it works). Bounds how long a
+    /// job waits after its worker was killed.
+    pub lease_secs: u64,
+    /// Embedded queue: milliseconds between looks for work published by other processes.
+    pub poll_ms: u64,
 }
 
 impl Default for BrokerSettings {
@@ -90,6 +97,8 @@ impl Default for BrokerSettings {
             prefetch: 16,
             query_prefetch: 32,
             confirm_timeout_secs: 30,
+            lease_secs: 30,
+            poll_ms: 100,
         }
     }
 }
@@ -98,7 +107,8 @@ impl Default for BrokerSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// `postgres://user:pass@host:port/db`; absent means the embedded SQLite store (not available yet).
+    /// `postgres://user:pass@host:port/db`, or `sqlite://path/to/file.db`; absent means the
+    /// embedded SQLite store in the data directory.
     pub url: Option<SecretString>,
     /// Most connections the pool opens (the seed article's pool-exhaustion lesson: size it).
     pub pool_size: u32,
@@ -162,19 +172,36 @@ impl Default for CacheSettings {
     }
 }
 
-/// `[storage]`: where original bytes are kept and where uploads may be read from.
+/// `[storage]`: the data directory, where original bytes are kept, and where uploads may be read
+/// from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
-    /// Root of the content-addressable store (`<root>/ab/cd/<sha256>`).
-    pub root: PathBuf,
+    /// The data directory: everything a process keeps on disk lives under it unless configured
+    /// elsewhere (the embedded database `ragpipe.db`, `blobs/`, `index/`). Deleting it resets an
+    /// embedded deployment; two folders never interfere.
+    pub data_dir: PathBuf,
+    /// Root of the content-addressable store (`<root>/ab/cd/<sha256>`); default `<data_dir>/blobs`.
+    pub root: Option<PathBuf>,
     /// Directories a `file://` upload may name. Anything else is refused.
     pub allowed_roots: Vec<PathBuf>,
 }
 
 impl Default for StorageSettings {
     fn default() -> Self {
-        Self { root: PathBuf::from("data/blobs"), allowed_roots: Vec::new() }
+        Self { data_dir: PathBuf::from("data"), root: None, allowed_roots: Vec::new() }
+    }
+}
+
+impl StorageSettings {
+    /// Where original bytes are kept.
+    pub fn blob_root(&self) -> PathBuf {
+        self.root.clone().unwrap_or_else(|| self.data_dir.join("blobs"))
+    }
+
+    /// The embedded database file (used when `database.url` or `broker.url` is absent).
+    pub fn database_file(&self) -> PathBuf {
+        self.data_dir.join(crate::embedded::DATABASE_FILE)
     }
 }
 
@@ -213,15 +240,16 @@ impl Default for IngestSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IndexSettings {
-    /// Directory holding one sub-directory of snapshots per collection.
-    pub dir: PathBuf,
+    /// Directory holding one sub-directory of snapshots per collection; default
+    /// `<storage.data_dir>/index`.
+    pub dir: Option<PathBuf>,
     /// Seconds between snapshots of an index that changed.
     pub snapshot_interval_secs: u64,
 }
 
 impl Default for IndexSettings {
     fn default() -> Self {
-        Self { dir: PathBuf::from("data/index"), snapshot_interval_secs: 30 }
+        Self { dir: None, snapshot_interval_secs: 30 }
     }
 }
 
@@ -293,6 +321,11 @@ pub enum ConfigError {
 }
 
 impl Settings {
+    /// Where index snapshots are kept.
+    pub fn index_dir(&self) -> PathBuf {
+        self.index.dir.clone().unwrap_or_else(|| self.storage.data_dir.join("index"))
+    }
+
     /// Loads defaults, then the config file, then `RAGPIPE__SECTION__KEY` variables, and validates.
     ///
     /// `file` is used if given; otherwise `$RAGPIPE_CONFIG`, otherwise `./workers.toml` if present.
@@ -335,6 +368,8 @@ impl Settings {
         positive("broker.query_prefetch", self.broker.query_prefetch.into());
         positive("broker.delivery_limit", self.broker.delivery_limit.into());
         positive("broker.confirm_timeout_secs", self.broker.confirm_timeout_secs);
+        positive("broker.lease_secs", self.broker.lease_secs);
+        positive("broker.poll_ms", self.broker.poll_ms);
         positive("database.pool_size", self.database.pool_size.into());
         positive("database.acquire_timeout_secs", self.database.acquire_timeout_secs);
         positive("cache.embedding_ttl_secs", self.cache.embedding_ttl_secs);
@@ -365,7 +400,7 @@ impl Settings {
         }
         for (key, url, schemes) in [
             ("broker.url", &self.broker.url, &["amqp", "amqps"][..]),
-            ("database.url", &self.database.url, &["postgres", "postgresql"][..]),
+            ("database.url", &self.database.url, &["postgres", "postgresql", "sqlite"][..]),
             ("cache.url", &self.cache.url, &["redis", "rediss"][..]),
         ] {
             if let Some(url) = url {

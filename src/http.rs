@@ -1,5 +1,5 @@
 //! The operations endpoint: `/metrics` (Prometheus), `/health` (liveness: the process answers)
-//! and `/ready` (readiness: store, broker and index usable).
+//! and `/ready` (readiness: store and queue usable).
 
 use std::sync::Arc;
 
@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::Services;
 use crate::telemetry::metrics;
-use crate::worker::Services;
 
 /// Serves the endpoint on `listener` until `shutdown`.
 ///
@@ -34,8 +34,8 @@ async fn ready(State(s): State<Arc<Services>>) -> (StatusCode, String) {
     if let Err(error) = s.store.ping().await {
         problems.push(format!("store: {error}"));
     }
-    if !s.broker.is_connected() {
-        problems.push("broker: not connected".to_owned());
+    if !s.queue.is_connected() {
+        problems.push(format!("queue: not connected ({})", s.backends.queue));
     }
     if problems.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())

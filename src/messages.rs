@@ -23,6 +23,9 @@ pub enum DecodeError {
         /// The `v` field as sent.
         found: serde_json::Value,
     },
+    /// The `collection` field is not a valid collection name.
+    #[error(transparent)]
+    InvalidCollection(#[from] InvalidCollection),
 }
 
 impl DecodeError {
@@ -31,6 +34,7 @@ impl DecodeError {
         match self {
             Self::Malformed(_) => "malformed",
             Self::UnsupportedVersion { .. } => "unsupported_version",
+            Self::InvalidCollection(_) => "invalid_collection",
         }
     }
 }
@@ -47,6 +51,10 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
         Some(v) => return Err(DecodeError::UnsupportedVersion { found: v.clone() }),
         None => return Err(DecodeError::Malformed("missing field `v` (message version)".into())),
     }
+    // Checked here, before the shape, so a bad name gets its own code rather than "malformed".
+    if let Some(name) = value.get("collection").and_then(serde_json::Value::as_str) {
+        CollectionName::new(name)?;
+    }
     serde_json::from_value(value).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
@@ -58,6 +66,128 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     })
 }
 
+/// A collection name, checked when a message is decoded: collection names become directory
+/// names (index snapshots), so they keep to a safe alphabet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CollectionName(String);
+
+/// Why a name is not a valid [`CollectionName`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("collection name `{0}` must be 1-128 characters of A-Z a-z 0-9 - _ . and not start with `.`")]
+pub struct InvalidCollection(pub String);
+
+impl CollectionName {
+    /// Checks `name`.
+    ///
+    /// # Errors
+    /// Empty, longer than 128 characters, starting with `.`, or outside `A-Z a-z 0-9 - _ .`.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidCollection> {
+        let name = name.into();
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok { Ok(Self(name)) } else { Err(InvalidCollection(name)) }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for CollectionName {
+    type Error = InvalidCollection;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        Self::new(name)
+    }
+}
+
+impl From<CollectionName> for String {
+    fn from(name: CollectionName) -> Self {
+        name.0
+    }
+}
+
+impl std::str::FromStr for CollectionName {
+    type Err = InvalidCollection;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::new(name)
+    }
+}
+
+impl std::fmt::Display for CollectionName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for CollectionName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Document status, on the wire and in the store (`documents.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DocumentStatus {
+    /// Claimed; an attempt is (or was) processing it.
+    Pending,
+    /// Chunks and vectors are stored.
+    Ingested,
+    /// Parsed fine, nothing to index.
+    NoText,
+    /// Failed for good, with a reason.
+    Failed,
+    /// Soft-deleted.
+    Deleted,
+}
+
+impl DocumentStatus {
+    /// The name stored in `documents.status` and sent in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Ingested => "ingested",
+            Self::NoText => "no_text",
+            Self::Failed => "failed",
+            Self::Deleted => "deleted",
+        }
+    }
+
+    /// Whether the document is settled for good (another upload of it is a duplicate).
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Ingested | Self::NoText)
+    }
+}
+
+impl std::str::FromStr for DocumentStatus {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "pending" => Self::Pending,
+            "ingested" => Self::Ingested,
+            "no_text" => Self::NoText,
+            "failed" => Self::Failed,
+            "deleted" => Self::Deleted,
+            other => return Err(format!("unknown document status `{other}`")),
+        })
+    }
+}
+
+impl std::fmt::Display for DocumentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A document to ingest. Exactly one of `uri` and `content_b64` carries the bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,7 +197,7 @@ pub struct UploadMessage {
     /// Caller's id for this upload; echoed in events.
     pub upload_id: String,
     /// Collection (tenant) the document belongs to.
-    pub collection: String,
+    pub collection: CollectionName,
     /// Original file name (used for type hints and citations, never for storage paths).
     pub filename: String,
     /// Declared MIME type, a hint only.
@@ -94,7 +224,7 @@ pub struct QueryRequest {
     pub query: String,
     /// Collection to search; the worker's default collection when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub collection: Option<String>,
+    pub collection: Option<CollectionName>,
     /// Results wanted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
@@ -112,11 +242,11 @@ pub struct QueryRequest {
 impl QueryRequest {
     /// A request (current version) for the `top_k` best chunks of `collection` for `query`;
     /// set the other fields on the result if needed.
-    pub fn new(query: impl Into<String>, collection: impl Into<String>, top_k: usize) -> Self {
+    pub fn new(query: impl Into<String>, collection: CollectionName, top_k: usize) -> Self {
         Self {
             v: VERSION,
             query: query.into(),
-            collection: Some(collection.into()),
+            collection: Some(collection),
             top_k: Some(top_k),
             min_score: None,
             answer: None,
@@ -216,7 +346,7 @@ pub struct DocumentIngested {
     /// The bytes were already ingested in this collection; nothing new was stored.
     pub duplicate: bool,
     /// Final document status: `ingested`, or `no_text` for a file with no extractable text.
-    pub status: String,
+    pub status: DocumentStatus,
 }
 
 /// Published when an upload fails permanently (or a transient failure gives up).
@@ -252,6 +382,20 @@ mod tests {
     }
 
     #[test]
+    fn collection_names_are_checked_where_messages_are_decoded() {
+        assert!(CollectionName::new("docs-2024_v1.0").is_ok());
+        for bad in ["", "../etc", "a/b", ".hidden", "é"] {
+            assert!(CollectionName::new(bad).is_err(), "{bad}");
+        }
+        let body = br#"{"v":1,"upload_id":"u","collection":"../x","filename":"a.txt","content_b64":""}"#;
+        assert_eq!(decode::<UploadMessage>(body).expect_err("bad collection").code(), "invalid_collection");
+        let body = br#"{"v":1,"query":"q","collection":"a/b"}"#;
+        assert_eq!(decode::<QueryRequest>(body).expect_err("bad collection").code(), "invalid_collection");
+        assert_eq!("ingested".parse::<DocumentStatus>(), Ok(DocumentStatus::Ingested));
+        assert_eq!(serde_json::to_string(&DocumentStatus::NoText).expect("json"), r#""no_text""#);
+    }
+
+    #[test]
     fn malformed_json_is_malformed() {
         assert_eq!(decode::<QueryRequest>(b"{nope").expect_err("bad").code(), "malformed");
         assert_eq!(decode::<QueryRequest>(br#"{"query":"x"}"#).expect_err("no v").code(), "malformed");
@@ -262,7 +406,7 @@ mod tests {
         let msg = UploadMessage {
             v: VERSION,
             upload_id: "u1".into(),
-            collection: "c".into(),
+            collection: CollectionName::new("c").expect("valid name"),
             filename: "a.txt".into(),
             content_type: None,
             uri: Some("file:///tmp/a.txt".into()),

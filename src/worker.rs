@@ -1,5 +1,6 @@
-//! The process wiring: connects every backend from [`Settings`] into [`Services`] and runs the
-//! requested roles until shutdown.
+//! The process wiring: connects every backend `[database]`, `[broker]` and `[cache]` name (or the
+//! embedded ones where they name none) into [`Services`], and runs the requested roles until
+//! shutdown.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,20 +9,16 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::app::{Backends, Services};
 use crate::blobs::BlobStore;
-use crate::cache::{self, Cache};
 use crate::chunk::Chunker;
 use crate::config::Settings;
-use crate::embed::Embedder;
 use crate::embed::service::EmbeddingService;
+use crate::embedded::LazyDatabase;
 use crate::extract::Sandbox;
+use crate::fetch::FetchPolicy;
 use crate::index::Indexes;
-use crate::ingest::fetch::FetchPolicy;
-use crate::queue::Broker;
-use crate::queue::amqp::AmqpBroker;
-use crate::store::Store;
-use crate::store::postgres::PgStore;
-use crate::{ingest, query};
+use crate::{cache, ingest, query, queue, store};
 
 /// A failure to start or run a worker.
 #[derive(Debug, thiserror::Error)]
@@ -45,131 +42,89 @@ fn setup(what: &'static str) -> impl Fn(String) -> WorkerError {
 pub enum Role {
     /// Consume uploads and run the ingest pipeline.
     Ingest,
-    /// Answer query requests.
+    /// Answer query requests (and keep this process's indexes current).
     Query,
     /// Write index snapshots on a schedule.
     Scheduler,
 }
 
-/// Every backend a worker needs, connected once and shared by its roles.
-pub struct Services {
-    /// The settings the process started with.
-    pub settings: Settings,
-    /// Relational store.
-    pub store: Arc<dyn Store>,
-    /// Message broker.
-    pub broker: Arc<dyn Broker>,
-    /// Embedding cache.
-    pub cache: Arc<dyn Cache>,
-    /// Original bytes.
-    pub blobs: BlobStore,
-    /// Embedding provider (model id, dimensions).
-    pub embedder: Arc<dyn Embedder>,
-    /// The provider behind cache, rate governor, concurrency limit and retries: use this to embed.
-    pub embedding: Arc<EmbeddingService>,
-    /// Vector indexes held by this process.
-    pub indexes: Arc<Indexes>,
-    /// Extraction sandbox.
-    pub sandbox: Sandbox,
-    /// Chunker (tokenizer built once).
-    pub chunker: Chunker,
-    /// Where uploads may be read from.
-    pub fetch_policy: FetchPolicy,
-    /// Failure injection for tests: called at each [`FaultPoint`]; `true` makes the job vanish
-    /// there as if the process had crashed (no ack, no event). `None` in production.
-    pub faults: Option<FaultHook>,
+/// Connects the store, queue and cache the settings name (embedded ones in `storage.data_dir`
+/// where they name none), then the embedder, indexes, sandbox and chunker. `program` is the
+/// ragpipe binary the extraction sandbox runs.
+///
+/// # Errors
+/// A backend is misconfigured or unreachable (the message names which).
+pub async fn connect(settings: Settings, program: PathBuf) -> Result<Services, WorkerError> {
+    let embedded = LazyDatabase::new(settings.storage.database_file());
+    connect_with(settings, program, &embedded).await
 }
 
-/// A commit point of the pipeline where tests can simulate a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultPoint {
-    /// The document's chunks are committed; the vectors are not yet in the index.
-    AfterPersist,
-    /// The vectors are in the index; the event is not yet published and the message not acked.
-    AfterIndex,
+/// [`connect`], sharing `embedded` (the data directory's database) with a caller that opened it
+/// already, so one process keeps one set of pools on the file.
+///
+/// # Errors
+/// See [`connect`].
+pub async fn connect_with(
+    settings: Settings,
+    program: PathBuf,
+    embedded: &LazyDatabase,
+) -> Result<Services, WorkerError> {
+    let connected = store::connect(&settings.database, embedded).await.map_err(|e| setup("database")(e.to_string()))?;
+    let queue = queue::connect(&settings.broker, embedded).await.map_err(|e| setup("queue")(e.to_string()))?;
+    let (cache_kind, cache) = cache::connect(&settings.cache);
+    let backends = Backends { store: connected.kind, queue: queue.kind.to_string(), cache: cache_kind };
+    let embedding = Arc::new(
+        EmbeddingService::from_settings(&settings.embedder, &settings.cache, cache.clone())
+            .map_err(|e| setup("embedder")(e.to_string()))?,
+    );
+    let embedder = embedding.embedder().clone();
+    let chunker = Chunker::new(&settings.chunk).map_err(|e| setup("chunker")(e.to_string()))?;
+    let indexes = Arc::new(Indexes::new(
+        settings.index_dir(),
+        connected.store.clone(),
+        embedder.dimensions(),
+        embedder.model_id(),
+    ));
+    let fetch_policy = FetchPolicy::new(
+        &settings.storage.allowed_roots,
+        settings.extract.max_file_bytes,
+        settings.ingest.max_inline_bytes,
+    );
+    Ok(Services {
+        backends,
+        store: connected.store,
+        queue,
+        cache,
+        blobs: BlobStore::new(settings.storage.blob_root()),
+        sandbox: Sandbox::new(program, settings.extract.clone()),
+        embedding,
+        indexes,
+        chunker,
+        fetch_policy,
+        faults: None,
+        settings,
+    })
 }
 
-/// See [`Services::faults`].
-pub type FaultHook = Arc<dyn Fn(FaultPoint) -> bool + Send + Sync>;
-
-impl Services {
-    /// Whether a test asked to crash at `point`.
-    pub(crate) fn crash_at(&self, point: FaultPoint) -> bool {
-        self.faults.as_ref().is_some_and(|hook| hook(point))
-    }
-}
-
-impl Services {
-    /// Connects every backend. `program` is the ragpipe binary the extraction sandbox runs.
-    ///
-    /// # Errors
-    /// A backend is misconfigured or unreachable (the message names which).
-    pub async fn connect(settings: Settings, program: PathBuf) -> Result<Self, WorkerError> {
-        if settings.database.migrate_on_start {
-            PgStore::create_database_if_missing(&settings.database)
-                .await
-                .map_err(|e| setup("database")(e.to_string()))?;
-        }
-        let pg = PgStore::connect(&settings.database).await.map_err(|e| setup("database")(e.to_string()))?;
-        if settings.database.migrate_on_start {
-            pg.migrate().await.map_err(|e| setup("database migrations")(e.to_string()))?;
-        }
-        let store: Arc<dyn Store> = Arc::new(pg);
-        let broker: Arc<dyn Broker> =
-            Arc::new(AmqpBroker::connect(&settings.broker).await.map_err(|e| setup("broker")(e.to_string()))?);
-        let cache = cache::from_settings(&settings.cache);
-        let embedding = Arc::new(
-            EmbeddingService::from_settings(&settings.embedder, &settings.cache, cache.clone())
-                .map_err(|e| setup("embedder")(e.to_string()))?,
-        );
-        let embedder = embedding.embedder().clone();
-        let chunker = Chunker::new(&settings.chunk).map_err(|e| setup("chunker")(e.to_string()))?;
-        let indexes = Arc::new(Indexes::new(
-            settings.index.dir.clone(),
-            store.clone(),
-            embedder.dimensions(),
-            embedder.model_id(),
-        ));
-        let fetch_policy = FetchPolicy::new(
-            &settings.storage.allowed_roots,
-            settings.extract.max_file_bytes,
-            settings.ingest.max_inline_bytes,
-        );
-        Ok(Self {
-            cache,
-            blobs: BlobStore::new(settings.storage.root.clone()),
-            sandbox: Sandbox::new(program, settings.extract.clone()),
-            settings,
-            store,
-            broker,
-            embedder,
-            embedding,
-            indexes,
-            chunker,
-            fetch_policy,
-            faults: None,
-        })
-    }
-}
-
-/// Runs `roles` until `shutdown` is cancelled, then drains in-flight work.
+/// Runs `roles` until `shutdown` is cancelled, then drains in-flight work and writes the
+/// indexes' snapshots.
 ///
 /// # Errors
 /// A role could not start.
 pub async fn run(services: Arc<Services>, roles: &[Role], shutdown: CancellationToken) -> Result<(), WorkerError> {
     let tracker = TaskTracker::new();
-    let interval = Duration::from_secs(services.settings.index.snapshot_interval_secs);
+    let index = Arc::new(services.index());
     if roles.contains(&Role::Query) {
-        // A query role holds indexes and must see other workers' documents.
-        tracker.spawn(services.indexes.clone().run_follower(services.broker.clone(), interval, shutdown.clone()));
-        tracker.spawn(query::run(services.clone(), shutdown.clone()));
+        // A query role holds indexes and must see what other processes ingest.
+        tracker.spawn(query::follow(index.clone(), shutdown.clone()));
+        tracker.spawn(query::run(Arc::new(services.query()), shutdown.clone()));
     }
     if roles.contains(&Role::Ingest) {
-        tracker.spawn(ingest::run(services.clone(), shutdown.clone()));
+        tracker.spawn(ingest::run(Arc::new(services.ingest()), shutdown.clone()));
     }
-    if roles.iter().any(|r| matches!(r, Role::Ingest | Role::Query | Role::Scheduler)) {
-        tracker.spawn(services.indexes.clone().run_snapshots(interval, shutdown.clone()));
-    }
+    // Every role may hold indexes (ingest adds to them); the snapshots keep restarts cheap.
+    let interval = Duration::from_secs(index.settings.snapshot_interval_secs);
+    tracker.spawn(index.indexes.clone().run_snapshots(interval, shutdown.clone()));
     tracker.close();
     tracker.wait().await;
     Ok(())

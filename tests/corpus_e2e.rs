@@ -8,10 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{TestEnv, corpus, failed, ingested};
+use common::{TestEnv, corpus, failed, ingested, name};
 use ragpipe::client::{self, Outcome};
-use ragpipe::messages::{self, QueryRequest};
-use ragpipe::queue::Broker;
+use ragpipe::messages::{self, DocumentStatus, QueryRequest};
 use ragpipe::worker::Role;
 use sqlx::Row;
 
@@ -42,7 +41,7 @@ async fn the_whole_corpus_goes_through_rabbitmq_without_a_worker_crash() {
     env.settings.broker.prefetch = 32;
     env.settings.ingest.extract_concurrency = 2;
     let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
-    let broker = env.broker().await;
+    let queue = worker.queue().await;
 
     let files = corpus_files();
     assert!(files.len() > 180, "the corpus has {} files", files.len());
@@ -53,9 +52,9 @@ async fn the_whole_corpus_goes_through_rabbitmq_without_a_worker_crash() {
     with_password.metadata.insert("password".into(), "foo".into());
     uploads.push(with_password.clone());
 
-    let mut events = client::subscribe_outcomes(&broker).await.expect("subscribe");
+    let mut events = client::subscribe_outcomes(queue.events.as_ref()).await.expect("subscribe");
     for upload in &uploads {
-        broker.publish_upload(&messages::encode(upload)).await.expect("publish");
+        queue.uploads.publish(&messages::encode(upload)).await.expect("publish");
     }
     let ids: Vec<String> = uploads.iter().map(|u| u.upload_id.clone()).collect();
     let outcomes = client::wait_for_outcomes(&mut events, &ids, Duration::from_secs(600), |_| {}).await;
@@ -65,7 +64,7 @@ async fn the_whole_corpus_goes_through_rabbitmq_without_a_worker_crash() {
 
     let by_name: BTreeMap<String, &Outcome> = uploads
         .iter()
-        .filter(|u| u.collection == "corpus")
+        .filter(|u| u.collection.as_str() == "corpus")
         .map(|u| (u.uri.clone().unwrap_or_default(), &outcomes[&u.upload_id]))
         .collect();
     let outcome_of = |rel: &str| -> &Outcome {
@@ -81,7 +80,7 @@ async fn the_whole_corpus_goes_through_rabbitmq_without_a_worker_crash() {
     assert_eq!(failed(outcome_of("pdf/pdfminer.six/rc4-128.pdf")).code, "encrypted");
     assert_eq!(failed(outcome_of("docx/apache-poi/bug53475-password-is-pass.docx")).code, "encrypted");
     for scan in ["pdf/OCRmyPDF/linn.pdf", "pdf/OCRmyPDF/c02-22.pdf"] {
-        assert_eq!(ingested(outcome_of(scan)).status, "no_text", "{scan}");
+        assert_eq!(ingested(outcome_of(scan)).status, DocumentStatus::NoText, "{scan}");
     }
     for good in [
         "pdf/pdf.js/tracemonkey.pdf",
@@ -90,10 +89,10 @@ async fn the_whole_corpus_goes_through_rabbitmq_without_a_worker_crash() {
         "text/rfc2616.txt",
     ] {
         let event = ingested(outcome_of(good));
-        assert!(event.status == "ingested" && event.chunks > 0, "{good}: {event:?}");
+        assert!(event.status == DocumentStatus::Ingested && event.chunks > 0, "{good}: {event:?}");
     }
     let secret = ingested(&outcomes[&with_password.upload_id]);
-    assert_eq!(secret.status, "ingested", "password from metadata opens the PDF");
+    assert_eq!(secret.status, DocumentStatus::Ingested, "password from metadata opens the PDF");
 
     // Every failure is visible three ways: event (checked above), document status, dead letter.
     let pool = env.pool().await;
@@ -112,7 +111,7 @@ async fn the_whole_corpus_goes_through_rabbitmq_without_a_worker_crash() {
                 let reason: String = row.get("failure_reason");
                 assert!(reason.starts_with(&event.code), "{reason} vs {event:?}");
             }
-            Outcome::Ingested(event) if event.status == "no_text" => {
+            Outcome::Ingested(event) if event.status == DocumentStatus::NoText => {
                 let status: String = sqlx::query_scalar("SELECT status FROM documents WHERE id = $1")
                     .bind(event.document_id)
                     .fetch_one(&pool)
@@ -124,12 +123,13 @@ async fn the_whole_corpus_goes_through_rabbitmq_without_a_worker_crash() {
         }
     }
     assert!(failures > 0, "the corpus holds broken files");
-    let depths = broker.depths().await.expect("depths");
-    assert_eq!(depths.dead, failures, "one dead letter per failed upload");
+    let depths = queue.uploads.depths().await.expect("depths");
+    assert_eq!(depths.dead, u64::from(failures), "one dead letter per failed upload");
 
     // The worker is still serving, and PDF citations carry page numbers.
-    let request = QueryRequest::new("Trace-based Just-in-Time Type Specialization for Dynamic Languages", "corpus", 3);
-    let reply = client::query(&broker, &request, Duration::from_secs(30)).await.expect("reply");
+    let request =
+        QueryRequest::new("Trace-based Just-in-Time Type Specialization for Dynamic Languages", name("corpus"), 3);
+    let reply = client::query(queue.requests.as_ref(), &request, Duration::from_secs(30)).await.expect("reply");
     let first = &reply["chunks"][0];
     assert_eq!(first["filename"], "tracemonkey.pdf", "{reply}");
     assert_eq!(first["page"], 1, "{reply}");

@@ -35,7 +35,7 @@ fn service_with(
     let mut settings = EmbedderSettings::default();
     fake.configure(&mut settings);
     tweak(&mut settings);
-    EmbeddingService::from_settings(&settings, cache, cache::from_settings(cache)).expect("service")
+    EmbeddingService::from_settings(&settings, cache, cache::connect(cache).1).expect("service")
 }
 
 /// Equal up to the rounding of re-normalising a unit vector.

@@ -23,7 +23,7 @@ fn worker(fake: &FakeOpenAi, cache: &CacheSettings, rpm: u64, tpm: u64) -> Embed
     settings.max_concurrent_requests = 4;
     settings.requests_per_minute = rpm;
     settings.tokens_per_minute = tpm;
-    EmbeddingService::from_settings(&settings, cache, cache::from_settings(cache)).expect("service")
+    EmbeddingService::from_settings(&settings, cache, cache::connect(cache).1).expect("service")
 }
 
 /// Checks that by every arrival the cumulative cost stays within burst + rate × elapsed + one

@@ -141,7 +141,7 @@ async fn the_pipeline_ingests_and_answers_with_the_local_model() {
     let e = &mut env.settings.embedder;
     (e.kind, e.model, e.model_dir, e.dimensions, e.local_threads) = (EmbedderKind::Local, MODEL.into(), dir, 384, 2);
     let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
-    let broker = env.broker().await;
+    let broker = env.queue().await;
     // No word of the query appears in the right document: only a semantic model finds it.
     let docs = [
         ("pets.txt", "My puppy loves chasing tennis balls across the lawn every morning."),
@@ -154,8 +154,8 @@ async fn the_pipeline_ingests_and_answers_with_the_local_model() {
     for u in &uploads {
         ingested(&outcomes[&u.upload_id]);
     }
-    let request = QueryRequest::new("a young dog playing outside", "semantic", 1);
-    let reply = client::query(&broker, &request, Duration::from_secs(30)).await.expect("reply");
+    let request = QueryRequest::new("a young dog playing outside", common::name("semantic"), 1);
+    let reply = client::query(broker.requests.as_ref(), &request, Duration::from_secs(30)).await.expect("reply");
     assert_eq!(reply["chunks"][0]["filename"], "pets.txt", "{reply}");
     worker.stop().await;
 }

@@ -43,7 +43,7 @@ async fn chunks_of_many_documents_share_batches_cut_exactly_at_count_and_token_l
     e.max_concurrent_requests = 1;
     e.max_wait_ms = 2000;
     let worker = env.start_worker(&[Role::Ingest]).await;
-    let broker = env.broker().await;
+    let broker = env.queue().await;
     let uploads: Vec<_> = (0..6)
         .map(|d| {
             env.upload_file(&env.write(&format!("doc{d}.txt"), document(&format!("doc{d}"), 7).as_bytes()), "batches")
@@ -97,7 +97,7 @@ async fn exhausted_quota_fails_the_document_with_a_reason_for_the_operator_and_d
     let mut env = TestEnv::new().await;
     env_with(&fake, &mut env);
     let worker = env.start_worker(&[Role::Ingest]).await;
-    let broker = env.broker().await;
+    let broker = env.queue().await;
     let upload = env.upload_file(&env.write("broke.txt", document("broke", 3).as_bytes()), "quota");
     let outcomes = ingest(&broker, std::slice::from_ref(&upload)).await;
     let event = failed(&outcomes[&upload.upload_id]);
@@ -138,7 +138,7 @@ async fn an_input_the_model_refuses_fails_only_its_own_document() {
     env.settings.embedder.batch_size = 32;
     env.settings.embedder.max_wait_ms = 1000;
     let worker = env.start_worker(&[Role::Ingest]).await;
-    let broker = env.broker().await;
+    let broker = env.queue().await;
     let good_a = env.upload_file(&env.write("a.txt", document("alpha", 4).as_bytes()), "mixed");
     let bad = env
         .upload_file(&env.write("bad.txt", format!("{}\n\nOVERSIZED table", document("bravo", 3)).as_bytes()), "mixed");
@@ -174,7 +174,7 @@ async fn a_batch_whose_retries_run_out_is_requeued_and_ingested_on_redelivery() 
     env.settings.embedder.initial_backoff_ms = 50;
     env.settings.embedder.max_backoff_ms = 100;
     let worker = env.start_worker(&[Role::Ingest]).await;
-    let broker = env.broker().await;
+    let broker = env.queue().await;
     let upload = env.upload_file(&env.write("patient.txt", document("patient", 2).as_bytes()), "retry");
     let outcomes = ingest(&broker, std::slice::from_ref(&upload)).await;
     ingested(&outcomes[&upload.upload_id]);
@@ -193,7 +193,7 @@ async fn a_collection_refuses_vectors_of_another_model() {
     let mut env = TestEnv::new().await;
     env_with(&fake, &mut env);
     let worker = env.start_worker(&[Role::Ingest]).await;
-    let broker = env.broker().await;
+    let broker = env.queue().await;
     let first = env.upload_file(&env.write("one.txt", document("one", 2).as_bytes()), "models");
     ingested(&ingest(&broker, std::slice::from_ref(&first)).await[&first.upload_id]);
     worker.stop().await;
@@ -221,7 +221,7 @@ async fn identical_chunks_and_repeated_queries_reach_the_api_once() {
     let mut env = TestEnv::new().await;
     env_with(&fake, &mut env);
     let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
-    let broker = env.broker().await;
+    let broker = env.queue().await;
     // Paragraphs of 30-40 tokens: two never fit one 60-token chunk, so the disclaimer is a chunk of its own.
     let shared = format!(
         "Every page ends with the same disclaimer: {}",
@@ -242,9 +242,9 @@ async fn identical_chunks_and_repeated_queries_reach_the_api_once() {
         "the shared chunk came from the cache"
     );
 
-    let request = QueryRequest::new("Which notes mention lighthouses?", "cache", 2);
+    let request = QueryRequest::new("Which notes mention lighthouses?", common::name("cache"), 2);
     for _ in 0..2 {
-        let reply = client::query(&broker, &request, Duration::from_secs(30)).await.expect("reply");
+        let reply = client::query(broker.requests.as_ref(), &request, Duration::from_secs(30)).await.expect("reply");
         assert_eq!(reply["chunks"][0]["filename"], "b.txt", "{reply}");
     }
     assert_eq!(
@@ -268,14 +268,16 @@ async fn a_query_gets_an_error_reply_when_the_api_keeps_failing_not_silence() {
     env.settings.query.embed_timeout_secs = 1;
     env.settings.embedder.initial_backoff_ms = 100;
     let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
-    let broker = env.broker().await;
+    let broker = env.queue().await;
     let upload = env.upload_file(&env.write("a.txt", document("alpha", 2).as_bytes()), "outage");
     ingested(&ingest(&broker, std::slice::from_ref(&upload)).await[&upload.upload_id]);
 
     failing.store(true, std::sync::atomic::Ordering::SeqCst);
-    let request = QueryRequest::new("a question nobody asked before", "outage", 1);
+    let request = QueryRequest::new("a question nobody asked before", common::name("outage"), 1);
     let started = Instant::now();
-    let reply = client::query(&broker, &request, Duration::from_secs(30)).await.expect("a reply, not a client timeout");
+    let reply = client::query(broker.requests.as_ref(), &request, Duration::from_secs(30))
+        .await
+        .expect("a reply, not a client timeout");
     assert_eq!(reply["error"]["code"], "embedding_timeout", "{reply}");
     assert!(started.elapsed() < Duration::from_secs(10), "answered after {:?}", started.elapsed());
     assert!(fake.requests().len() > 2, "the API was retried within the limit");

@@ -1,24 +1,34 @@
-//! End-to-end ingest through real RabbitMQ, PostgreSQL and Redis: uploads in, events and rows out.
+//! End-to-end ingest, uploads in, events and rows out: through real RabbitMQ, PostgreSQL and
+//! Redis, and again on the embedded backends (SQLite file, embedded queue, in-process cache)
+//! with the same assertions.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{TestEnv, corpus, failed, ingest, ingested};
+use common::{TestEnv, corpus, failed, ingest, ingested, name};
 use futures::StreamExt;
-use lapin::options::BasicGetOptions;
 use ragpipe::client;
-use ragpipe::messages::{self, QueryRequest};
-use ragpipe::queue::Broker;
+use ragpipe::messages::{self, DocumentStatus, QueryRequest};
+use ragpipe::queue::Queue;
 use ragpipe::worker::Role;
-use sqlx::Row;
+
+on_both_backends!(
+    twenty_text_and_markdown_files_are_ingested_and_unique_facts_are_found,
+    duplicate_upload_is_acknowledged_without_new_chunks,
+    the_same_message_delivered_twice_stores_one_copy,
+    bad_messages_are_dead_lettered_with_reasons_and_the_worker_carries_on,
+    a_crash_between_commit_and_ack_is_recovered_without_duplicates,
+);
 
 fn query(text: &str, collection: &str) -> QueryRequest {
-    QueryRequest::new(text, collection, 3)
+    QueryRequest::new(text, name(collection), 3)
 }
 
-async fn top_filenames(broker: &dyn Broker, text: &str, collection: &str) -> Vec<String> {
-    let reply = client::query(broker, &query(text, collection), Duration::from_secs(30)).await.expect("query reply");
+async fn top_filenames(queue: &Queue, text: &str, collection: &str) -> Vec<String> {
+    let reply = client::query(queue.requests.as_ref(), &query(text, collection), Duration::from_secs(30))
+        .await
+        .expect("query reply");
     assert!(reply.get("error").is_none(), "query failed: {reply}");
     reply["chunks"]
         .as_array()
@@ -28,11 +38,9 @@ async fn top_filenames(broker: &dyn Broker, text: &str, collection: &str) -> Vec
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_text_and_markdown_files_are_ingested_and_unique_facts_are_found() {
-    let env = TestEnv::new().await;
+async fn twenty_text_and_markdown_files_are_ingested_and_unique_facts_are_found(env: TestEnv) {
     let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
-    let broker = env.broker().await;
+    let queue = worker.queue().await;
 
     let mut files: Vec<_> = ["text", "markdown"]
         .iter()
@@ -51,28 +59,25 @@ async fn twenty_text_and_markdown_files_are_ingested_and_unique_facts_are_found(
     }
     assert_eq!(files.len(), 20);
     let uploads: Vec<_> = files.iter().map(|f| env.upload_file(f, "harbour")).collect();
-    let outcomes = ingest(&broker, &uploads).await;
+    let outcomes = ingest(&queue, &uploads).await;
     for upload in &uploads {
         let event = ingested(&outcomes[&upload.upload_id]);
-        assert!(!event.duplicate && event.chunks > 0 && event.status == "ingested", "{}: {event:?}", upload.filename);
+        assert!(
+            !event.duplicate && event.chunks > 0 && event.status == DocumentStatus::Ingested,
+            "{}: {event:?}",
+            upload.filename
+        );
     }
 
-    let hits = top_filenames(&broker, "When does the zebra-striped kettle of Quillon Bay whistle?", "harbour").await;
+    let hits = top_filenames(&queue, "When does the zebra-striped kettle of Quillon Bay whistle?", "harbour").await;
     assert!(hits.iter().any(|f| f == "note-00.md"), "kettle note not in top 3: {hits:?}");
-    let hits = top_filenames(&broker, "How doth the little crocodile improve his shining tail", "harbour").await;
+    let hits = top_filenames(&queue, "How doth the little crocodile improve his shining tail", "harbour").await;
     assert!(hits.iter().any(|f| f == "alice29.txt"), "alice not in top 3: {hits:?}");
 
-    let pool = env.pool().await;
-    let row = sqlx::query(
-        "SELECT count(*) AS docs, sum(chunk_count)::bigint AS chunks FROM documents WHERE status = 'ingested'",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("count");
-    assert_eq!(row.get::<i64, _>("docs"), 20);
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks").fetch_one(&pool).await.expect("chunks");
-    assert_eq!(stored, row.get::<i64, _>("chunks"));
-    let blobs = walk_count(&env.settings.storage.root);
+    assert_eq!(env.count("SELECT count(*) FROM documents WHERE status = 'ingested'").await, 20);
+    let chunks = env.count("SELECT sum(chunk_count) FROM documents WHERE status = 'ingested'").await;
+    assert_eq!(env.count("SELECT count(*) FROM chunks").await, chunks);
+    let blobs = walk_count(&env.settings.storage.blob_root());
     assert_eq!(blobs, 20, "one content-addressed blob per distinct file");
     worker.stop().await;
 }
@@ -83,46 +88,39 @@ fn walk_count(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_upload_is_acknowledged_without_new_chunks() {
-    let env = TestEnv::new().await;
+async fn duplicate_upload_is_acknowledged_without_new_chunks(env: TestEnv) {
     let worker = env.start_worker(&[Role::Ingest]).await;
-    let broker = env.broker().await;
+    let queue = worker.queue().await;
     let a = env.write("a.txt", b"Lighthouse keepers log the weather at dawn.\n\nThe lamp is trimmed at dusk.");
     let b = env.write("copy-of-a.txt", b"Lighthouse keepers log the weather at dawn.\n\nThe lamp is trimmed at dusk.");
 
     let first = env.upload_file(&a, "dups");
-    let outcomes = ingest(&broker, std::slice::from_ref(&first)).await;
+    let outcomes = ingest(&queue, std::slice::from_ref(&first)).await;
     let original = ingested(&outcomes[&first.upload_id]).clone();
     assert!(!original.duplicate);
 
     let second = env.upload_file(&b, "dups");
-    let outcomes = ingest(&broker, std::slice::from_ref(&second)).await;
+    let outcomes = ingest(&queue, std::slice::from_ref(&second)).await;
     let dup = ingested(&outcomes[&second.upload_id]);
     assert!(dup.duplicate, "same bytes must be a duplicate: {dup:?}");
     assert_eq!(dup.document_id, original.document_id);
     assert_eq!(dup.sha256, original.sha256);
 
-    let pool = env.pool().await;
-    let docs: i64 = sqlx::query_scalar("SELECT count(*) FROM documents").fetch_one(&pool).await.expect("docs");
-    let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks").fetch_one(&pool).await.expect("chunks");
-    assert_eq!(docs, 1);
-    assert_eq!(chunks, original.chunks);
+    assert_eq!(env.count("SELECT count(*) FROM documents").await, 1);
+    assert_eq!(env.count("SELECT count(*) FROM chunks").await, original.chunks);
     worker.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_message_delivered_twice_stores_one_copy() {
-    let env = TestEnv::new().await;
+async fn the_same_message_delivered_twice_stores_one_copy(env: TestEnv) {
     let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
-    let broker = env.broker().await;
+    let queue = worker.queue().await;
     let path = env.write("twice.txt", "The ferry to Ardmore leaves at noon.\n\n".repeat(40).as_bytes());
     let upload = env.upload_file(&path, "twice");
 
     // Publish the identical message twice, as a broker does after a crash between commit and ack.
-    let mut events = client::subscribe_outcomes(&broker).await.expect("subscribe");
-    broker.publish_upload(&messages::encode(&upload)).await.expect("publish");
-    broker.publish_upload(&messages::encode(&upload)).await.expect("publish again");
+    let mut events = client::subscribe_outcomes(queue.events.as_ref()).await.expect("subscribe");
+    queue.uploads.publish(&messages::encode(&upload)).await.expect("publish");
+    queue.uploads.publish(&messages::encode(&upload)).await.expect("publish again");
     let mut seen = Vec::new();
     while seen.len() < 2 {
         let event = tokio::time::timeout(Duration::from_secs(60), events.next()).await.expect("event").expect("stream");
@@ -134,22 +132,18 @@ async fn the_same_message_delivered_twice_stores_one_copy() {
     assert_eq!(seen[0]["document_id"], seen[1]["document_id"]);
     assert_eq!(seen[0]["chunks"], seen[1]["chunks"]);
 
-    let pool = env.pool().await;
-    let docs: i64 = sqlx::query_scalar("SELECT count(*) FROM documents").fetch_one(&pool).await.expect("docs");
-    let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks").fetch_one(&pool).await.expect("chunks");
-    assert_eq!(docs, 1);
+    assert_eq!(env.count("SELECT count(*) FROM documents").await, 1);
+    let chunks = env.count("SELECT count(*) FROM chunks").await;
     assert_eq!(chunks, seen[0]["chunks"].as_i64().expect("chunks"));
     let stats = worker.services.indexes.stats("twice").await.expect("index open");
     assert_eq!(stats.vectors as i64, chunks, "no duplicate vectors in FAISS");
     worker.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_messages_are_dead_lettered_with_reasons_and_the_worker_carries_on() {
-    let env = TestEnv::new().await;
+async fn bad_messages_are_dead_lettered_with_reasons_and_the_worker_carries_on(env: TestEnv) {
     let worker = env.start_worker(&[Role::Ingest]).await;
-    let broker = env.broker().await;
-    let mut events = client::subscribe_outcomes(&broker).await.expect("subscribe");
+    let queue = worker.queue().await;
+    let mut events = client::subscribe_outcomes(queue.events.as_ref()).await.expect("subscribe");
 
     let empty = env.write("empty.txt", b"");
     let mut outside = env.upload_file(&empty, "bad");
@@ -161,10 +155,10 @@ async fn bad_messages_are_dead_lettered_with_reasons_and_the_worker_carries_on()
     let unsupported = env.upload_file(&binary, "bad");
     let good = env.upload_file(&env.write("good.txt", b"Still serving after bad input."), "bad");
 
-    broker.publish_upload(b"this is not json").await.expect("publish malformed");
-    broker.publish_upload(br#"{"v":99,"upload_id":"from-the-future","collection":"bad"}"#).await.expect("publish v99");
+    queue.uploads.publish(b"this is not json").await.expect("publish malformed");
+    queue.uploads.publish(br#"{"v":99,"upload_id":"from-the-future","collection":"bad"}"#).await.expect("publish v99");
     for upload in [&outside, &missing, &empty_upload, &unsupported, &good] {
-        broker.publish_upload(&messages::encode(upload)).await.expect("publish");
+        queue.uploads.publish(&messages::encode(upload)).await.expect("publish");
     }
     let ids: Vec<String> = [&outside, &missing, &empty_upload, &unsupported, &good]
         .iter()
@@ -183,82 +177,59 @@ async fn bad_messages_are_dead_lettered_with_reasons_and_the_worker_carries_on()
     assert!(!ingested(&outcomes[&good.upload_id]).duplicate, "the worker keeps serving after bad input");
 
     // The document that existed (the empty file) is marked failed with the reason.
-    let pool = env.pool().await;
-    let row = sqlx::query("SELECT status, failure_reason FROM documents WHERE id = $1")
-        .bind(empty_event.document_id.expect("empty file has a document row"))
-        .fetch_one(&pool)
-        .await
-        .expect("row");
-    assert_eq!(row.get::<String, _>("status"), "failed");
-    assert!(
-        row.get::<String, _>("failure_reason").starts_with("empty"),
-        "{:?}",
-        row.get::<String, _>("failure_reason")
-    );
+    let id = empty_event.document_id.expect("empty file has a document row");
+    assert_eq!(env.text(&format!("SELECT status FROM documents WHERE id = {id}")).await, "failed");
+    let reason = env.text(&format!("SELECT failure_reason FROM documents WHERE id = {id}")).await;
+    assert!(reason.starts_with("empty"), "{reason:?}");
 
-    // Six dead letters, each with the reason in its headers.
-    let conn = lapin::Connection::connect(&common::amqp_url(), Default::default()).await.expect("amqp");
-    let channel = conn.create_channel().await.expect("channel");
-    let mut codes = Vec::new();
-    for _ in 0..6 {
-        let message = channel
-            .basic_get(env.settings.broker.dead_letter_queue.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("basic_get")
-            .expect("a dead letter");
-        let headers = message.delivery.properties.headers().clone().expect("headers");
-        let code =
-            headers.inner().get("x-ragpipe-code").and_then(|v| v.as_long_string()).expect("code header").to_string();
-        let reason = headers.inner().get("x-ragpipe-reason").and_then(|v| v.as_long_string()).expect("reason header");
-        assert!(!reason.to_string().is_empty());
-        codes.push(code);
-    }
-    codes.sort();
+    // Six dead letters, each with its reason.
+    let dead = queue.uploads.dead_letters(10).await.expect("dead letters");
+    assert!(dead.iter().all(|d| !d.reason.reason.is_empty()), "{dead:?}");
+    let mut codes: Vec<&str> = dead.iter().map(|d| d.reason.code.as_str()).collect();
+    codes.sort_unstable();
     assert_eq!(codes, ["empty", "forbidden_path", "malformed", "not_found", "unsupported_type", "unsupported_version"]);
     worker.stop().await;
 }
 
 /// A crash at each commit point (after the PostgreSQL commit; after the index add) leaves the
 /// message unacknowledged; the next worker gets it again and settles it without duplicates.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_between_commit_and_ack_is_recovered_without_duplicates() {
-    use ragpipe::worker::FaultPoint;
+async fn a_crash_between_commit_and_ack_is_recovered_without_duplicates(env: TestEnv) {
+    use ragpipe::app::FaultPoint;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    for point in [FaultPoint::AfterPersist, FaultPoint::AfterIndex] {
-        let env = TestEnv::new().await;
-        let crashed = Arc::new(AtomicBool::new(false));
+    for (point, collection) in [(FaultPoint::AfterPersist, "crash-persist"), (FaultPoint::AfterIndex, "crash-index")] {
+        let crashed = Arc::new((AtomicBool::new(false), tokio::sync::Notify::new()));
         let hook = {
             let crashed = crashed.clone();
-            Arc::new(move |at: FaultPoint| at == point && !crashed.swap(true, Ordering::SeqCst))
+            Arc::new(move |at: FaultPoint| {
+                let crash = at == point && !crashed.0.swap(true, Ordering::SeqCst);
+                if crash {
+                    crashed.1.notify_one();
+                }
+                crash
+            })
         };
         let worker = env.start_worker_with(&[Role::Ingest, Role::Query], Some(hook)).await;
-        let broker = env.broker().await;
+        let client = env.queue().await;
         let path = env.write("crash.txt", "Granite quarries supplied the harbour wall.\n\n".repeat(30).as_bytes());
-        let upload = env.upload_file(&path, "crash");
-        let mut events = client::subscribe_outcomes(&broker).await.expect("subscribe");
-        broker.publish_upload(&messages::encode(&upload)).await.expect("publish");
+        let upload = env.upload_file(&path, collection);
+        let mut events = client::subscribe_outcomes(client.events.as_ref()).await.expect("subscribe");
+        client.uploads.publish(&messages::encode(&upload)).await.expect("publish");
         // Wait until the job reached the crash point, then "restart" the worker.
-        for _ in 0..600 {
-            if crashed.load(Ordering::SeqCst) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(crashed.load(Ordering::SeqCst), "{point:?} was reached");
+        tokio::time::timeout(Duration::from_secs(60), crashed.1.notified()).await.expect("the crash point is reached");
         worker.stop().await;
 
         let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
         let outcomes = common::wait(&mut events, std::slice::from_ref(&upload.upload_id)).await;
         let event = ingested(&outcomes[&upload.upload_id]);
-        let pool = env.pool().await;
-        let docs: i64 = sqlx::query_scalar("SELECT count(*) FROM documents").fetch_one(&pool).await.expect("docs");
-        let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks").fetch_one(&pool).await.expect("chunks");
+        let of_collection = format!("(SELECT id FROM collections WHERE name = '{collection}')");
+        let docs = env.count(&format!("SELECT count(*) FROM documents WHERE collection_id = {of_collection}")).await;
+        let chunks = env.count(&format!("SELECT count(*) FROM chunks WHERE collection_id = {of_collection}")).await;
         assert_eq!((docs, chunks), (1, event.chunks), "{point:?}: one document, no duplicate chunks");
-        let hits = top_filenames(&broker, "granite quarries harbour wall", "crash").await;
+        let hits = top_filenames(&worker.queue().await, "granite quarries harbour wall", collection).await;
         assert_eq!(hits.first().map(String::as_str), Some("crash.txt"), "{point:?}");
-        let stats = worker.services.indexes.stats("crash").await.expect("index open");
+        let stats = worker.services.indexes.stats(collection).await.expect("index open");
         assert_eq!(stats.vectors as i64, chunks, "{point:?}: no duplicate vectors");
         worker.stop().await;
     }

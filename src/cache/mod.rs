@@ -31,10 +31,14 @@ pub trait Cache: Send + Sync {
     }
 }
 
-/// The cache `[cache]` asks for: Redis if a URL is set, in-process otherwise.
-pub fn from_settings(settings: &CacheSettings) -> Arc<dyn Cache> {
+/// The cache `[cache]` asks for: Redis for a `redis://` URL, in-process (moka) when there is
+/// none. Never fails: Redis is connected lazily and an outage only costs misses. Returns the
+/// backend's description (`redis (url)` or `memory`) with it.
+pub fn connect(settings: &CacheSettings) -> (String, Arc<dyn Cache>) {
     match &settings.url {
-        Some(url) => Arc::new(redis::RedisCache::new(url, settings)),
-        None => Arc::new(memory::MemoryCache::new(settings.memory_capacity)),
+        Some(url) => {
+            (format!("redis ({})", crate::config::redact_url(url)), Arc::new(redis::RedisCache::new(url, settings)))
+        }
+        None => ("memory".to_owned(), Arc::new(memory::MemoryCache::new(settings.memory_capacity))),
     }
 }

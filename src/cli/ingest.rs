@@ -1,19 +1,26 @@
 //! `ragpipe ingest <paths…>`: publish one upload per file; with `--wait`, follow their outcomes
 //! and print a summary (ingested / duplicate / no text / failed with reasons).
+//!
+//! With the embedded queue and no worker running on the data directory, this process runs the
+//! ingest role itself until its uploads are settled (so `--wait` is implied): the same pipeline,
+//! progress and summary as with a worker, and nothing needs to run in the background.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, Outcome};
 use crate::config::Settings;
-use crate::ingest::fetch::FetchPolicy;
-use crate::messages;
-use crate::queue::Broker;
-use crate::queue::amqp::AmqpBroker;
+use crate::embedded::LazyDatabase;
+use crate::fetch::FetchPolicy;
+use crate::messages::{self, CollectionName, DocumentStatus};
+use crate::queue::{self, QueueKind};
+use crate::worker::{self, Role};
 
 /// Arguments of `ragpipe ingest`.
 #[derive(Debug, clap::Args)]
@@ -32,12 +39,13 @@ pub struct Args {
     pub timeout: u64,
 }
 
-/// Publishes the uploads and optionally waits for them.
+/// Publishes the uploads and optionally waits for them (or, embedded with no worker, processes
+/// them here).
 ///
 /// # Errors
-/// No files, an unreadable file, or a broker failure.
+/// No files, an unreadable file, a bad collection name, or a queue failure.
 pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
-    crate::ingest::validate_collection(&args.collection).map_err(|f| anyhow::anyhow!(f.reason))?;
+    let collection = CollectionName::new(args.collection.as_str())?;
     let files = client::collect_files(&args.paths)?;
     anyhow::ensure!(!files.is_empty(), "no files found under {:?}", args.paths);
     let policy = FetchPolicy::new(
@@ -45,48 +53,98 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         settings.extract.max_file_bytes,
         settings.ingest.max_inline_bytes,
     );
-    let broker = AmqpBroker::connect(&settings.broker).await.context("connecting to the broker")?;
+    let embedded = LazyDatabase::new(settings.storage.database_file());
+    let mut queue = queue::connect(&settings.broker, &embedded).await.context("connecting to the queue")?;
+    let local = matches!(queue.kind, QueueKind::Embedded(_))
+        && !queue.uploads.has_consumers().await.context("looking for a running worker")?;
+    let worker = if local {
+        let program = std::env::current_exe().context("locating the ragpipe binary for the extraction sandbox")?;
+        let services =
+            Arc::new(worker::connect_with(settings, program, &embedded).await.context("starting the pipeline")?);
+        queue = services.queue.clone();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn({
+            let (services, shutdown) = (services.clone(), shutdown.clone());
+            async move { worker::run(services, &[Role::Ingest], shutdown).await }
+        });
+        Some((shutdown, running))
+    } else {
+        None
+    };
     let started = Instant::now();
     // Subscribe before publishing so that no outcome can slip past.
-    let mut events = if args.wait { Some(client::subscribe_outcomes(&broker).await?) } else { None };
+    let wait = args.wait || local;
+    let mut events = if wait { Some(client::subscribe_outcomes(queue.events.as_ref()).await?) } else { None };
     let mut pending = Vec::with_capacity(files.len());
     let mut names = std::collections::HashMap::new();
     for file in &files {
-        let upload = client::upload_for_file(file, &args.collection, &policy)?;
-        broker
-            .publish_upload(&messages::encode(&upload))
+        let upload = client::upload_for_file(file, &collection, &policy)?;
+        queue
+            .uploads
+            .publish(&messages::encode(&upload))
             .await
             .with_context(|| format!("publishing {}", file.display()))?;
         names.insert(upload.upload_id.clone(), file.display().to_string());
         pending.push(upload.upload_id);
     }
     let Some(events) = events.as_mut() else {
-        println!("published {} upload(s) to collection `{}`", pending.len(), args.collection);
+        println!("published {} upload(s) to collection `{collection}`", pending.len());
         return Ok(ExitCode::SUCCESS);
     };
-    let bar = progress_bar(pending.len() as u64);
-    let outcomes = client::wait_for_outcomes(events, &pending, Duration::from_secs(args.timeout), |_| {
-        if let Some(bar) = &bar {
-            bar.inc(1);
-        }
-    })
-    .await;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let progress = Progress::new(pending.len() as u64);
+    let outcomes =
+        client::wait_for_outcomes(events, &pending, Duration::from_secs(args.timeout), |_| progress.inc()).await;
+    progress.finish();
     let elapsed = started.elapsed();
+    if let Some((shutdown, running)) = worker {
+        // Drain and write the index snapshots, so the next `ragpipe query` starts from them.
+        shutdown.cancel();
+        running.await.context("the pipeline task")?.context("running the pipeline")?;
+    }
     Ok(summarise(&pending, &outcomes, &names, elapsed))
 }
 
-fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
+/// A progress bar on a terminal; a line every few seconds otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    done: std::sync::atomic::AtomicU64,
+    last_line: std::sync::Mutex<Instant>,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} documents ({per_sec}, eta {eta})")
+            {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Self { bar, total, done: 0.into(), last_line: std::sync::Mutex::new(Instant::now()) }
     }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} documents ({elapsed})") {
-        bar.set_style(style);
+
+    fn inc(&self) {
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        match &self.bar {
+            Some(bar) => bar.inc(1),
+            None => {
+                let mut last = self.last_line.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if last.elapsed() >= Duration::from_secs(5) {
+                    eprintln!("{done}/{} documents", self.total);
+                    *last = Instant::now();
+                }
+            }
+        }
     }
-    Some(bar)
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn summarise(
@@ -101,7 +159,7 @@ fn summarise(
         let name = names.get(id).map(String::as_str).unwrap_or(id);
         match outcomes.get(id) {
             Some(Outcome::Ingested(e)) if e.duplicate => duplicate += 1,
-            Some(Outcome::Ingested(e)) if e.status == "no_text" => {
+            Some(Outcome::Ingested(e)) if e.status == DocumentStatus::NoText => {
                 no_text += 1;
                 problems.push(format!("  no text  {name}"));
             }
@@ -114,16 +172,14 @@ fn summarise(
         }
     }
     let secs = elapsed.as_secs_f64().max(1e-9);
+    let failed = pending.len() - ingested - duplicate - no_text;
     println!(
-        "{ingested} ingested ({chunks} chunks), {duplicate} duplicate, {no_text} without text, {} failed or pending — {} documents in {:.2} s ({:.1} documents/s)",
-        pending.len() - ingested - duplicate - no_text,
+        "{ingested} ingested ({chunks} chunks), {duplicate} duplicate, {no_text} without text, {failed} failed or pending — {} documents in {secs:.2} s ({:.1} documents/s)",
         pending.len(),
-        secs,
         pending.len() as f64 / secs
     );
     for line in &problems {
         println!("{line}");
     }
-    let failed = pending.len() - ingested - duplicate - no_text;
     if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

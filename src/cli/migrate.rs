@@ -1,11 +1,12 @@
-//! `ragpipe migrate`: apply the embedded PostgreSQL migrations.
+//! `ragpipe migrate`: create the database if needed and apply the migrations of its backend
+//! (`migrations/postgres` or `migrations/sqlite`).
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::store::postgres::PgStore;
+use crate::embedded::LazyDatabase;
 
 /// Arguments of `ragpipe migrate`.
 #[derive(Debug, clap::Args)]
@@ -16,9 +17,10 @@ pub struct Args {}
 /// # Errors
 /// The database is unreachable or a migration fails.
 pub async fn run(_args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
-    PgStore::create_database_if_missing(&settings.database).await.context("creating the database")?;
-    let store = PgStore::connect(&settings.database).await.context("connecting to the database")?;
-    store.migrate().await.context("applying migrations")?;
-    println!("migrations applied");
+    let mut database = settings.database.clone();
+    database.migrate_on_start = true;
+    let embedded = LazyDatabase::new(settings.storage.database_file());
+    let connected = crate::store::connect(&database, &embedded).await.context("migrating the store")?;
+    println!("migrations applied: {}", connected.kind);
     Ok(ExitCode::SUCCESS)
 }

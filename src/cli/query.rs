@@ -1,14 +1,20 @@
 //! `ragpipe query "<text>"`: send a `QueryRequest` over request/reply and print the passages.
+//!
+//! With RabbitMQ the request goes to the query workers. With the embedded queue the query role
+//! runs in this process (index snapshot + store, no worker needed), the same code a worker runs.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 use crate::client;
 use crate::config::Settings;
-use crate::messages::{QueryRequest, QueryResponse, VERSION};
-use crate::queue::amqp::AmqpBroker;
+use crate::embedded::LazyDatabase;
+use crate::messages::{CollectionName, QueryRequest, QueryResponse, VERSION};
+use crate::queue::{self, QueueKind};
 
 /// Arguments of `ragpipe query`.
 #[derive(Debug, clap::Args)]
@@ -34,20 +40,27 @@ pub struct Args {
 /// # Errors
 /// The broker is unreachable or no reply comes in time.
 pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
-    let broker = AmqpBroker::connect(&settings.broker).await.context("connecting to the broker")?;
+    let collection = args.collection.as_deref().map(CollectionName::new).transpose()?;
     let request = QueryRequest {
         v: VERSION,
         query: args.text,
-        collection: args.collection,
+        collection,
         top_k: args.top_k,
         min_score: args.min_score,
         answer: None,
         filters: None,
     };
     let timeout = Duration::from_secs(settings.query.client_timeout_secs);
-    let reply = client::query(&broker, &request, timeout)
-        .await
-        .context("waiting for the query reply (is a worker with the query role running?)")?;
+    let reply = if settings.broker.url.is_some() {
+        let queue = queue::connect(&settings.broker, &LazyDatabase::new(settings.storage.database_file()))
+            .await
+            .context("connecting to the queue")?;
+        client::query(queue.requests.as_ref(), &request, timeout)
+            .await
+            .context("waiting for the query reply (is a worker with the query role running?)")?
+    } else {
+        answer_here(settings, &request, timeout).await?
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
         return Ok(if reply.get("error").is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
@@ -81,4 +94,25 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         println!();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the query role in this process (embedded queue) and asks it.
+async fn answer_here(
+    settings: Settings,
+    request: &QueryRequest,
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let program = std::env::current_exe().context("locating the ragpipe binary")?;
+    let services = crate::worker::connect(settings, program).await.context("opening the embedded store")?;
+    debug_assert!(matches!(services.queue.kind, QueueKind::Embedded(_)));
+    let shutdown = CancellationToken::new();
+    let role = tokio::spawn(crate::query::run(Arc::new(services.query()), shutdown.clone()));
+    let reply = client::query(services.queue.requests.as_ref(), request, timeout).await.context("answering the query");
+    shutdown.cancel();
+    let _ = role.await;
+    // Catch-up from the store may have moved the index past its snapshot: keep that work.
+    if let Err(error) = services.indexes.snapshot_all().await {
+        tracing::warn!(%error, "could not update the index snapshot");
+    }
+    reply
 }

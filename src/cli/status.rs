@@ -1,14 +1,13 @@
-//! `ragpipe status`: documents per collection and status, queue depths, index snapshots.
+//! `ragpipe status`: compute kernels, backends, documents per collection and status, queue
+//! depths, index snapshots.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::queue::Broker;
-use crate::queue::amqp::AmqpBroker;
-use crate::store::Store;
-use crate::store::postgres::PgStore;
+use crate::embedded::LazyDatabase;
+use crate::{queue, store};
 
 /// Arguments of `ragpipe status`.
 #[derive(Debug, clap::Args)]
@@ -17,15 +16,25 @@ pub struct Args {}
 /// Prints the status.
 ///
 /// # Errors
-/// The database or broker is unreachable.
+/// The store is unreachable.
 pub async fn run(_args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     let kernels = crate::blas::Kernels::current();
     println!("compute:\n  {}", kernels.describe());
     if let Some(warning) = kernels.warning() {
         println!("  warning: {warning}");
     }
-    let store = PgStore::connect(&settings.database).await.context("connecting to the database")?;
-    let rows = store.status().await.context("reading document counts")?;
+    let embedded = LazyDatabase::new(settings.storage.database_file());
+    let connected = store::connect(&settings.database, &embedded).await.context("connecting to the store")?;
+    let queue = queue::connect(&settings.broker, &embedded).await;
+    let (cache, _) = crate::cache::connect(&settings.cache);
+    println!("backends:");
+    println!("  store  {}", connected.kind);
+    match &queue {
+        Ok(queue) => println!("  queue  {}", queue.kind),
+        Err(error) => println!("  queue  unreachable: {error}"),
+    }
+    println!("  cache  {cache}");
+    let rows = connected.store.status().await.context("reading document counts")?;
     println!("documents:");
     if rows.is_empty() {
         println!("  (none)");
@@ -36,19 +45,27 @@ pub async fn run(_args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
             row.collection, row.status, row.documents, row.chunks
         );
     }
-    match AmqpBroker::connect(&settings.broker).await {
-        Ok(broker) => match broker.depths().await {
-            Ok(d) => println!(
-                "queues:\n  uploads waiting {}\n  dead letters    {}\n  queries waiting {}",
-                d.ingest, d.dead, d.query
-            ),
+    if let Ok(queue) = &queue {
+        match queue.uploads.depths().await {
+            Ok(d) => {
+                println!("queues:\n  uploads waiting {}", d.ingest);
+                if let Some(taken) = d.in_progress {
+                    println!("  uploads taken   {taken}");
+                }
+                println!("  dead letters    {}\n  queries waiting {}", d.dead, d.query);
+            }
             Err(error) => println!("queues: {error}"),
-        },
-        Err(error) => println!("queues: broker unreachable: {error}"),
+        }
+        match queue.uploads.has_consumers().await {
+            Ok(true) => println!("  a worker is consuming uploads"),
+            Ok(false) => println!("  no worker is consuming uploads"),
+            Err(error) => println!("  consumers: {error}"),
+        }
     }
-    println!("index snapshots ({}):", settings.index.dir.display());
+    let index_dir = settings.index_dir();
+    println!("index snapshots ({}):", index_dir.display());
     let mut found = false;
-    if let Ok(entries) = std::fs::read_dir(&settings.index.dir) {
+    if let Ok(entries) = std::fs::read_dir(&index_dir) {
         for entry in entries.flatten() {
             let manifest = entry.path().join("manifest.json");
             let Ok(bytes) = std::fs::read(&manifest) else { continue };

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Settings, redact_url};
-use crate::worker::{self, Role, Services};
+use crate::config::Settings;
+use crate::worker::{self, Role};
 
 /// Arguments of `ragpipe worker`.
 #[derive(Debug, clap::Args)]
@@ -24,17 +24,13 @@ pub struct Args {
 /// A backend cannot be reached at start, or the ops endpoint cannot bind.
 pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     let roles = if args.roles.is_empty() { vec![Role::Ingest, Role::Query, Role::Scheduler] } else { args.roles };
-    tracing::info!(
-        ?roles,
-        broker = %settings.broker.url.as_ref().map(redact_url).unwrap_or_default(),
-        database = %settings.database.url.as_ref().map(redact_url).unwrap_or_default(),
-        cache = %settings.cache.url.as_ref().map(redact_url).unwrap_or_else(|| "in-process".into()),
-        "starting worker"
-    );
+    tracing::info!(?roles, data_dir = %settings.storage.data_dir.display(), "starting worker");
     crate::blas::Kernels::current().log();
     let program = std::env::current_exe().context("locating the ragpipe binary for the extraction sandbox")?;
     let http = settings.http.clone();
-    let services = Arc::new(Services::connect(settings, program).await.context("starting the worker")?);
+    let services = Arc::new(worker::connect(settings, program).await.context("starting the worker")?);
+    let b = &services.backends;
+    tracing::info!(store = %b.store, queue = %b.queue, cache = %b.cache, "backends connected");
     let shutdown = CancellationToken::new();
     if http.enabled {
         let addr = format!("{}:{}", http.bind, http.port);
@@ -45,7 +41,7 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     }
     tokio::spawn(watch_signals(shutdown.clone()));
     worker::run(services.clone(), &roles, shutdown).await?;
-    services.broker.close().await;
+    services.queue.close().await;
     tracing::info!("worker stopped");
     Ok(ExitCode::SUCCESS)
 }

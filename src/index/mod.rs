@@ -1,6 +1,7 @@
 //! The vector indexes a process holds: one FAISS index per collection, loaded from its newest
-//! snapshot, caught up from the store (`id > watermark`), kept fresh by events, and snapshotted
-//! periodically. FAISS is derived data; PostgreSQL stays the source of truth.
+//! snapshot, caught up from the store (`id > watermark`), and snapshotted periodically. (What
+//! triggers catch-up — events from other processes — is the query role's business:
+//! `query::follow`.) FAISS is derived data; PostgreSQL stays the source of truth.
 
 pub mod snapshot;
 pub mod vectors;
@@ -10,12 +11,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 pub use self::vectors::{IndexError, VectorIndex};
-use crate::messages::{DOCUMENT_INGESTED, DocumentIngested};
-use crate::queue::Broker;
 use crate::store::{Collection, Store};
 use crate::telemetry::metrics;
 
@@ -159,6 +157,11 @@ impl Indexes {
         .map_err(|e| IndexError::Faiss(format!("search task: {e}")))?
     }
 
+    /// Names of the collections whose indexes are open in this process.
+    pub async fn open_collections(&self) -> Vec<String> {
+        self.open.lock().await.keys().cloned().collect()
+    }
+
     /// Where a collection's open index stands (`None` if it is not open in this process).
     pub async fn stats(&self, collection: &str) -> Option<IndexStats> {
         let open = self.open.lock().await;
@@ -278,57 +281,5 @@ impl Indexes {
             let _ = self.snapshot_all().await;
         }
         let _ = self.snapshot_all().await;
-    }
-
-    /// Follows `document.ingested` events from other workers and catches the named collection
-    /// up from the store; also catches every open index up every `interval` as a safety net for
-    /// events missed while disconnected.
-    pub async fn run_follower(
-        self: Arc<Self>,
-        broker: Arc<dyn Broker>,
-        interval: Duration,
-        shutdown: CancellationToken,
-    ) {
-        let mut ticker = tokio::time::interval(interval);
-        let mut events = match broker.subscribe_events(&[DOCUMENT_INGESTED]).await {
-            Ok(events) => Some(events),
-            Err(error) => {
-                tracing::warn!(%error, "cannot subscribe to events; following by polling only");
-                None
-            }
-        };
-        loop {
-            let event = async {
-                match events.as_mut() {
-                    Some(stream) => stream.next().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticker.tick() => {
-                    let names: Vec<String> = self.open.lock().await.keys().cloned().collect();
-                    for name in names {
-                        if let Err(error) = self.catch_up(&name).await {
-                            tracing::warn!(collection = %name, %error, "index catch-up failed");
-                        }
-                    }
-                }
-                item = event => match item {
-                    Some(Ok(message)) => {
-                        if let Ok(event) = serde_json::from_slice::<DocumentIngested>(&message.body)
-                            && let Err(error) = self.catch_up(&event.collection).await
-                        {
-                            tracing::warn!(collection = %event.collection, %error, "index catch-up failed");
-                        }
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "event stream failed; following by polling only");
-                        events = None;
-                    }
-                    None => events = None,
-                },
-            }
-        }
     }
 }

@@ -20,11 +20,11 @@ use tokio::time::Instant;
 use super::finish::Finisher;
 use super::stages::Embedded;
 use super::{Failed, Work};
+use crate::app::IngestContext;
 use crate::chunk::Chunk;
 use crate::embed::plan::{Input, batch_len};
 use crate::embed::service::{EmbedResult, EmbeddingService};
 use crate::error::Failure;
-use crate::worker::Services;
 
 /// (document key, chunk index) of one input in a batch.
 type Slot = (u64, usize);
@@ -95,10 +95,10 @@ struct Batcher {
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<Work<Vec<Chunk>>>,
     tx: mpsc::Sender<Work<Embedded>>,
-    services: Arc<Services>,
+    ctx: Arc<IngestContext>,
     finisher: Finisher,
 ) {
-    let service = services.embedding.clone();
+    let service = ctx.embedding.clone();
     let limits = service.limits();
     let mut b = Batcher {
         service,
@@ -106,7 +106,7 @@ pub(crate) async fn run(
         queue: BatchQueue::new(limits.batch_size, limits.max_tokens_per_request),
         next_key: 0,
         inflight: FuturesUnordered::new(),
-        max_wait: Duration::from_millis(services.settings.embedder.max_wait_ms),
+        max_wait: Duration::from_millis(ctx.embed_max_wait_ms),
         max_inflight: limits.max_concurrent_requests,
     };
     let mut input_open = true;

@@ -1,32 +1,33 @@
 //! Settling a message: success (event, then ack), permanent failure (document `failed`, dead
-//! letter with the reason, `document.failed`, ack), or transient failure (requeue after a delay,
-//! until the delivery limit, after which it is settled as a permanent failure).
+//! letter with the reason, `document.failed`), or transient failure (delivered again after a
+//! delay, until the delivery limit, after which it is settled as a permanent failure).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Doc, Failed, Job};
+use crate::app::IngestContext;
 use crate::error::Failure;
 use crate::messages::{self, DOCUMENT_FAILED, DOCUMENT_INGESTED, DocumentFailed, DocumentIngested, VERSION};
-use crate::queue::Delivery;
+use crate::queue::{DeadLetterReason, Delivery};
+use crate::store::DocumentStatus;
 use crate::telemetry::metrics;
-use crate::worker::Services;
 
 /// Settles jobs. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Finisher {
-    services: Arc<Services>,
+    ctx: Arc<IngestContext>,
 }
 
 impl Finisher {
-    pub(crate) fn new(services: Arc<Services>) -> Self {
-        Self { services }
+    pub(crate) fn new(ctx: Arc<IngestContext>) -> Self {
+        Self { ctx }
     }
 
     /// The document is stored and indexed (or was already): publish the event, then ack. The
     /// event goes first so it is never lost: a crash before the ack redelivers the message,
     /// which finds the document done and publishes again (events are at-least-once).
-    pub(crate) async fn succeed(&self, job: Job, doc: &Doc, chunks: i64, duplicate: bool, status: &str) {
+    pub(crate) async fn succeed(&self, job: Job, doc: &Doc, chunks: i64, duplicate: bool, status: DocumentStatus) {
         let event = DocumentIngested {
             v: VERSION,
             upload_id: job.upload.upload_id.clone(),
@@ -35,17 +36,17 @@ impl Finisher {
             sha256: doc.sha256.clone(),
             chunks,
             duplicate,
-            status: status.to_owned(),
+            status,
         };
-        if let Err(error) = self.services.broker.publish_event(DOCUMENT_INGESTED, &messages::encode(&event)).await {
-            tracing::warn!(upload_id = %event.upload_id, %error, "could not publish document.ingested; requeueing");
-            self.requeue_later(job.delivery, Duration::from_secs(1));
+        if let Err(error) = self.ctx.events.publish(DOCUMENT_INGESTED, &messages::encode(&event)).await {
+            tracing::warn!(upload_id = %event.upload_id, %error, "could not publish document.ingested; retrying");
+            retry(&job.delivery, Duration::from_secs(1)).await;
             return;
         }
-        if let Err(error) = job.delivery.acker.ack().await {
-            tracing::warn!(upload_id = %event.upload_id, %error, "ack failed; the message will be redelivered");
+        if let Err(error) = job.delivery.ack().await {
+            tracing::warn!(upload_id = %event.upload_id, %error, "ack failed; the message will be delivered again");
         }
-        let outcome = if duplicate { "duplicate" } else { status };
+        let outcome = if duplicate { "duplicate" } else { status.as_str() };
         metrics::DOCUMENTS.with_label_values(&[outcome]).inc();
         metrics::STAGE_SECONDS.with_label_values(&["total"]).observe(job.received.elapsed().as_secs_f64());
         tracing::info!(
@@ -59,93 +60,83 @@ impl Finisher {
         );
     }
 
-    /// Settles a failed job: requeue if transient and attempts remain, otherwise fail for good.
+    /// Settles a failed job: try again later if transient and attempts remain, otherwise fail
+    /// for good.
     pub(crate) async fn fail(&self, failed: Failed) {
         let Failed { job, doc, failure } = failed;
-        let limit = self.services.settings.broker.delivery_limit;
-        if failure.is_transient() && job.delivery.delivery_count + 1 < limit {
-            let attempt = job.delivery.delivery_count;
-            tracing::warn!(upload_id = %job.upload.upload_id, attempt, %failure, "transient failure; requeueing");
+        let attempt = job.delivery.attempt;
+        if failure.is_transient() && attempt < self.ctx.delivery_limit {
+            tracing::warn!(upload_id = %job.upload.upload_id, attempt, %failure, "transient failure; trying again later");
             metrics::DOCUMENTS.with_label_values(&["requeued"]).inc();
-            // Exponential delay before the requeue, so a struggling dependency is not hammered.
-            let delay = Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6)));
-            self.requeue_later(job.delivery, delay);
+            // Exponential delay, so a struggling dependency is not hammered.
+            let delay = Duration::from_millis(500u64.saturating_mul(1 << (attempt - 1).min(6)));
+            retry(&job.delivery, delay).await;
             return;
         }
         let failure = if failure.is_transient() {
-            Failure {
-                reason: format!("{} (gave up after {} deliveries)", failure.reason, job.delivery.delivery_count + 1),
-                ..failure
-            }
+            Failure { reason: format!("{} (gave up after {attempt} deliveries)", failure.reason), ..failure }
         } else {
             failure
         };
         if let Some(doc) = &doc
-            && let Err(error) = self.services.store.mark_failed(doc.document_id, &failure.describe()).await
+            && let Err(error) = self.ctx.store.mark_failed(doc.document_id, &failure.describe()).await
         {
-            tracing::warn!(document_id = doc.document_id, %error, "could not mark the document failed; requeueing");
-            self.requeue_later(job.delivery, Duration::from_secs(2));
+            tracing::warn!(document_id = doc.document_id, %error, "could not mark the document failed; retrying");
+            retry(&job.delivery, Duration::from_secs(2)).await;
             return;
         }
         let event = DocumentFailed {
             v: VERSION,
             upload_id: job.upload.upload_id.clone(),
-            collection: Some(job.upload.collection.clone()),
+            collection: Some(job.upload.collection.to_string()),
             document_id: doc.as_ref().map(|d| d.document_id),
             code: failure.code.clone(),
             reason: failure.reason.clone(),
             retryable: false,
         };
-        self.dead_letter(job.delivery, &failure, &event).await;
+        self.dead_letter(&job.delivery, &failure, &event).await;
     }
 
     /// A message that could not even be decoded: dead-letter it with the reason.
     pub(crate) async fn reject_undecodable(&self, delivery: Delivery, failure: Failure) {
-        // Best effort: name the upload if the JSON had an id at all.
-        let upload_id = serde_json::from_slice::<serde_json::Value>(&delivery.body)
-            .ok()
-            .and_then(|v| v.get("upload_id").and_then(|id| id.as_str()).map(str::to_owned))
-            .unwrap_or_default();
-        let collection = serde_json::from_slice::<serde_json::Value>(&delivery.body)
-            .ok()
-            .and_then(|v| v.get("collection").and_then(|c| c.as_str()).map(str::to_owned));
+        // Best effort: name the upload and collection if the JSON had them at all.
+        let json = serde_json::from_slice::<serde_json::Value>(&delivery.body).ok();
+        let field = |name: &str| json.as_ref().and_then(|v| v.get(name)?.as_str().map(str::to_owned));
         let event = DocumentFailed {
             v: VERSION,
-            upload_id,
-            collection,
+            upload_id: field("upload_id").unwrap_or_default(),
+            collection: field("collection"),
             document_id: None,
             code: failure.code.clone(),
             reason: failure.reason.clone(),
             retryable: false,
         };
-        self.dead_letter(delivery, &failure, &event).await;
+        self.dead_letter(&delivery, &failure, &event).await;
     }
 
-    async fn dead_letter(&self, delivery: Delivery, failure: &Failure, event: &DocumentFailed) {
-        let broker = &self.services.broker;
-        if let Err(error) = broker.dead_letter(&delivery.body, failure).await {
-            tracing::warn!(%error, "could not dead-letter; requeueing");
-            self.requeue_later(delivery, Duration::from_secs(2));
+    async fn dead_letter(&self, delivery: &Delivery, failure: &Failure, event: &DocumentFailed) {
+        let reason = DeadLetterReason {
+            code: failure.code.clone(),
+            reason: failure.reason.clone(),
+            retryable: failure.is_transient(),
+        };
+        if let Err(error) = delivery.dead_letter(&reason).await {
+            tracing::warn!(%error, "could not dead-letter; retrying");
+            retry(delivery, Duration::from_secs(2)).await;
             return;
         }
-        if let Err(error) = broker.publish_event(DOCUMENT_FAILED, &messages::encode(event)).await {
+        if let Err(error) = self.ctx.events.publish(DOCUMENT_FAILED, &messages::encode(event)).await {
             // The dead letter (with the reason) is kept; losing the event is logged, not fatal.
             tracing::warn!(upload_id = %event.upload_id, %error, "could not publish document.failed");
-        }
-        if let Err(error) = delivery.acker.ack().await {
-            tracing::warn!(%error, "ack failed; the message will be redelivered");
         }
         metrics::DOCUMENTS.with_label_values(&["failed"]).inc();
         tracing::warn!(upload_id = %event.upload_id, code = %failure.code, reason = %failure.reason, "upload failed");
     }
+}
 
-    /// Returns the message to the queue after `delay`, without holding up the pipeline.
-    fn requeue_later(&self, delivery: Delivery, delay: Duration) {
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            if let Err(error) = delivery.acker.requeue().await {
-                tracing::warn!(%error, "requeue failed; the broker will redeliver on reconnect");
-            }
-        });
+/// Hands the message back to be delivered again after `delay` (the queue keeps the time).
+async fn retry(delivery: &Delivery, delay: Duration) {
+    if let Err(error) = delivery.retry_after(delay).await {
+        tracing::warn!(%error, "could not hand the message back; it is delivered again when the lease or connection ends");
     }
 }

@@ -10,7 +10,6 @@
 //! stage is idempotent, so a redelivery never duplicates rows or vectors.
 
 mod batcher;
-pub mod fetch;
 mod finish;
 mod stages;
 
@@ -23,11 +22,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::finish::Finisher;
+use crate::app::IngestContext;
 use crate::error::Failure;
 use crate::messages::{self, UploadMessage};
 use crate::queue::{Deliveries, Delivery};
 use crate::store::Collection;
-use crate::worker::Services;
 
 /// One upload on its way through the pipeline.
 pub(crate) struct Job {
@@ -59,13 +58,13 @@ pub(crate) struct Failed {
 }
 
 /// Consumes uploads until `shutdown`, reconsuming after a broken connection.
-pub async fn run(services: Arc<Services>, shutdown: CancellationToken) {
+pub async fn run(ctx: Arc<IngestContext>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match services.broker.consume_uploads().await {
+        match ctx.uploads.consume().await {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(500);
-                run_pipeline(services.clone(), deliveries, shutdown.clone()).await;
+                run_pipeline(ctx.clone(), deliveries, shutdown.clone()).await;
             }
             Err(error) => tracing::error!(%error, "cannot consume uploads"),
         }
@@ -82,15 +81,15 @@ pub async fn run(services: Arc<Services>, shutdown: CancellationToken) {
 }
 
 /// Runs one consumer's pipeline until its delivery stream ends or `shutdown`, then drains.
-async fn run_pipeline(services: Arc<Services>, deliveries: Deliveries, shutdown: CancellationToken) {
-    let cfg = &services.settings.ingest;
-    let finisher = Finisher::new(services.clone());
+async fn run_pipeline(ctx: Arc<IngestContext>, deliveries: Deliveries, shutdown: CancellationToken) {
+    let cfg = &ctx.settings;
+    let finisher = Finisher::new(ctx.clone());
     let (to_dedup, dedup_rx) = mpsc::channel(cfg.channel_capacity);
     let (to_extract, extract_rx) = mpsc::channel(cfg.channel_capacity);
     let (to_chunk, chunk_rx) = mpsc::channel(cfg.channel_capacity);
     let (to_embed, embed_rx) = mpsc::channel(cfg.channel_capacity);
     let (to_persist, persist_rx) = mpsc::channel(cfg.channel_capacity);
-    let s = &services;
+    let s = &ctx;
     let f = &finisher;
     tokio::join!(
         intake(deliveries, to_dedup, f, shutdown),
@@ -130,10 +129,9 @@ async fn intake(mut deliveries: Deliveries, next: mpsc::Sender<Job>, finisher: &
     }
 }
 
-/// Decodes and validates an upload message.
+/// Decodes and validates an upload message (the collection name is checked by decoding).
 fn decode_upload(body: &[u8]) -> Result<UploadMessage, Failure> {
     let upload: UploadMessage = messages::decode(body).map_err(|e| Failure::permanent(e.code(), e.to_string()))?;
-    validate_collection(&upload.collection)?;
     if upload.upload_id.trim().is_empty() {
         return Err(Failure::permanent("invalid_message", "`upload_id` must not be empty"));
     }
@@ -141,22 +139,6 @@ fn decode_upload(body: &[u8]) -> Result<UploadMessage, Failure> {
         return Err(Failure::permanent("invalid_message", "`filename` must not be empty"));
     }
     Ok(upload)
-}
-
-/// Collection names become directory names: keep them to a safe alphabet.
-pub fn validate_collection(name: &str) -> Result<(), Failure> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure::permanent(
-            "invalid_collection",
-            format!("collection name `{name}` must be 1-128 characters of A-Z a-z 0-9 - _ . and not start with `.`"),
-        ))
-    }
 }
 
 /// Runs `step` on every item of `rx` with at most `concurrency` at once, forwarding results to
@@ -197,14 +179,6 @@ async fn stage<In, Out, F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn collection_names_are_restricted() {
-        assert!(validate_collection("docs-2024_v1.0").is_ok());
-        for bad in ["", "../etc", "a/b", ".hidden", "é"] {
-            assert_eq!(validate_collection(bad).expect_err(bad).code, "invalid_collection");
-        }
-    }
 
     #[test]
     fn uploads_are_validated_after_decoding() {

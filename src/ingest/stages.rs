@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use super::finish::Finisher;
 use super::{Doc, Failed, Job, Work};
+use crate::app::{FaultPoint, IngestContext};
 use crate::blobs::sha256_hex;
 use crate::chunk::{Chunk, ChunkInput};
 use crate::error::Failure;
 use crate::extract::{ExtractError, Extracted, OwnedHints};
-use crate::store::{Claim, NewChunk, NewDocument};
+use crate::store::{Claim, DocumentStatus, NewChunk, NewDocument};
 use crate::telemetry::metrics;
-use crate::worker::{FaultPoint, Services};
 
 /// Chunks with their vectors, ready to persist.
 pub(crate) struct Embedded {
@@ -29,11 +29,11 @@ fn observe(stage: &str, started: Instant) {
 }
 
 /// Fetches the bytes, stores them by hash, and claims the document row.
-pub(crate) async fn dedup(s: &Arc<Services>, f: &Finisher, job: Job) -> Result<Option<Work<Arc<[u8]>>>, Failed> {
+pub(crate) async fn dedup(s: &Arc<IngestContext>, f: &Finisher, job: Job) -> Result<Option<Work<Arc<[u8]>>>, Failed> {
     let started = Instant::now();
     let (upload, policy, blobs) = (job.upload.clone(), s.fetch_policy.clone(), s.blobs.clone());
     let fetched = tokio::task::spawn_blocking(move || {
-        let bytes = super::fetch::fetch(&upload, &policy)?;
+        let bytes = crate::fetch::fetch(&upload, &policy)?;
         let sha256 = sha256_hex(&bytes);
         let path = blobs
             .put(&sha256, &bytes)
@@ -46,7 +46,7 @@ pub(crate) async fn dedup(s: &Arc<Services>, f: &Finisher, job: Job) -> Result<O
         Ok(Err(failure)) => return Err(failed(job, None, failure)),
         Err(e) => return Err(failed(job, None, Failure::transient("internal", format!("fetch task: {e}")))),
     };
-    let collection = match s.store.ensure_collection(&job.upload.collection).await {
+    let collection = match s.store.ensure_collection(job.upload.collection.as_str()).await {
         Ok(c) => c,
         Err(e) => return Err(failed(job, None, e)),
     };
@@ -72,32 +72,32 @@ pub(crate) async fn dedup(s: &Arc<Services>, f: &Finisher, job: Job) -> Result<O
         }
         Claim::Duplicate { document_id, chunks, status } => {
             let doc = Doc { collection, document_id, sha256 };
-            f.succeed(job, &doc, chunks, true, &status).await;
+            f.succeed(job, &doc, chunks, true, status).await;
             Ok(None)
         }
         Claim::AlreadyDone { document_id, chunks, status } => {
             // A redelivery after a crash between commit and ack: make sure the vectors are indexed.
             let doc = Doc { collection, document_id, sha256 };
-            if status == "ingested"
+            if status == DocumentStatus::Ingested
                 && let Err(failure) = reindex_document(s, &doc).await
             {
                 return Err(failed(job, Some(doc), failure));
             }
-            f.succeed(job, &doc, chunks, false, &status).await;
+            f.succeed(job, &doc, chunks, false, status).await;
             Ok(None)
         }
     }
 }
 
-async fn reindex_document(s: &Services, doc: &Doc) -> Result<(), Failure> {
-    let stored = s.store.document_vectors(doc.document_id, s.embedder.dimensions()).await?;
+async fn reindex_document(s: &IngestContext, doc: &Doc) -> Result<(), Failure> {
+    let stored = s.store.document_vectors(doc.document_id, s.embedding.embedder().dimensions()).await?;
     s.indexes.add(&doc.collection, stored.ids, stored.vectors).await?;
     Ok(())
 }
 
 /// Extracts text in the sandbox. A file with no text ends as `no_text`, not as a failure.
 pub(crate) async fn extract(
-    s: &Arc<Services>,
+    s: &Arc<IngestContext>,
     f: &Finisher,
     w: Work<Arc<[u8]>>,
 ) -> Result<Option<Work<Extracted>>, Failed> {
@@ -136,16 +136,16 @@ fn extract_failure(error: &ExtractError) -> Failure {
     }
 }
 
-async fn finish_no_text(s: &Services, f: &Finisher, job: Job, doc: Doc, reason: &str) {
+async fn finish_no_text(s: &IngestContext, f: &Finisher, job: Job, doc: Doc, reason: &str) {
     match s.store.mark_no_text(doc.document_id, reason).await {
-        Ok(()) => f.succeed(job, &doc, 0, false, "no_text").await,
+        Ok(()) => f.succeed(job, &doc, 0, false, DocumentStatus::NoText).await,
         Err(e) => f.fail(failed(job, Some(doc), e)).await,
     }
 }
 
 /// Splits the text into chunks (CPU work, on the blocking pool).
 pub(crate) async fn chunk(
-    s: &Arc<Services>,
+    s: &Arc<IngestContext>,
     f: &Finisher,
     w: Work<Extracted>,
 ) -> Result<Option<Work<Vec<Chunk>>>, Failed> {
@@ -171,7 +171,7 @@ pub(crate) async fn chunk(
 
 /// Writes the document's chunks in one transaction, adds the vectors to the index, then
 /// publishes `document.ingested` and acks.
-pub(crate) async fn persist(s: &Arc<Services>, f: &Finisher, w: Work<Embedded>) -> Result<Option<()>, Failed> {
+pub(crate) async fn persist(s: &Arc<IngestContext>, f: &Finisher, w: Work<Embedded>) -> Result<Option<()>, Failed> {
     let started = Instant::now();
     let rows: Vec<NewChunk> = w
         .data
@@ -191,11 +191,12 @@ pub(crate) async fn persist(s: &Arc<Services>, f: &Finisher, w: Work<Embedded>) 
             embedding,
         })
         .collect();
-    let dims = s.embedder.dimensions();
-    let persisted = match s.store.persist_chunks(w.doc.document_id, s.embedder.model_id(), dims, &rows).await {
-        Ok(p) => p,
-        Err(e) => return Err(failed(w.job, Some(w.doc), e)),
-    };
+    let embedder = s.embedding.embedder();
+    let persisted =
+        match s.store.persist_chunks(w.doc.document_id, embedder.model_id(), embedder.dimensions(), &rows).await {
+            Ok(p) => p,
+            Err(e) => return Err(failed(w.job, Some(w.doc), e)),
+        };
     observe("persist", started);
     if s.crash_at(FaultPoint::AfterPersist) {
         return Ok(None);
@@ -212,6 +213,6 @@ pub(crate) async fn persist(s: &Arc<Services>, f: &Finisher, w: Work<Embedded>) 
     if persisted.inserted {
         metrics::CHUNKS.inc_by(count as u64);
     }
-    f.succeed(w.job, &w.doc, count, !persisted.inserted, "ingested").await;
+    f.succeed(w.job, &w.doc, count, !persisted.inserted, DocumentStatus::Ingested).await;
     Ok(None)
 }

@@ -1,7 +1,11 @@
-//! The query worker: consumes `QueryRequest`s and replies to `reply_to` with the same
-//! `correlation_id` (RabbitMQ direct reply-to works). Every request gets a reply: results, or an
-//! error body with a code. Retrieval is embed → FAISS (k × candidate factor) → one SQL query for
-//! the chunks and their documents → filter and rank.
+//! The query worker: serves `QueryRequest`s over request/reply (RabbitMQ: to `reply_to` with the
+//! same `correlation_id`, direct reply-to works; embedded: inside the process). Every request
+//! gets a reply: results, or an error body with a code. Retrieval is embed → FAISS (k × candidate
+//! factor) → one SQL query for the chunks and their documents → filter and rank.
+//!
+//! [`follow`] keeps the process's indexes current for the queries: it follows
+//! `document.ingested` events from other processes and catches the named collection up from the
+//! store.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,26 +14,28 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::messages::{self, ErrorReply, QueryRequest, QueryResponse, ResultChunk, VERSION};
-use crate::queue::Delivery;
+use crate::app::{IndexContext, QueryContext};
+use crate::messages::{
+    self, DOCUMENT_INGESTED, DocumentIngested, ErrorReply, QueryRequest, QueryResponse, ResultChunk, VERSION,
+};
+use crate::queue::Request;
 use crate::store::QueryLogEntry;
 use crate::telemetry::metrics;
-use crate::worker::Services;
 
-/// Consumes queries until `shutdown`, reconsuming after a broken connection.
-pub async fn run(services: Arc<Services>, shutdown: CancellationToken) {
+/// Serves queries until `shutdown`, serving again after a broken connection.
+pub async fn run(ctx: Arc<QueryContext>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match services.broker.consume_queries().await {
-            Ok(deliveries) => {
+        match ctx.requests.serve().await {
+            Ok(requests) => {
                 backoff = Duration::from_millis(500);
-                let concurrency = services.settings.query.concurrency;
-                let s = &services;
-                deliveries
+                let concurrency = ctx.settings.concurrency;
+                let s = &ctx;
+                requests
                     .take_until(shutdown.cancelled())
                     .for_each_concurrent(concurrency, |item| async move {
                         match item {
-                            Ok(delivery) => handle(s, delivery).await,
+                            Ok(request) => handle(s, request).await,
                             Err(error) => tracing::warn!(%error, "query consumer failed"),
                         }
                     })
@@ -48,25 +54,22 @@ pub async fn run(services: Arc<Services>, shutdown: CancellationToken) {
     }
 }
 
-/// Answers one request and acknowledges it. Queries are never requeued: a client that got no
-/// reply retries on its own terms.
-async fn handle(s: &Arc<Services>, delivery: Delivery) {
+/// Answers one request. Queries are never retried here: a client that got no reply retries on
+/// its own terms.
+async fn handle(s: &Arc<QueryContext>, request: Request) {
     let started = Instant::now();
-    let (body, log) = match answer(s, &delivery.body).await {
+    let (body, log) = match answer(s, &request.body).await {
         Ok((response, log)) => (messages::encode(&response), log),
         Err((error, log)) => (messages::encode(&error), log),
     };
     let outcome = if log.as_ref().is_some_and(|l| l.error_code.is_some()) { "error" } else { "ok" };
-    match &delivery.reply_to {
-        Some(reply_to) => {
-            if let Err(error) = s.broker.reply(reply_to, delivery.correlation_id.as_deref(), &body).await {
+    match &request.reply {
+        Some(reply) => {
+            if let Err(error) = reply.send(&body).await {
                 tracing::warn!(%error, "could not send a query reply");
             }
         }
         None => tracing::warn!("query without reply_to: nowhere to send the answer; dropped"),
-    }
-    if let Err(error) = delivery.acker.ack().await {
-        tracing::warn!(%error, "query ack failed");
     }
     metrics::QUERIES.with_label_values(&[outcome]).inc();
     metrics::QUERY_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -84,8 +87,8 @@ async fn handle(s: &Arc<Services>, delivery: Delivery) {
 
 type Answer = Result<(QueryResponse, Option<QueryLogEntry>), (ErrorReply, Option<QueryLogEntry>)>;
 
-async fn answer(s: &Services, body: &[u8]) -> Answer {
-    let cfg = &s.settings.query;
+async fn answer(s: &QueryContext, body: &[u8]) -> Answer {
+    let cfg = &s.settings;
     let request: QueryRequest = messages::decode(body).map_err(|e| {
         // Logged too: bad requests are what an operator most needs to see.
         let log = QueryLogEntry {
@@ -99,7 +102,10 @@ async fn answer(s: &Services, body: &[u8]) -> Answer {
         };
         (ErrorReply::new(e.code(), e.to_string()), Some(log))
     })?;
-    let collection_name = request.collection.clone().unwrap_or_else(|| cfg.default_collection.clone());
+    let collection_name = match &request.collection {
+        Some(name) => name.to_string(),
+        None => cfg.default_collection.clone(),
+    };
     let top_k = request.top_k.unwrap_or(cfg.default_top_k);
     let mut log = QueryLogEntry {
         collection: collection_name.clone(),
@@ -124,12 +130,12 @@ async fn answer(s: &Services, body: &[u8]) -> Answer {
 }
 
 async fn retrieve(
-    s: &Services,
+    s: &QueryContext,
     request: &QueryRequest,
     collection_name: &str,
     top_k: usize,
 ) -> Result<QueryResponse, ErrorReply> {
-    let cfg = &s.settings.query;
+    let cfg = &s.settings;
     let mut timings = BTreeMap::new();
     let query = request.query.trim();
     if query.is_empty() {
@@ -150,7 +156,8 @@ async fn retrieve(
             "answers need an [llm] section; ask without `answer` for chunks",
         ));
     }
-    crate::ingest::validate_collection(collection_name).map_err(|f| ErrorReply::new(&f.code, f.reason))?;
+    // The request's own collection was checked when it was decoded; the default is config.
+    messages::CollectionName::new(collection_name).map_err(|e| ErrorReply::new("invalid_collection", e.to_string()))?;
     let collection = s
         .store
         .collection(collection_name)
@@ -211,4 +218,50 @@ async fn retrieve(
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Follows `document.ingested` events from other processes and catches the named collection up
+/// from the store; also catches every open index up every snapshot interval, as a safety net for
+/// events missed while disconnected.
+pub async fn follow(ctx: Arc<IndexContext>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(ctx.settings.snapshot_interval_secs));
+    let mut events = match ctx.events.subscribe(&[DOCUMENT_INGESTED]).await {
+        Ok(events) => Some(events),
+        Err(error) => {
+            tracing::warn!(%error, "cannot subscribe to events; following by polling only");
+            None
+        }
+    };
+    loop {
+        let event = async {
+            match events.as_mut() {
+                Some(stream) => stream.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {
+                for name in ctx.indexes.open_collections().await {
+                    if let Err(error) = ctx.indexes.catch_up(&name).await {
+                        tracing::warn!(collection = %name, %error, "index catch-up failed");
+                    }
+                }
+            }
+            item = event => match item {
+                Some(Ok(message)) => {
+                    if let Ok(event) = serde_json::from_slice::<DocumentIngested>(&message.body)
+                        && let Err(error) = ctx.indexes.catch_up(&event.collection).await
+                    {
+                        tracing::warn!(collection = %event.collection, %error, "index catch-up failed");
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "event stream failed; following by polling only");
+                    events = None;
+                }
+                None => events = None,
+            },
+        }
+    }
 }

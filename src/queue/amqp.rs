@@ -1,4 +1,4 @@
-//! [`Broker`] over RabbitMQ with lapin.
+//! The queue ports over RabbitMQ with lapin.
 //!
 //! Topology (declared idempotently on connect, names from `[broker]`):
 //! - `ingest_exchange` (direct) --`ingest_routing_key`--> `ingest_queue` (durable quorum queue with
@@ -9,21 +9,24 @@
 //!
 //! Every publish goes through a channel in confirm mode and waits for the broker's confirm.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use secrecy::ExposeSecret;
 
-use super::{Acker, Broker, Deliveries, Delivery, EventMessage, Events, QueueDepths, QueueError};
+use super::{
+    DeadLetter, DeadLetterReason, Deliveries, Delivery, EventBus, EventMessage, Events, Health, QueueDepths,
+    QueueError, Reply, Request, RequestReply, Requests, Settle, UploadQueue,
+};
 use crate::config::{BrokerSettings, redact_url};
-use crate::error::Failure;
 
 /// RabbitMQ's pseudo-queue for direct reply-to.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -31,8 +34,15 @@ pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// A RabbitMQ connection with the ragpipe topology declared.
 pub struct AmqpBroker {
     connection: Connection,
-    publisher: Channel,
-    settings: BrokerSettings,
+    publisher: Publisher,
+}
+
+/// A confirm-mode channel and the names and timeout publishing needs; cheap to clone, so a
+/// delivery can dead-letter itself and a request can send its reply.
+#[derive(Clone)]
+struct Publisher {
+    channel: Channel,
+    settings: Arc<BrokerSettings>,
 }
 
 impl AmqpBroker {
@@ -47,16 +57,16 @@ impl AmqpBroker {
         let connection = Connection::connect(url.expose_secret(), properties)
             .await
             .map_err(|e| QueueError::Unavailable(format!("{}: {e}", redact_url(url))))?;
-        let publisher = connection.create_channel().await.map_err(unavailable)?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
-        let broker = Self { connection, publisher, settings: settings.clone() };
+        let channel = connection.create_channel().await.map_err(unavailable)?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
+        let broker = Self { connection, publisher: Publisher { channel, settings: Arc::new(settings.clone()) } };
         broker.declare_topology().await?;
         Ok(broker)
     }
 
     async fn declare_topology(&self) -> Result<(), QueueError> {
-        let s = &self.settings;
-        let ch = &self.publisher;
+        let s = &self.publisher.settings;
+        let ch = &self.publisher.channel;
         let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
         for (name, kind) in [
             (&s.ingest_exchange, ExchangeKind::Direct),
@@ -101,15 +111,39 @@ impl AmqpBroker {
     async fn declare_queue(&self, name: &str, args: FieldTable) -> Result<(), QueueError> {
         let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
         self.publisher
+            .channel
             .queue_declare(name.into(), options, args)
             .await
             .map(|_| ())
             .map_err(|e| protocol(format!("declare queue `{name}` (if it exists with other arguments, delete it)"), e))
     }
 
+    /// Consumes `queue` with manual acks and `prefetch`; the stream keeps its channel open.
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<impl futures::Stream<Item = Result<lapin::message::Delivery, QueueError>> + use<>, QueueError> {
+        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(unavailable)?;
+        let tag = format!("ragpipe-{}", uuid::Uuid::new_v4());
+        let consumer = channel
+            .basic_consume(queue.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .map_err(|e| protocol(format!("consume `{queue}`"), e))?;
+        Ok(consumer.map(move |item| {
+            // The stream owns the channel so it stays open as long as someone consumes.
+            let _keep = &channel;
+            item.map_err(unavailable)
+        }))
+    }
+}
+
+impl Publisher {
+    /// Publishes on `channel` (default: the shared publishing channel) and waits for the confirm.
     async fn publish(
         &self,
-        channel: &Channel,
+        channel: Option<&Channel>,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
@@ -118,6 +152,7 @@ impl AmqpBroker {
     ) -> Result<(), QueueError> {
         let options = BasicPublishOptions { mandatory, ..BasicPublishOptions::default() };
         let confirm = channel
+            .unwrap_or(&self.channel)
             .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
             .await
             .map_err(unavailable)?;
@@ -132,36 +167,20 @@ impl AmqpBroker {
             Ok(Ok(Confirmation::Nack(_))) => Err(QueueError::NotConfirmed("the broker refused the message".into())),
         }
     }
-
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Deliveries, QueueError> {
-        let channel = self.connection.create_channel().await.map_err(unavailable)?;
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(unavailable)?;
-        let tag = format!("ragpipe-{}", uuid::Uuid::new_v4());
-        let consumer = channel
-            .basic_consume(queue.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await
-            .map_err(|e| protocol(format!("consume `{queue}`"), e))?;
-        let stream = consumer.map(move |item| {
-            // The stream owns the channel so it stays open as long as someone consumes.
-            let _keep = &channel;
-            item.map(convert_delivery).map_err(unavailable)
-        });
-        Ok(stream.boxed())
-    }
 }
 
-fn convert_delivery(delivery: lapin::message::Delivery) -> Delivery {
-    let props = &delivery.properties;
-    let delivery_count =
-        props.headers().as_ref().and_then(|h| h.inner().get("x-delivery-count")).and_then(amqp_int).unwrap_or(0);
-    Delivery {
-        redelivered: delivery.redelivered,
-        delivery_count: u32::try_from(delivery_count).unwrap_or(u32::MAX),
-        reply_to: props.reply_to().as_ref().map(|s| s.as_str().to_owned()),
-        correlation_id: props.correlation_id().as_ref().map(|s| s.as_str().to_owned()),
-        acker: Box::new(AmqpAcker(delivery.acker)),
-        body: delivery.data,
-    }
+/// The upload as a [`Delivery`]: its attempt from the quorum queue's `x-delivery-count`.
+fn upload_delivery(delivery: lapin::message::Delivery, publisher: &Publisher) -> Delivery {
+    let earlier = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count"))
+        .and_then(amqp_int)
+        .unwrap_or(0);
+    let attempt = u32::try_from(earlier).unwrap_or(u32::MAX).saturating_add(1);
+    let settle = AmqpSettle { acker: delivery.acker, publisher: publisher.clone() };
+    Delivery::new(delivery.data, attempt, Box::new(settle))
 }
 
 fn amqp_int(value: &AMQPValue) -> Option<i64> {
@@ -192,60 +211,143 @@ fn json_properties() -> BasicProperties {
     BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2)
 }
 
-struct AmqpAcker(lapin::Acker);
+struct AmqpSettle {
+    acker: lapin::Acker,
+    publisher: Publisher,
+}
 
 #[async_trait]
-impl Acker for AmqpAcker {
+impl Settle for AmqpSettle {
     async fn ack(&self) -> Result<(), QueueError> {
-        self.0.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(unavailable)
+        self.acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(unavailable)
     }
 
-    async fn requeue(&self) -> Result<(), QueueError> {
-        let options = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
-        self.0.nack(options).await.map(|_| ()).map_err(unavailable)
+    async fn retry_after(&self, delay: Duration) -> Result<(), QueueError> {
+        // RabbitMQ has no delayed requeue: hold the message (it counts against the prefetch, which
+        // also slows intake while a dependency struggles), then return it. A broken connection
+        // meanwhile returns it too.
+        let acker = self.acker.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let options = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
+            if let Err(error) = acker.nack(options).await {
+                tracing::warn!(%error, "requeue failed; the broker redelivers on reconnect");
+            }
+        });
+        Ok(())
+    }
+
+    async fn dead_letter(&self, body: &[u8], reason: &DeadLetterReason) -> Result<(), QueueError> {
+        let s = &self.publisher.settings;
+        let mut headers = FieldTable::default();
+        headers.insert("x-ragpipe-code".into(), long_string(&reason.code));
+        headers.insert("x-ragpipe-reason".into(), long_string(&reason.reason));
+        headers.insert("x-ragpipe-retryable".into(), AMQPValue::Boolean(reason.retryable));
+        headers.insert("x-ragpipe-queue".into(), long_string(&s.ingest_queue));
+        let properties = json_properties().with_headers(headers);
+        // Copy first, then ack: a crash between the two leaves a copy and a redelivery, never a loss.
+        self.publisher.publish(None, &s.dead_letter_exchange, &s.ingest_queue, body, properties, true).await?;
+        self.ack().await
+    }
+}
+
+/// Sends a query's reply to its `reply_to`, then acks the request.
+struct AmqpReply {
+    publisher: Publisher,
+    acker: lapin::Acker,
+    reply_to: String,
+    correlation_id: Option<String>,
+}
+
+#[async_trait]
+impl Reply for AmqpReply {
+    async fn send(&self, body: &[u8]) -> Result<(), QueueError> {
+        let mut properties = BasicProperties::default().with_content_type("application/json".into());
+        if let Some(id) = &self.correlation_id {
+            properties = properties.with_correlation_id(id.as_str().into());
+        }
+        let sent = self.publisher.publish(None, "", &self.reply_to, body, properties, false).await;
+        // Acked either way: a reply that could not be sent is not retried (the client times out).
+        let acked = self.acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(unavailable);
+        sent.and(acked)
     }
 }
 
 #[async_trait]
-impl Broker for AmqpBroker {
-    async fn publish_upload(&self, body: &[u8]) -> Result<(), QueueError> {
-        let s = &self.settings;
-        self.publish(&self.publisher, &s.ingest_exchange, &s.ingest_routing_key, body, json_properties(), true).await
+impl UploadQueue for AmqpBroker {
+    async fn publish(&self, body: &[u8]) -> Result<(), QueueError> {
+        let s = &self.publisher.settings;
+        self.publisher.publish(None, &s.ingest_exchange, &s.ingest_routing_key, body, json_properties(), true).await
     }
 
-    async fn publish_event(&self, routing_key: &str, body: &[u8]) -> Result<(), QueueError> {
-        // Not mandatory: an event nobody listens to is not an error.
-        self.publish(&self.publisher, &self.settings.events_exchange, routing_key, body, json_properties(), false).await
+    async fn consume(&self) -> Result<Deliveries, QueueError> {
+        let s = &self.publisher.settings;
+        let publisher = self.publisher.clone();
+        let stream = AmqpBroker::consume(self, &s.ingest_queue, s.prefetch).await?;
+        Ok(stream.map(move |item| item.map(|d| upload_delivery(d, &publisher))).boxed())
     }
 
-    async fn dead_letter(&self, body: &[u8], failure: &Failure) -> Result<(), QueueError> {
-        let mut headers = FieldTable::default();
-        headers.insert("x-ragpipe-code".into(), long_string(&failure.code));
-        headers.insert("x-ragpipe-reason".into(), long_string(&failure.reason));
-        headers.insert("x-ragpipe-retryable".into(), AMQPValue::Boolean(failure.is_transient()));
-        headers.insert("x-ragpipe-queue".into(), long_string(&self.settings.ingest_queue));
-        let properties = json_properties().with_headers(headers);
-        let s = &self.settings;
-        self.publish(&self.publisher, &s.dead_letter_exchange, &s.ingest_queue, body, properties, true).await
+    async fn has_consumers(&self) -> Result<bool, QueueError> {
+        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let name = &self.publisher.settings.ingest_queue;
+        let queue = channel
+            .queue_declare(name.as_str().into(), passive, FieldTable::default())
+            .await
+            .map_err(|e| protocol(format!("inspect `{name}`"), e))?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(queue.consumer_count() > 0)
     }
 
-    async fn consume_uploads(&self) -> Result<Deliveries, QueueError> {
-        self.consume(&self.settings.ingest_queue, self.settings.prefetch).await
-    }
-
-    async fn consume_queries(&self) -> Result<Deliveries, QueueError> {
-        self.consume(&self.settings.query_queue, self.settings.query_prefetch).await
-    }
-
-    async fn reply(&self, reply_to: &str, correlation_id: Option<&str>, body: &[u8]) -> Result<(), QueueError> {
-        let mut properties = BasicProperties::default().with_content_type("application/json".into());
-        if let Some(id) = correlation_id {
-            properties = properties.with_correlation_id(id.into());
+    async fn depths(&self) -> Result<QueueDepths, QueueError> {
+        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let mut counts = [0u64; 3];
+        let s = &self.publisher.settings;
+        for (slot, name) in counts.iter_mut().zip([&s.ingest_queue, &s.dead_letter_queue, &s.query_queue]) {
+            let queue = channel
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await
+                .map_err(|e| protocol(format!("inspect `{name}`"), e))?;
+            *slot = u64::from(queue.message_count());
         }
-        self.publish(&self.publisher, "", reply_to, body, properties, false).await
+        let _ = channel.close(200, "done".into()).await;
+        Ok(QueueDepths { ingest: counts[0], in_progress: None, dead: counts[1], query: counts[2] })
     }
 
-    async fn subscribe_events(&self, patterns: &[&str]) -> Result<Events, QueueError> {
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        // Taken without acking, then the channel is closed: RabbitMQ puts them all back.
+        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let queue = &self.publisher.settings.dead_letter_queue;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let got = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(|e| protocol(format!("read `{queue}`"), e))?;
+            let Some(message) = got else { break };
+            let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+            let text = |key: &str| {
+                headers.inner().get(key).and_then(|v| v.as_long_string()).map(ToString::to_string).unwrap_or_default()
+            };
+            let retryable = matches!(headers.inner().get("x-ragpipe-retryable"), Some(AMQPValue::Boolean(true)));
+            let reason = DeadLetterReason { code: text("x-ragpipe-code"), reason: text("x-ragpipe-reason"), retryable };
+            out.push(DeadLetter { body: message.delivery.data, reason });
+        }
+        let _ = channel.close(200, "done".into()).await;
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl EventBus for AmqpBroker {
+    async fn publish(&self, routing_key: &str, body: &[u8]) -> Result<(), QueueError> {
+        // Not mandatory: an event nobody listens to is not an error.
+        let exchange = &self.publisher.settings.events_exchange;
+        self.publisher.publish(None, exchange, routing_key, body, json_properties(), false).await
+    }
+
+    async fn subscribe(&self, patterns: &[&str]) -> Result<Events, QueueError> {
         let channel = self.connection.create_channel().await.map_err(unavailable)?;
         let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
         let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.map_err(unavailable)?;
@@ -254,7 +356,7 @@ impl Broker for AmqpBroker {
             channel
                 .queue_bind(
                     name.clone(),
-                    self.settings.events_exchange.as_str().into(),
+                    self.publisher.settings.events_exchange.as_str().into(),
                     (*pattern).into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
@@ -272,6 +374,36 @@ impl Broker for AmqpBroker {
         });
         Ok(stream.boxed())
     }
+}
+
+#[async_trait]
+impl RequestReply for AmqpBroker {
+    async fn serve(&self) -> Result<Requests, QueueError> {
+        let s = &self.publisher.settings;
+        let publisher = self.publisher.clone();
+        let stream = AmqpBroker::consume(self, &s.query_queue, s.query_prefetch).await?;
+        let requests = stream.then(move |item| {
+            let publisher = publisher.clone();
+            async move {
+                let delivery = item?;
+                let props = &delivery.properties;
+                let reply_to = props.reply_to().as_ref().map(|r| r.as_str().to_owned());
+                let correlation_id = props.correlation_id().as_ref().map(|c| c.as_str().to_owned());
+                let reply: Option<Box<dyn Reply>> = match reply_to {
+                    Some(reply_to) => {
+                        Some(Box::new(AmqpReply { publisher, acker: delivery.acker, reply_to, correlation_id }))
+                    }
+                    None => {
+                        // Nowhere to answer: settle it now.
+                        delivery.acker.ack(BasicAckOptions::default()).await.map_err(unavailable)?;
+                        None
+                    }
+                };
+                Ok(Request { body: delivery.data, reply })
+            }
+        });
+        Ok(requests.boxed())
+    }
 
     async fn request(&self, body: &[u8], timeout: Duration) -> Result<Vec<u8>, QueueError> {
         let channel = self.connection.create_channel().await.map_err(unavailable)?;
@@ -284,7 +416,8 @@ impl Broker for AmqpBroker {
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let properties =
             json_properties().with_reply_to(DIRECT_REPLY_TO.into()).with_correlation_id(correlation_id.as_str().into());
-        self.publish(&channel, "", &self.settings.query_queue, body, properties, true).await?;
+        let queue = &self.publisher.settings.query_queue;
+        self.publisher.publish(Some(&channel), "", queue, body, properties, true).await?;
         let wait = async {
             while let Some(item) = replies.next().await {
                 let delivery = item.map_err(unavailable)?;
@@ -301,23 +434,10 @@ impl Broker for AmqpBroker {
         let _ = channel.close(200, "done".into()).await;
         result
     }
+}
 
-    async fn depths(&self) -> Result<QueueDepths, QueueError> {
-        let channel = self.connection.create_channel().await.map_err(unavailable)?;
-        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let mut counts = [0u32; 3];
-        let s = &self.settings;
-        for (slot, name) in counts.iter_mut().zip([&s.ingest_queue, &s.dead_letter_queue, &s.query_queue]) {
-            let queue = channel
-                .queue_declare(name.as_str().into(), passive, FieldTable::default())
-                .await
-                .map_err(|e| protocol(format!("inspect `{name}`"), e))?;
-            *slot = queue.message_count();
-        }
-        let _ = channel.close(200, "done".into()).await;
-        Ok(QueueDepths { ingest: counts[0], dead: counts[1], query: counts[2] })
-    }
-
+#[async_trait]
+impl Health for AmqpBroker {
     fn is_connected(&self) -> bool {
         self.connection.status().connected()
     }

@@ -1,13 +1,22 @@
 //! The relational store: collections, documents, chunks (with their embeddings) and the query log.
 //!
-//! [`Store`] is what the pipeline and the query worker need, nothing more; [`postgres::PgStore`]
-//! implements it over a sized sqlx pool. The store knows nothing of stages or workers.
+//! [`Store`] is what the pipeline and the query worker need, nothing more. Two adapters implement
+//! it with the same schema and meaning: [`postgres::PgStore`] over a sized sqlx pool, and
+//! [`sqlite::SqliteStore`] over the embedded SQLite file; [`connect`] picks one by
+//! `database.url`. Both pass the same conformance suite (`tests/store_conformance.rs`). The
+//! store knows nothing of stages or workers.
 
 pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::config::DatabaseSettings;
+use crate::embedded::LazyDatabase;
 use crate::error::Failure;
+pub use crate::messages::DocumentStatus;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +103,8 @@ pub enum Claim {
         document_id: i64,
         /// Its chunk count.
         chunks: i64,
-        /// Its status (`ingested` or `no_text`).
-        status: String,
+        /// Its status (ingested or no text).
+        status: DocumentStatus,
     },
     /// This very upload was already ingested (a redelivery): make sure it is indexed, then ack.
     AlreadyDone {
@@ -103,8 +112,8 @@ pub enum Claim {
         document_id: i64,
         /// Its chunk count.
         chunks: i64,
-        /// Its status (`ingested` or `no_text`).
-        status: String,
+        /// Its status (ingested or no text).
+        status: DocumentStatus,
     },
 }
 
@@ -176,7 +185,7 @@ pub struct StatusRow {
     /// Collection name.
     pub collection: String,
     /// Document status.
-    pub status: String,
+    pub status: DocumentStatus,
     /// Documents with that status.
     pub documents: i64,
     /// Their chunks.
@@ -238,6 +247,51 @@ pub trait Store: Send + Sync {
     async fn status(&self) -> Result<Vec<StatusRow>, StoreError>;
     /// Cheap liveness check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Connects the store `[database]` names: PostgreSQL for a `postgres://` URL, SQLite for a
+/// `sqlite://` URL or none (then `embedded`, the data directory's database file). Creates the
+/// database and applies migrations when `migrate_on_start` (SQLite: always; it is one file).
+///
+/// # Errors
+/// The server is unreachable, the file cannot be opened, or a migration fails.
+pub async fn connect(settings: &DatabaseSettings, embedded: &LazyDatabase) -> Result<Connected, StoreError> {
+    let url = settings.url.as_ref().map(secrecy::ExposeSecret::expose_secret);
+    match url {
+        Some(url) if url.starts_with("postgres") => {
+            if settings.migrate_on_start {
+                postgres::PgStore::create_database_if_missing(settings).await?;
+            }
+            let store = postgres::PgStore::connect(settings).await?;
+            if settings.migrate_on_start {
+                store.migrate().await?;
+            }
+            let kind =
+                format!("postgres ({})", settings.url.as_ref().map(crate::config::redact_url).unwrap_or_default());
+            Ok(Connected { kind, store: Arc::new(store) })
+        }
+        Some(url) => {
+            let path = crate::embedded::path_from_url(url).map_err(StoreError::Unavailable)?;
+            let db = crate::embedded::Database::open(&path).await.map_err(|e| StoreError::Migrate(e.to_string()))?;
+            Ok(Connected {
+                kind: format!("sqlite ({})", path.display()),
+                store: Arc::new(sqlite::SqliteStore::new(db)),
+            })
+        }
+        None => {
+            let db = embedded.get().await.map_err(|e| StoreError::Migrate(e.to_string()))?;
+            let kind = format!("sqlite ({})", db.path().display());
+            Ok(Connected { kind, store: Arc::new(sqlite::SqliteStore::new(db.clone())) })
+        }
+    }
+}
+
+/// A connected store and which backend it is.
+pub struct Connected {
+    /// `postgres (url)` or `sqlite (path)`, for logs and `ragpipe status`.
+    pub kind: String,
+    /// The store.
+    pub store: Arc<dyn Store>,
 }
 
 /// Encodes an embedding as little-endian f32 bytes (the `bytea` format).

@@ -8,8 +8,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{
-    ChunkHit, Claim, Collection, NewChunk, NewDocument, Persisted, QueryLogEntry, StatusRow, Store, StoreError,
-    StoredVectors, decode_vector_into, encode_vector,
+    ChunkHit, Claim, Collection, DocumentStatus, NewChunk, NewDocument, Persisted, QueryLogEntry, StatusRow, Store,
+    StoreError, StoredVectors, decode_vector_into, encode_vector,
 };
 use crate::config::DatabaseSettings;
 
@@ -101,6 +101,12 @@ fn collect_vectors(rows: &[sqlx::postgres::PgRow], dimensions: usize) -> Result<
     Ok(out)
 }
 
+/// The `status` column as the enum (the store's edge: no string comparisons past here).
+fn status_of(row: &sqlx::postgres::PgRow) -> Result<DocumentStatus, StoreError> {
+    let text: String = row.try_get("status").map_err(map_err)?;
+    text.parse().map_err(StoreError::Query)
+}
+
 /// Classifies sqlx errors: connection and resource problems are transient, the rest permanent.
 fn map_err(error: sqlx::Error) -> StoreError {
     match &error {
@@ -181,15 +187,17 @@ impl Store for PgStore {
         .await
         .map_err(map_err)?;
         let document_id: i64 = row.try_get("id").map_err(map_err)?;
-        let status: String = row.try_get("status").map_err(map_err)?;
+        let status = status_of(&row)?;
         let owner: String = row.try_get("upload_id").map_err(map_err)?;
         let chunks: i64 = row.try_get("chunks").map_err(map_err)?;
-        match status.as_str() {
-            "ingested" | "no_text" if owner == doc.upload_id => Ok(Claim::AlreadyDone { document_id, chunks, status }),
-            "ingested" | "no_text" => Ok(Claim::Duplicate { document_id, chunks, status }),
+        match status {
+            DocumentStatus::Ingested | DocumentStatus::NoText if owner == doc.upload_id => {
+                Ok(Claim::AlreadyDone { document_id, chunks, status })
+            }
+            DocumentStatus::Ingested | DocumentStatus::NoText => Ok(Claim::Duplicate { document_id, chunks, status }),
             // Another attempt may be in flight; persist_chunks settles who wins.
-            "pending" => Ok(Claim::Process { document_id }),
-            _ => {
+            DocumentStatus::Pending => Ok(Claim::Process { document_id }),
+            DocumentStatus::Failed | DocumentStatus::Deleted => {
                 // failed or deleted: this upload takes the document over and resumes it.
                 sqlx::query(
                     "UPDATE documents SET status = 'pending', failure_reason = NULL, deleted_at = NULL,
@@ -254,9 +262,8 @@ impl Store for PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;
-        let status: String = doc.try_get("status").map_err(map_err)?;
         let collection_id: i64 = doc.try_get("collection_id").map_err(map_err)?;
-        if status == "ingested" {
+        if status_of(&doc)? == DocumentStatus::Ingested {
             let stored = Self::read_vectors(&mut tx, document_id, dimensions).await?;
             tx.commit().await.map_err(map_err)?;
             return Ok(Persisted { inserted: false, stored });
@@ -381,7 +388,7 @@ impl Store for PgStore {
             .map(|r| {
                 Ok(StatusRow {
                     collection: r.try_get("name").map_err(map_err)?,
-                    status: r.try_get("status").map_err(map_err)?,
+                    status: status_of(r)?,
                     documents: r.try_get("documents").map_err(map_err)?,
                     chunks: r.try_get("chunks").map_err(map_err)?,
                 })

@@ -1,9 +1,12 @@
 //! Test harness: every test gets its own PostgreSQL database, RabbitMQ queue and exchange names,
 //! Redis key prefix and temp directories, so tests run in parallel and repeat on the same
-//! servers. Everything is removed again when the [`TestEnv`] is dropped (even after a panic).
+//! servers; or, embedded, its own data directory (a real SQLite file, no server). Everything is
+//! removed again when the [`TestEnv`] is dropped (even after a panic).
 //!
 //! Server URLs can be overridden with RAGPIPE_TEST_DATABASE_URL (an admin database to create
 //! test databases from), RAGPIPE_TEST_AMQP_URL and RAGPIPE_TEST_REDIS_URL.
+//!
+//! [`on_both_backends!`] runs a test once distributed and once embedded, with the same body.
 
 #![allow(dead_code)]
 
@@ -12,11 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use ragpipe::app::{FaultHook, Services};
 use ragpipe::client::{self, Outcome};
 use ragpipe::config::{EmbedderKind, Settings};
-use ragpipe::messages::{self, UploadMessage, VERSION};
-use ragpipe::queue::{Broker, Events};
-use ragpipe::worker::{self, Role, Services};
+use ragpipe::embedded::LazyDatabase;
+use ragpipe::messages::{self, CollectionName, UploadMessage, VERSION};
+use ragpipe::queue::{Events, Queue};
+use ragpipe::worker::{self, Role};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
@@ -38,15 +43,74 @@ pub fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
 }
 
+/// Runs each named `async fn(TestEnv)` twice: `distributed::name` on PostgreSQL, RabbitMQ and
+/// Redis, and `embedded::name` on a SQLite file with the embedded queue and cache.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod distributed {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::TestEnv::new().await).await
+                }
+            )*
+        }
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::TestEnv::embedded().await).await
+                }
+            )*
+        }
+    };
+}
+
+/// A collection name (tests use literal, valid names).
+pub fn name(collection: &str) -> CollectionName {
+    CollectionName::new(collection).expect("a valid collection name")
+}
+
 /// One test's isolated world.
 pub struct TestEnv {
     pub settings: Settings,
     pub id: String,
     pub dir: tempfile::TempDir,
-    database: String,
+    /// The PostgreSQL database, or `None` embedded.
+    database: Option<String>,
+    /// The data directory's SQLite database, shared by every worker and client of the test (one
+    /// process, one set of pools, as in `ragpipe` itself).
+    embedded: Arc<LazyDatabase>,
 }
 
 impl TestEnv {
+    /// Embedded: no server at all, a fresh data directory.
+    pub async fn embedded() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inbox = dir.path().join("inbox");
+        std::fs::create_dir_all(&inbox).expect("inbox");
+        let mut settings = Settings::default();
+        settings.storage.data_dir = dir.path().join("data");
+        settings.storage.allowed_roots = vec![inbox, corpus()];
+        settings.broker.delivery_limit = 3;
+        // Short leases, so a job whose consumer stopped comes back within the test.
+        settings.broker.lease_secs = 3;
+        settings.broker.poll_ms = 20;
+        settings.index.snapshot_interval_secs = 3600;
+        settings.embedder.kind = EmbedderKind::Hash;
+        settings.embedder.max_wait_ms = 5;
+        settings.http.enabled = false;
+        let embedded = Arc::new(LazyDatabase::new(settings.storage.database_file()));
+        Self { settings, id, dir, database: None, embedded }
+    }
+
+    /// Whether this is the embedded variant.
+    pub fn is_embedded(&self) -> bool {
+        self.database.is_none()
+    }
+
     /// A fresh database, queue names, key prefix and directories.
     pub async fn new() -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
@@ -81,14 +145,14 @@ impl TestEnv {
         b.delivery_limit = 3;
         settings.cache.url = Some(SecretString::from(redis_url()));
         settings.cache.key_prefix = format!("ragpipe-test:{id}:");
-        settings.storage.root = dir.path().join("blobs");
+        settings.storage.data_dir = dir.path().join("data");
         settings.storage.allowed_roots = vec![inbox, corpus()];
-        settings.index.dir = dir.path().join("index");
         settings.index.snapshot_interval_secs = 3600;
         settings.embedder.kind = EmbedderKind::Hash;
         settings.embedder.max_wait_ms = 5;
         settings.http.enabled = false;
-        Self { settings, id, dir, database }
+        let embedded = Arc::new(LazyDatabase::new(settings.storage.database_file()));
+        Self { settings, id, dir, database: Some(database), embedded }
     }
 
     /// Where tests write their own files (an allowed root).
@@ -109,9 +173,8 @@ impl TestEnv {
     }
 
     /// Like [`TestEnv::start_worker`], with failure injection at the pipeline's commit points.
-    pub async fn start_worker_with(&self, roles: &[Role], faults: Option<ragpipe::worker::FaultHook>) -> TestWorker {
-        let program = PathBuf::from(env!("CARGO_BIN_EXE_ragpipe"));
-        let mut services = Services::connect(self.settings.clone(), program).await.expect("start worker");
+    pub async fn start_worker_with(&self, roles: &[Role], faults: Option<FaultHook>) -> TestWorker {
+        let mut services = self.services().await;
         services.faults = faults;
         let services = Arc::new(services);
         let shutdown = CancellationToken::new();
@@ -120,18 +183,54 @@ impl TestEnv {
             let (services, shutdown) = (services.clone(), shutdown.clone());
             async move { worker::run(services, &roles, shutdown).await.expect("worker run") }
         });
-        TestWorker { services, shutdown, handle }
+        TestWorker { services, shutdown, handle, embedded: self.is_embedded(), settings: self.settings.clone() }
     }
 
-    /// A broker client (declares the same topology).
+    /// Every backend connected, no role running.
+    pub async fn services(&self) -> Services {
+        let program = PathBuf::from(env!("CARGO_BIN_EXE_ragpipe"));
+        worker::connect_with(self.settings.clone(), program, &self.embedded).await.expect("connect the services")
+    }
+
+    /// A queue client of its own (RabbitMQ: a new connection; embedded: a new queue on the
+    /// test's database). Embedded request/reply only reaches a query role on the same queue:
+    /// ask a query through [`TestWorker::queue`].
+    pub async fn queue(&self) -> Queue {
+        ragpipe::queue::connect(&self.settings.broker, &self.embedded).await.expect("queue")
+    }
+
+    /// A RabbitMQ client (distributed tests only).
     pub async fn broker(&self) -> ragpipe::queue::amqp::AmqpBroker {
         ragpipe::queue::amqp::AmqpBroker::connect(&self.settings.broker).await.expect("broker")
     }
 
-    /// A pool on the test database.
+    /// A pool on the test database (distributed tests only).
     pub async fn pool(&self) -> sqlx::PgPool {
         let url = self.settings.database.url.as_ref().expect("url").expose_secret().to_owned();
         sqlx::PgPool::connect(&url).await.expect("pool")
+    }
+
+    /// The value of a one-row, one-column integer query, on whichever store the test runs
+    /// (write it portably: no casts, no parameters).
+    pub async fn count(&self, sql: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        if self.is_embedded() {
+            let db = self.embedded.get().await.expect("embedded database");
+            sqlx::query_scalar::<_, i64>(sql).fetch_one(db.reader()).await.expect("count")
+        } else {
+            sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool().await).await.expect("count")
+        }
+    }
+
+    /// Like [`TestEnv::count`], for one text column.
+    pub async fn text(&self, sql: &str) -> String {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        if self.is_embedded() {
+            let db = self.embedded.get().await.expect("embedded database");
+            sqlx::query_scalar::<_, String>(sql).fetch_one(db.reader()).await.expect("text")
+        } else {
+            sqlx::query_scalar::<_, String>(sql).fetch_one(&self.pool().await).await.expect("text")
+        }
     }
 
     /// An upload of a file by reference.
@@ -140,7 +239,7 @@ impl TestEnv {
         UploadMessage {
             v: VERSION,
             upload_id: uuid::Uuid::new_v4().to_string(),
-            collection: collection.to_owned(),
+            collection: name(collection),
             filename: path.file_name().expect("name").to_string_lossy().into_owned(),
             content_type: None,
             uri: Some(uri.to_string()),
@@ -152,7 +251,9 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let (settings, database) = (self.settings.clone(), self.database.clone());
+        // Embedded: the temp directory goes with `dir`.
+        let Some(database) = self.database.clone() else { return };
+        let settings = self.settings.clone();
         // Drop runs outside any async context we can use: clean up on a thread with its own runtime.
         let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
@@ -201,6 +302,8 @@ pub struct TestWorker {
     pub services: Arc<Services>,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
+    embedded: bool,
+    settings: Settings,
 }
 
 impl TestWorker {
@@ -212,15 +315,26 @@ impl TestWorker {
             .await
             .expect("worker stops within 30 s")
             .expect("worker task");
-        self.services.broker.close().await;
+        self.services.queue.close().await;
+    }
+
+    /// A client for this worker: RabbitMQ, a new connection (it outlives the worker); embedded,
+    /// the worker's own queue, whose query role answers in-process.
+    pub async fn queue(&self) -> Queue {
+        if self.embedded {
+            self.services.queue.clone()
+        } else {
+            let broker = ragpipe::queue::amqp::AmqpBroker::connect(&self.settings.broker).await.expect("broker");
+            Queue::new(ragpipe::queue::QueueKind::Amqp("test".into()), Arc::new(broker))
+        }
     }
 }
 
 /// Publishes uploads (subscribing to outcomes first) and waits for all of them.
-pub async fn ingest(broker: &dyn Broker, uploads: &[UploadMessage]) -> std::collections::HashMap<String, Outcome> {
-    let mut events = client::subscribe_outcomes(broker).await.expect("subscribe");
+pub async fn ingest(queue: &Queue, uploads: &[UploadMessage]) -> std::collections::HashMap<String, Outcome> {
+    let mut events = client::subscribe_outcomes(queue.events.as_ref()).await.expect("subscribe");
     for upload in uploads {
-        broker.publish_upload(&messages::encode(upload)).await.expect("publish upload");
+        queue.uploads.publish(&messages::encode(upload)).await.expect("publish upload");
     }
     let ids: Vec<String> = uploads.iter().map(|u| u.upload_id.clone()).collect();
     wait(&mut events, &ids).await

@@ -127,7 +127,7 @@ mod tests {
         UploadMessage {
             v: 1,
             upload_id: "u".into(),
-            collection: "c".into(),
+            collection: crate::messages::CollectionName::new("c").expect("valid name"),
             filename: "f.txt".into(),
             content_type: None,
             uri,

@@ -1,0 +1,176 @@
+//! The connected parts of a process ([`Services`]) and the narrow context each role gets from
+//! them ([`IngestContext`], [`QueryContext`]). Roles (`ingest`, `query`, `scheduler`) import
+//! this module; it imports no role. [`crate::worker`] builds the services from the settings.
+
+use std::sync::Arc;
+
+use crate::blobs::BlobStore;
+use crate::cache::Cache;
+use crate::chunk::Chunker;
+use crate::config::{IndexSettings, IngestSettings, QuerySettings, Settings};
+use crate::embed::service::EmbeddingService;
+use crate::extract::Sandbox;
+use crate::fetch::FetchPolicy;
+use crate::index::Indexes;
+use crate::queue::{EventBus, Queue, RequestReply, UploadQueue};
+use crate::store::Store;
+
+/// Which backend each port runs on, for the start-up log and `ragpipe status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backends {
+    /// `postgres (…)` or `sqlite (path)`.
+    pub store: String,
+    /// `rabbitmq (…)` or `embedded (path)`.
+    pub queue: String,
+    /// `redis (…)` or `memory`.
+    pub cache: String,
+}
+
+impl std::fmt::Display for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "store {}, queue {}, cache {}", self.store, self.queue, self.cache)
+    }
+}
+
+/// Every part a worker needs, connected once and shared by its roles.
+pub struct Services {
+    /// The settings the process started with.
+    pub settings: Settings,
+    /// Which backends these are.
+    pub backends: Backends,
+    /// Relational store.
+    pub store: Arc<dyn Store>,
+    /// Uploads, events and request/reply.
+    pub queue: Queue,
+    /// Cache shared by the embedding service (and, later, the query caches).
+    pub cache: Arc<dyn Cache>,
+    /// Original bytes.
+    pub blobs: BlobStore,
+    /// The embedding provider behind cache, rate governor, concurrency limit and retries.
+    pub embedding: Arc<EmbeddingService>,
+    /// Vector indexes held by this process.
+    pub indexes: Arc<Indexes>,
+    /// Extraction sandbox.
+    pub sandbox: Sandbox,
+    /// Chunker (tokenizer built once).
+    pub chunker: Chunker,
+    /// Where uploads may be read from.
+    pub fetch_policy: FetchPolicy,
+    /// Failure injection for tests: called at each [`FaultPoint`]; `true` makes the job vanish
+    /// there as if the process had crashed (no ack, no event). `None` in production.
+    pub faults: Option<FaultHook>,
+}
+
+/// A commit point of the pipeline where tests can simulate a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// The document's chunks are committed; the vectors are not yet in the index.
+    AfterPersist,
+    /// The vectors are in the index; the event is not yet published and the message not acked.
+    AfterIndex,
+}
+
+/// See [`Services::faults`].
+pub type FaultHook = Arc<dyn Fn(FaultPoint) -> bool + Send + Sync>;
+
+/// What the ingest role uses, and nothing else.
+pub struct IngestContext {
+    /// Channel sizes and per-stage concurrency.
+    pub settings: IngestSettings,
+    /// Deliveries of one upload before it is given up (transient failures retry below it).
+    pub delivery_limit: u32,
+    /// Milliseconds the embed stage waits to fill a batch.
+    pub embed_max_wait_ms: u64,
+    /// Documents and chunks.
+    pub store: Arc<dyn Store>,
+    /// Where uploads come from.
+    pub uploads: Arc<dyn UploadQueue>,
+    /// Where outcomes go.
+    pub events: Arc<dyn EventBus>,
+    /// Original bytes.
+    pub blobs: BlobStore,
+    /// Embeddings.
+    pub embedding: Arc<EmbeddingService>,
+    /// Vector indexes.
+    pub indexes: Arc<Indexes>,
+    /// Extraction sandbox.
+    pub sandbox: Sandbox,
+    /// Chunker.
+    pub chunker: Chunker,
+    /// Where uploads may be read from.
+    pub fetch_policy: FetchPolicy,
+    /// Failure injection (tests).
+    pub faults: Option<FaultHook>,
+}
+
+impl IngestContext {
+    /// Whether a test asked to crash at `point`.
+    pub(crate) fn crash_at(&self, point: FaultPoint) -> bool {
+        self.faults.as_ref().is_some_and(|hook| hook(point))
+    }
+}
+
+/// What the query role uses, and nothing else.
+pub struct QueryContext {
+    /// Limits and defaults of requests.
+    pub settings: QuerySettings,
+    /// Chunks and documents, the query log.
+    pub store: Arc<dyn Store>,
+    /// Where requests come from.
+    pub requests: Arc<dyn RequestReply>,
+    /// Query embeddings.
+    pub embedding: Arc<EmbeddingService>,
+    /// Vector indexes.
+    pub indexes: Arc<Indexes>,
+}
+
+/// What keeps a process's indexes current: events from other processes, catch-up, snapshots.
+pub struct IndexContext {
+    /// Snapshot interval and directory.
+    pub settings: IndexSettings,
+    /// Events to follow.
+    pub events: Arc<dyn EventBus>,
+    /// The indexes.
+    pub indexes: Arc<Indexes>,
+}
+
+impl Services {
+    /// The ingest role's context.
+    pub fn ingest(&self) -> IngestContext {
+        IngestContext {
+            settings: self.settings.ingest.clone(),
+            delivery_limit: self.settings.broker.delivery_limit,
+            embed_max_wait_ms: self.settings.embedder.max_wait_ms,
+            store: self.store.clone(),
+            uploads: self.queue.uploads.clone(),
+            events: self.queue.events.clone(),
+            blobs: self.blobs.clone(),
+            embedding: self.embedding.clone(),
+            indexes: self.indexes.clone(),
+            sandbox: self.sandbox.clone(),
+            chunker: self.chunker.clone(),
+            fetch_policy: self.fetch_policy.clone(),
+            faults: self.faults.clone(),
+        }
+    }
+
+    /// The query role's context.
+    pub fn query(&self) -> QueryContext {
+        QueryContext {
+            settings: self.settings.query.clone(),
+            store: self.store.clone(),
+            requests: self.queue.requests.clone(),
+            embedding: self.embedding.clone(),
+            indexes: self.indexes.clone(),
+        }
+    }
+
+    /// The index upkeep's context.
+    pub fn index(&self) -> IndexContext {
+        IndexContext {
+            settings: self.settings.index.clone(),
+            events: self.queue.events.clone(),
+            indexes: self.indexes.clone(),
+        }
+    }
+}

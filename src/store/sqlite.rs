@@ -1,0 +1,434 @@
+//! [`Store`] over SQLite (the embedded store): the same tables and meanings as PostgreSQL
+//! (`migrations/sqlite`), in the data directory's database file.
+//!
+//! SQLite has one writer at a time, which gives for free what PostgreSQL needs an advisory lock
+//! for: chunk ids of a collection are allocated in commit order, so an index snapshot's
+//! watermark stays exact. Every multi-statement write runs in a `BEGIN IMMEDIATE` transaction
+//! (see [`crate::embedded`]); lists are passed as JSON arrays and read with `json_each`.
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    ChunkHit, Claim, Collection, DocumentStatus, NewChunk, NewDocument, Persisted, QueryLogEntry, StatusRow, Store,
+    StoreError, StoredVectors, decode_vector_into, encode_vector,
+};
+use crate::embedded::Database;
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    db: Database,
+}
+
+impl SqliteStore {
+    /// The store in an opened (and migrated) embedded database.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// The database it lives in.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+}
+
+/// Classifies sqlx errors: a busy database, I/O and pool problems are transient, the rest permanent.
+fn map_err(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => {
+            StoreError::Unavailable(error.to_string())
+        }
+        sqlx::Error::Database(db) => {
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes: another process
+            // held the write lock beyond the busy timeout. SQLITE_FULL (13), SQLITE_IOERR (10).
+            let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff;
+            if matches!(code, 5 | 6 | 10 | 13) {
+                StoreError::Unavailable(error.to_string())
+            } else {
+                StoreError::Query(error.to_string())
+            }
+        }
+        _ => StoreError::Query(error.to_string()),
+    }
+}
+
+fn json_ids(ids: &[i64]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())
+}
+
+fn collect_vectors(rows: &[SqliteRow], dimensions: usize) -> Result<StoredVectors, StoreError> {
+    let mut out =
+        StoredVectors { ids: Vec::with_capacity(rows.len()), vectors: Vec::with_capacity(rows.len() * dimensions) };
+    for row in rows {
+        out.ids.push(row.try_get("id").map_err(map_err)?);
+        let bytes: Vec<u8> = row.try_get("embedding").map_err(map_err)?;
+        decode_vector_into(&bytes, dimensions, &mut out.vectors)?;
+    }
+    Ok(out)
+}
+
+fn status_of(row: &SqliteRow) -> Result<DocumentStatus, StoreError> {
+    let text: String = row.try_get("status").map_err(map_err)?;
+    text.parse().map_err(StoreError::Query)
+}
+
+async fn read_vectors(
+    tx: &mut Transaction<'_, Sqlite>,
+    document_id: i64,
+    dimensions: usize,
+) -> Result<StoredVectors, StoreError> {
+    let rows = sqlx::query("SELECT id, embedding FROM chunks WHERE document_id = ?1 ORDER BY ordinal")
+        .bind(document_id)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    collect_vectors(&rows, dimensions)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ensure_collection(&self, name: &str) -> Result<Collection, StoreError> {
+        if let Some(found) = self.collection(name).await? {
+            return Ok(found);
+        }
+        let row = sqlx::query(
+            "INSERT INTO collections (name) VALUES (?1)
+             ON CONFLICT (name) DO UPDATE SET name = excluded.name
+             RETURNING id, name",
+        )
+        .bind(name)
+        .fetch_one(self.db.writer())
+        .await
+        .map_err(map_err)?;
+        Ok(Collection { id: row.try_get("id").map_err(map_err)?, name: row.try_get("name").map_err(map_err)? })
+    }
+
+    async fn collection(&self, name: &str) -> Result<Option<Collection>, StoreError> {
+        let row = sqlx::query("SELECT id, name FROM collections WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(self.db.reader())
+            .await
+            .map_err(map_err)?;
+        row.map(|r| Ok(Collection { id: r.try_get("id").map_err(map_err)?, name: r.try_get("name").map_err(map_err)? }))
+            .transpose()
+    }
+
+    async fn claim_document(&self, doc: &NewDocument) -> Result<Claim, StoreError> {
+        let metadata = serde_json::to_string(&doc.metadata).unwrap_or_else(|_| "{}".into());
+        let mut tx = self.db.begin_write().await.map_err(map_err)?;
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO documents
+                 (collection_id, sha256, upload_id, filename, content_type, size_bytes, storage_path, metadata)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (collection_id, sha256) DO NOTHING
+             RETURNING id",
+        )
+        .bind(doc.collection_id)
+        .bind(&doc.sha256)
+        .bind(&doc.upload_id)
+        .bind(&doc.filename)
+        .bind(&doc.content_type)
+        .bind(doc.size_bytes)
+        .bind(&doc.storage_path)
+        .bind(&metadata)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if let Some(document_id) = inserted {
+            tx.commit().await.map_err(map_err)?;
+            return Ok(Claim::Process { document_id });
+        }
+        let row = sqlx::query(
+            "SELECT id, status, upload_id, chunk_count FROM documents WHERE collection_id = ?1 AND sha256 = ?2",
+        )
+        .bind(doc.collection_id)
+        .bind(&doc.sha256)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let document_id: i64 = row.try_get("id").map_err(map_err)?;
+        let status = status_of(&row)?;
+        let owner: String = row.try_get("upload_id").map_err(map_err)?;
+        let chunks: i64 = row.try_get("chunk_count").map_err(map_err)?;
+        let claim = match status {
+            DocumentStatus::Ingested | DocumentStatus::NoText if owner == doc.upload_id => {
+                Claim::AlreadyDone { document_id, chunks, status }
+            }
+            DocumentStatus::Ingested | DocumentStatus::NoText => Claim::Duplicate { document_id, chunks, status },
+            // Another attempt may be in flight; persist_chunks settles who wins.
+            DocumentStatus::Pending => Claim::Process { document_id },
+            DocumentStatus::Failed | DocumentStatus::Deleted => {
+                // This upload takes the document over and resumes it.
+                sqlx::query(
+                    "UPDATE documents SET status = 'pending', failure_reason = NULL, deleted_at = NULL,
+                         upload_id = ?2, filename = ?3, content_type = ?4, metadata = ?5,
+                         updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                     WHERE id = ?1 AND status IN ('failed', 'deleted')",
+                )
+                .bind(document_id)
+                .bind(&doc.upload_id)
+                .bind(&doc.filename)
+                .bind(&doc.content_type)
+                .bind(&metadata)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                Claim::Process { document_id }
+            }
+        };
+        tx.commit().await.map_err(map_err)?;
+        Ok(claim)
+    }
+
+    async fn mark_failed(&self, document_id: i64, reason: &str) -> Result<(), StoreError> {
+        // Never downgrade a document another attempt already ingested.
+        sqlx::query(
+            "UPDATE documents SET status = 'failed', failure_reason = ?2,
+                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE id = ?1 AND status NOT IN ('ingested', 'no_text')",
+        )
+        .bind(document_id)
+        .bind(reason)
+        .execute(self.db.writer())
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn mark_no_text(&self, document_id: i64, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE documents SET status = 'no_text', failure_reason = ?2, chunk_count = 0,
+                 ingested_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE id = ?1 AND status <> 'ingested'",
+        )
+        .bind(document_id)
+        .bind(reason)
+        .execute(self.db.writer())
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn persist_chunks(
+        &self,
+        document_id: i64,
+        model: &str,
+        dimensions: usize,
+        chunks: &[NewChunk],
+    ) -> Result<Persisted, StoreError> {
+        // Encode outside the write lock: the lock is held for the inserts only.
+        let embeddings: Vec<Vec<u8>> = chunks.iter().map(|c| encode_vector(&c.embedding)).collect();
+        let mut tx = self.db.begin_write().await.map_err(map_err)?;
+        let doc = sqlx::query(
+            "SELECT d.status, d.collection_id, c.name, c.embedding_model, c.embedding_dimensions
+             FROM documents d JOIN collections c ON c.id = d.collection_id
+             WHERE d.id = ?1",
+        )
+        .bind(document_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let collection_id: i64 = doc.try_get("collection_id").map_err(map_err)?;
+        if status_of(&doc)? == DocumentStatus::Ingested {
+            let stored = read_vectors(&mut tx, document_id, dimensions).await?;
+            tx.commit().await.map_err(map_err)?;
+            return Ok(Persisted { inserted: false, stored });
+        }
+        check_model(&mut tx, &doc, collection_id, model, dimensions).await?;
+        // Leftovers of a document that was deleted and is now uploaded again.
+        sqlx::query("DELETE FROM chunks WHERE document_id = ?1")
+            .bind(document_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let mut ids = Vec::with_capacity(chunks.len());
+        for (chunk, embedding) in chunks.iter().zip(&embeddings) {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO chunks (document_id, collection_id, model, ordinal, text, token_count, char_start,
+                                     char_end, page_start, page_end, heading_path, embedding)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 RETURNING id",
+            )
+            .bind(document_id)
+            .bind(collection_id)
+            .bind(model)
+            .bind(chunk.ordinal)
+            .bind(&chunk.text)
+            .bind(chunk.token_count)
+            .bind(chunk.char_start)
+            .bind(chunk.char_end)
+            .bind(chunk.page_start)
+            .bind(chunk.page_end)
+            .bind(&chunk.heading_path)
+            .bind(embedding)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            ids.push((chunk.ordinal, id));
+        }
+        sqlx::query(
+            "UPDATE documents SET status = 'ingested', chunk_count = ?2, failure_reason = NULL,
+                 ingested_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE id = ?1",
+        )
+        .bind(document_id)
+        .bind(i32::try_from(chunks.len()).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        ids.sort_unstable();
+        let mut vectors = Vec::with_capacity(chunks.len() * dimensions);
+        for chunk in chunks {
+            vectors.extend_from_slice(&chunk.embedding);
+        }
+        Ok(Persisted {
+            inserted: true,
+            stored: StoredVectors { ids: ids.into_iter().map(|(_, id)| id).collect(), vectors },
+        })
+    }
+
+    async fn document_vectors(&self, document_id: i64, dimensions: usize) -> Result<StoredVectors, StoreError> {
+        let rows = sqlx::query("SELECT id, embedding FROM chunks WHERE document_id = ?1 ORDER BY ordinal")
+            .bind(document_id)
+            .fetch_all(self.db.reader())
+            .await
+            .map_err(map_err)?;
+        collect_vectors(&rows, dimensions)
+    }
+
+    async fn chunk_ids_after(&self, collection_id: i64, after: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM chunks
+             WHERE collection_id = ?1 AND id > ?2 AND deleted_at IS NULL
+             ORDER BY id LIMIT ?3",
+        )
+        .bind(collection_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.db.reader())
+        .await
+        .map_err(map_err)
+    }
+
+    async fn vectors_by_ids(&self, ids: &[i64], dimensions: usize) -> Result<StoredVectors, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, embedding FROM chunks WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id")
+                .bind(json_ids(ids))
+                .fetch_all(self.db.reader())
+                .await
+                .map_err(map_err)?;
+        collect_vectors(&rows, dimensions)
+    }
+
+    async fn fetch_chunks(&self, ids: &[i64]) -> Result<Vec<ChunkHit>, StoreError> {
+        // One query for all chunks and their documents: no N+1.
+        let rows = sqlx::query(
+            "SELECT c.id, c.document_id, d.filename, c.text, c.char_start, c.char_end,
+                    c.page_start, c.heading_path
+             FROM chunks c JOIN documents d ON d.id = c.document_id
+             WHERE c.id IN (SELECT value FROM json_each(?1)) AND c.deleted_at IS NULL
+               AND d.deleted_at IS NULL AND d.status = 'ingested'",
+        )
+        .bind(json_ids(ids))
+        .fetch_all(self.db.reader())
+        .await
+        .map_err(map_err)?;
+        let mut hits = Vec::with_capacity(rows.len());
+        for row in rows {
+            hits.push(ChunkHit {
+                chunk_id: row.try_get("id").map_err(map_err)?,
+                document_id: row.try_get("document_id").map_err(map_err)?,
+                filename: row.try_get("filename").map_err(map_err)?,
+                text: row.try_get("text").map_err(map_err)?,
+                char_start: row.try_get("char_start").map_err(map_err)?,
+                char_end: row.try_get("char_end").map_err(map_err)?,
+                page: row.try_get("page_start").map_err(map_err)?,
+                heading_path: row.try_get("heading_path").map_err(map_err)?,
+            });
+        }
+        hits.sort_by_key(|hit| ids.iter().position(|id| *id == hit.chunk_id));
+        Ok(hits)
+    }
+
+    async fn log_query(&self, entry: &QueryLogEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO query_log (collection, query, top_k, result_chunk_ids, scores, error_code, latency_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(&entry.collection)
+        .bind(&entry.query)
+        .bind(entry.top_k)
+        .bind(json_ids(&entry.chunk_ids))
+        .bind(serde_json::to_string(&entry.scores).unwrap_or_else(|_| "[]".into()))
+        .bind(&entry.error_code)
+        .bind(entry.latency_ms)
+        .execute(self.db.writer())
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn status(&self) -> Result<Vec<StatusRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.name, d.status, count(*) AS documents, coalesce(sum(d.chunk_count), 0) AS chunks
+             FROM documents d JOIN collections c ON c.id = d.collection_id
+             GROUP BY c.name, d.status ORDER BY c.name, d.status",
+        )
+        .fetch_all(self.db.reader())
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StatusRow {
+                    collection: r.try_get("name").map_err(map_err)?,
+                    status: status_of(r)?,
+                    documents: r.try_get("documents").map_err(map_err)?,
+                    chunks: r.try_get("chunks").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(self.db.reader()).await.map_err(map_err)?;
+        Ok(())
+    }
+}
+
+/// Fixes the collection's model on first use and refuses any other model or dimension after.
+async fn check_model(
+    tx: &mut Transaction<'_, Sqlite>,
+    doc: &SqliteRow,
+    collection_id: i64,
+    model: &str,
+    dimensions: usize,
+) -> Result<(), StoreError> {
+    let dims = i32::try_from(dimensions).unwrap_or(i32::MAX);
+    let existing_model: Option<String> = doc.try_get("embedding_model").map_err(map_err)?;
+    let existing_dims: Option<i32> = doc.try_get("embedding_dimensions").map_err(map_err)?;
+    match (existing_model, existing_dims) {
+        (Some(m), Some(d)) if m == model && d == dims => Ok(()),
+        (Some(existing_model), Some(existing_dims)) => Err(StoreError::ModelMismatch {
+            collection: doc.try_get("name").map_err(map_err)?,
+            existing_model,
+            existing_dims,
+            model: model.into(),
+            dims,
+        }),
+        _ => {
+            sqlx::query("UPDATE collections SET embedding_model = ?2, embedding_dimensions = ?3 WHERE id = ?1")
+                .bind(collection_id)
+                .bind(model)
+                .bind(dims)
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?;
+            Ok(())
+        }
+    }
+}

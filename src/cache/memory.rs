@@ -43,6 +43,17 @@ impl MemoryCache {
     pub fn new(capacity: u64) -> Self {
         Self { inner: Moka::builder().max_capacity(capacity).expire_after(PerEntryTtl).build() }
     }
+
+    /// Entries held, once pending evictions have run (moka evicts in the background).
+    pub async fn len(&self) -> u64 {
+        self.inner.run_pending_tasks().await;
+        self.inner.entry_count()
+    }
+
+    /// Whether it holds nothing.
+    pub async fn is_empty(&self) -> bool {
+        self.len().await == 0
+    }
 }
 
 #[async_trait]
@@ -59,21 +70,5 @@ impl Cache for MemoryCache {
         for (key, value) in entries {
             self.inner.insert(key.clone(), Entry { bytes: value.as_slice().into(), ttl }).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn entries_expire_after_their_ttl() {
-        let cache = MemoryCache::new(10);
-        cache.set("a", b"1".to_vec(), Duration::from_millis(50)).await;
-        cache.set("b", b"2".to_vec(), Duration::from_secs(60)).await;
-        assert_eq!(cache.get("a").await.as_deref(), Some(&b"1"[..]));
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        assert_eq!(cache.get("a").await, None);
-        assert_eq!(cache.get("b").await.as_deref(), Some(&b"2"[..]));
     }
 }

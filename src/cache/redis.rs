@@ -140,10 +140,11 @@ impl Cache for RedisCache {
             return;
         }
         let Some(mut manager) = self.manager().await else { return };
-        // Every write carries a TTL (the seed article's Redis OOM lesson).
+        // Every write carries a TTL (the seed article's Redis OOM lesson), in milliseconds.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut pipe = redis::pipe();
         for (key, value) in entries {
-            pipe.set_ex(self.key(key), value.as_slice(), ttl.as_secs().max(1)).ignore();
+            pipe.pset_ex(self.key(key), value.as_slice(), ttl_ms).ignore();
         }
         let write = async { pipe.query_async::<()>(&mut manager).await };
         match tokio::time::timeout(self.link.timeout(), write).await {

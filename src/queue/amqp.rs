@@ -194,6 +194,17 @@ fn amqp_int(value: &AMQPValue) -> Option<i64> {
     }
 }
 
+/// The `reason` of the first `x-death` entry RabbitMQ adds when it dead-letters a message.
+fn x_death_reason(headers: &FieldTable) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else { return None };
+    match first.inner().get("reason")? {
+        AMQPValue::LongString(reason) => Some(reason.to_string()),
+        AMQPValue::ShortString(reason) => Some(reason.as_str().to_owned()),
+        _ => None,
+    }
+}
+
 fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
@@ -331,7 +342,14 @@ impl UploadQueue for AmqpBroker {
                 headers.inner().get(key).and_then(|v| v.as_long_string()).map(ToString::to_string).unwrap_or_default()
             };
             let retryable = matches!(headers.inner().get("x-ragpipe-retryable"), Some(AMQPValue::Boolean(true)));
-            let reason = DeadLetterReason { code: text("x-ragpipe-code"), reason: text("x-ragpipe-reason"), retryable };
+            let mut reason =
+                DeadLetterReason { code: text("x-ragpipe-code"), reason: text("x-ragpipe-reason"), retryable };
+            if reason.code.is_empty() {
+                // Dead-lettered by RabbitMQ itself (the delivery limit): its reason is in x-death.
+                let death = x_death_reason(&headers).unwrap_or_else(|| "unknown".into());
+                reason.reason = format!("dead-lettered by RabbitMQ: {death}");
+                reason.code = death;
+            }
             out.push(DeadLetter { body: message.delivery.data, reason });
         }
         let _ = channel.close(200, "done".into()).await;

@@ -5,9 +5,10 @@
 //!   (one `UPDATE … RETURNING`, atomic across processes), renews the leases while it works, and
 //!   settles each: ack deletes the row, `retry_after` makes it visible again later, dead-letter
 //!   moves it to `dead_letters` with the reason. A job whose consumer died (SIGKILL, power cut)
-//!   becomes visible again when its lease expires; a job leased more than `delivery_limit`
-//!   times is dead-lettered with code `delivery_limit` instead of being handed out again, so a
-//!   document that crashes the worker cannot crash it forever.
+//!   becomes visible again when its lease expires; a job that came back more than
+//!   `delivery_limit` times (as RabbitMQ counts: `delivery_limit + 1` deliveries) is
+//!   dead-lettered with code `delivery_limit` instead of being handed out again, so a document
+//!   that crashes the worker cannot crash it forever.
 //! - **Events.** Publishing commits a row to `events`; subscribers read `id > cursor` in order.
 //!   Ids are allocated under SQLite's single write lock, so they commit in id order and a
 //!   subscriber never skips one. Subscribers in this process are woken at once; others poll.
@@ -304,12 +305,14 @@ async fn lease_loop(
                     leased_any = !jobs.is_empty();
                     for (job, body, attempts) in jobs {
                         let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
-                        if attempt > delivery_limit {
+                        // Returned `attempt - 1` times; RabbitMQ's limit counts returns.
+                        if attempt > delivery_limit.saturating_add(1) {
                             let reason = DeadLetterReason {
                                 code: "delivery_limit".into(),
                                 reason: format!(
-                                    "delivered {attempt} times without being settled (broker.delivery_limit is \
-                                     {delivery_limit}): the worker crashed or was stopped while processing it"
+                                    "returned {} times without being settled (broker.delivery_limit is \
+                                     {delivery_limit}): the worker crashed or was stopped while processing it",
+                                    attempt - 1
                                 ),
                                 retryable: false,
                             };

@@ -199,6 +199,11 @@ impl TestEnv {
         ragpipe::queue::connect(&self.settings.broker, &self.embedded).await.expect("queue")
     }
 
+    /// The store alone (PostgreSQL, or SQLite in the data directory), migrated.
+    pub async fn store(&self) -> Arc<dyn ragpipe::store::Store> {
+        ragpipe::store::connect(&self.settings.database, &self.embedded).await.expect("store").store
+    }
+
     /// A RabbitMQ client (distributed tests only).
     pub async fn broker(&self) -> ragpipe::queue::amqp::AmqpBroker {
         ragpipe::queue::amqp::AmqpBroker::connect(&self.settings.broker).await.expect("broker")

@@ -1,0 +1,201 @@
+//! The store's conformance suite: every case runs against PostgreSQL and against the embedded
+//! SQLite store, and asserts the same behaviour. Later features (change log, deletes, full-text
+//! search) add their cases here.
+
+mod common;
+
+use common::TestEnv;
+use ragpipe::store::{Claim, DocumentStatus, NewChunk, NewDocument, QueryLogEntry, Store, StoreError};
+
+on_both_backends!(
+    claims_are_idempotent_and_the_same_bytes_are_a_duplicate,
+    a_failed_document_is_resumed_by_the_next_upload_and_never_downgraded,
+    persisting_twice_stores_once_and_returns_the_stored_vectors,
+    catch_up_reads_new_chunk_ids_in_order_with_their_vectors,
+    a_collection_keeps_the_model_it_started_with,
+    fetched_chunks_follow_the_requested_order_and_carry_citations,
+    status_counts_documents_and_queries_are_logged,
+);
+
+fn document(collection_id: i64, byte: u8, upload: &str) -> NewDocument {
+    NewDocument {
+        collection_id,
+        sha256: format!("{byte:02x}").repeat(32),
+        upload_id: upload.into(),
+        filename: format!("{upload}.txt"),
+        content_type: Some("text/plain".into()),
+        size_bytes: 42,
+        storage_path: "/blobs/x".into(),
+        metadata: serde_json::json!({"team": "ops"}),
+    }
+}
+
+fn chunks(n: usize, seed: f32) -> Vec<NewChunk> {
+    (0..n)
+        .map(|i| NewChunk {
+            ordinal: i as i32,
+            text: format!("chunk {i} of {seed}"),
+            token_count: 4,
+            char_start: (i * 10) as i32,
+            char_end: (i * 10 + 9) as i32,
+            page_start: Some(i as i32 + 1),
+            page_end: Some(i as i32 + 1),
+            heading_path: Some("Intro > Part".into()),
+            embedding: vec![seed, i as f32, 0.5],
+        })
+        .collect()
+}
+
+async fn process(store: &dyn Store, doc: &NewDocument) -> i64 {
+    match store.claim_document(doc).await.expect("claim") {
+        Claim::Process { document_id } => document_id,
+        other => panic!("expected Process, got {other:?}"),
+    }
+}
+
+async fn claims_are_idempotent_and_the_same_bytes_are_a_duplicate(env: TestEnv) {
+    let store = env.store().await;
+    let c = store.ensure_collection("claims").await.expect("collection");
+    assert_eq!(store.ensure_collection("claims").await.expect("again"), c);
+    assert_eq!(store.collection("claims").await.expect("lookup"), Some(c.clone()));
+    assert_eq!(store.collection("nope").await.expect("lookup"), None);
+
+    let doc = document(c.id, 1, "u1");
+    let id = process(store.as_ref(), &doc).await;
+    // Another attempt while it is pending may proceed; persist settles who wins.
+    assert_eq!(process(store.as_ref(), &doc).await, id);
+    store.persist_chunks(id, "m", 3, &chunks(2, 1.0)).await.expect("persist");
+    // The same upload again (a redelivery) is already done; other uploads of the bytes are duplicates.
+    assert_eq!(
+        store.claim_document(&doc).await.expect("claim"),
+        Claim::AlreadyDone { document_id: id, chunks: 2, status: DocumentStatus::Ingested }
+    );
+    assert_eq!(
+        store.claim_document(&document(c.id, 1, "u2")).await.expect("claim"),
+        Claim::Duplicate { document_id: id, chunks: 2, status: DocumentStatus::Ingested }
+    );
+    // The same bytes in another collection are another document.
+    let other = store.ensure_collection("claims-2").await.expect("collection");
+    assert_ne!(process(store.as_ref(), &document(other.id, 1, "u3")).await, id);
+}
+
+async fn a_failed_document_is_resumed_by_the_next_upload_and_never_downgraded(env: TestEnv) {
+    let store = env.store().await;
+    let c = store.ensure_collection("resume").await.expect("collection");
+    let id = process(store.as_ref(), &document(c.id, 2, "first")).await;
+    store.mark_failed(id, "corrupt: bad bytes").await.expect("fail");
+    assert_eq!(store.status().await.expect("status")[0].status, DocumentStatus::Failed);
+    // The next upload of the bytes takes the document over.
+    assert_eq!(process(store.as_ref(), &document(c.id, 2, "second")).await, id);
+    store.persist_chunks(id, "m", 3, &chunks(1, 2.0)).await.expect("persist");
+    // A late failure of the first attempt must not undo the ingest.
+    store.mark_failed(id, "timed_out").await.expect("fail late");
+    assert_eq!(
+        store.claim_document(&document(c.id, 2, "second")).await.expect("claim"),
+        Claim::AlreadyDone { document_id: id, chunks: 1, status: DocumentStatus::Ingested }
+    );
+    // No text is a settled outcome too.
+    let empty = process(store.as_ref(), &document(c.id, 3, "scan")).await;
+    store.mark_no_text(empty, "no_text: image-only").await.expect("no text");
+    assert_eq!(
+        store.claim_document(&document(c.id, 3, "scan-again")).await.expect("claim"),
+        Claim::Duplicate { document_id: empty, chunks: 0, status: DocumentStatus::NoText }
+    );
+}
+
+async fn persisting_twice_stores_once_and_returns_the_stored_vectors(env: TestEnv) {
+    let store = env.store().await;
+    let c = store.ensure_collection("persist").await.expect("collection");
+    let id = process(store.as_ref(), &document(c.id, 4, "p")).await;
+    let first = store.persist_chunks(id, "m", 3, &chunks(3, 4.0)).await.expect("persist");
+    assert!(first.inserted);
+    assert_eq!(first.stored.ids.len(), 3);
+    assert!(first.stored.ids.windows(2).all(|w| w[0] < w[1]), "ids follow ordinals: {:?}", first.stored.ids);
+    // A concurrent or repeated attempt writes nothing and gets the stored rows back.
+    let second = store.persist_chunks(id, "m", 3, &chunks(3, 9.0)).await.expect("persist again");
+    assert!(!second.inserted);
+    assert_eq!(second.stored, first.stored);
+    assert_eq!(store.document_vectors(id, 3).await.expect("vectors"), first.stored);
+    assert_eq!(env.count("SELECT count(*) FROM chunks").await, 3);
+}
+
+async fn catch_up_reads_new_chunk_ids_in_order_with_their_vectors(env: TestEnv) {
+    let store = env.store().await;
+    let c = store.ensure_collection("catchup").await.expect("collection");
+    let mut all = Vec::new();
+    for byte in 5..8u8 {
+        let id = process(store.as_ref(), &document(c.id, byte, &format!("d{byte}"))).await;
+        all.extend(store.persist_chunks(id, "m", 3, &chunks(4, f32::from(byte))).await.expect("persist").stored.ids);
+    }
+    assert_eq!(store.chunk_ids_after(c.id, 0, 100).await.expect("ids"), all);
+    // Paging: after a watermark, at most `limit`.
+    assert_eq!(store.chunk_ids_after(c.id, all[3], 5).await.expect("page"), all[4..9].to_vec());
+    assert!(store.chunk_ids_after(c.id, all[11], 5).await.expect("end").is_empty());
+    let other = store.ensure_collection("catchup-other").await.expect("collection");
+    assert!(store.chunk_ids_after(other.id, 0, 100).await.expect("other").is_empty());
+    // Vectors by id come back in id order; unknown ids are skipped.
+    let wanted = vec![all[7], all[2], 999_999];
+    let got = store.vectors_by_ids(&wanted, 3).await.expect("vectors");
+    assert_eq!(got.ids, vec![all[2], all[7]]);
+    assert_eq!(got.vectors, vec![5.0, 2.0, 0.5, 6.0, 3.0, 0.5]);
+}
+
+async fn a_collection_keeps_the_model_it_started_with(env: TestEnv) {
+    let store = env.store().await;
+    let c = store.ensure_collection("models").await.expect("collection");
+    let a = process(store.as_ref(), &document(c.id, 8, "a")).await;
+    store.persist_chunks(a, "model-a", 3, &chunks(1, 1.0)).await.expect("persist");
+    let b = process(store.as_ref(), &document(c.id, 9, "b")).await;
+    let error = store.persist_chunks(b, "model-b", 3, &chunks(1, 1.0)).await.expect_err("another model");
+    assert!(matches!(error, StoreError::ModelMismatch { .. }), "{error}");
+    assert_eq!(ragpipe::error::Failure::from(error).code, "model_mismatch");
+    let error = store.persist_chunks(b, "model-a", 4, &chunks(1, 1.0)).await.expect_err("another dimension");
+    assert!(error.to_string().contains("dimension 4"), "{error}");
+}
+
+async fn fetched_chunks_follow_the_requested_order_and_carry_citations(env: TestEnv) {
+    let store = env.store().await;
+    let c = store.ensure_collection("fetch").await.expect("collection");
+    let id = process(store.as_ref(), &document(c.id, 10, "f")).await;
+    let ids = store.persist_chunks(id, "m", 3, &chunks(3, 1.0)).await.expect("persist").stored.ids;
+    // A document still pending contributes nothing to answers.
+    let pending = process(store.as_ref(), &document(c.id, 11, "pending")).await;
+    assert!(store.document_vectors(pending, 3).await.expect("none").ids.is_empty());
+
+    let hits = store.fetch_chunks(&[ids[2], ids[0], 424_242]).await.expect("fetch");
+    assert_eq!(hits.iter().map(|h| h.chunk_id).collect::<Vec<_>>(), vec![ids[2], ids[0]]);
+    let hit = &hits[0];
+    assert_eq!((hit.document_id, hit.filename.as_str(), hit.text.as_str()), (id, "f.txt", "chunk 2 of 1"));
+    assert_eq!((hit.char_start, hit.char_end, hit.page), (20, 29, Some(3)));
+    assert_eq!(hit.heading_path.as_deref(), Some("Intro > Part"));
+}
+
+async fn status_counts_documents_and_queries_are_logged(env: TestEnv) {
+    let store = env.store().await;
+    let c = store.ensure_collection("status").await.expect("collection");
+    for byte in 12..15u8 {
+        let id = process(store.as_ref(), &document(c.id, byte, &format!("s{byte}"))).await;
+        store.persist_chunks(id, "m", 3, &chunks(2, 1.0)).await.expect("persist");
+    }
+    let failed = process(store.as_ref(), &document(c.id, 15, "broken")).await;
+    store.mark_failed(failed, "corrupt").await.expect("fail");
+    let rows = store.status().await.expect("status");
+    let summary: Vec<_> = rows.iter().map(|r| (r.collection.as_str(), r.status, r.documents, r.chunks)).collect();
+    // Ordered by collection, then status name.
+    assert_eq!(summary, vec![("status", DocumentStatus::Failed, 1, 0), ("status", DocumentStatus::Ingested, 3, 6)]);
+
+    store
+        .log_query(&QueryLogEntry {
+            collection: "status".into(),
+            query: "how many?".into(),
+            top_k: 2,
+            chunk_ids: vec![1, 2],
+            scores: vec![0.9, 0.5],
+            error_code: None,
+            latency_ms: 12,
+        })
+        .await
+        .expect("log");
+    assert_eq!(env.count("SELECT count(*) FROM query_log WHERE top_k = 2").await, 1);
+    store.ping().await.expect("ping");
+}

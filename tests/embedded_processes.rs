@@ -1,0 +1,193 @@
+//! Embedded mode across real processes: the README's first command with no network at all, a
+//! `ragpipe worker` killed with SIGKILL mid-ingest again and again, and the CLI handing its
+//! uploads to a worker that runs in another process.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{TestEnv, corpus};
+use futures::StreamExt;
+use ragpipe::messages::{self, DOCUMENT_INGESTED};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ragpipe")
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A config file for the `ragpipe` processes of `env` (embedded, hash embedder).
+fn config_file(env: &TestEnv) -> PathBuf {
+    let s = &env.settings;
+    let roots: Vec<String> = s.storage.allowed_roots.iter().map(|r| format!("{:?}", r.display().to_string())).collect();
+    let text = format!(
+        "[storage]\ndata_dir = {:?}\nallowed_roots = [{}]\n\
+         [broker]\nlease_secs = {}\npoll_ms = {}\ndelivery_limit = {}\n\
+         [embedder]\nkind = \"hash\"\nmodel = \"hash-v1\"\nmax_wait_ms = 5\n\
+         [index]\nsnapshot_interval_secs = 3600\n[http]\nenabled = false\n",
+        s.storage.data_dir.display().to_string(),
+        roots.join(", "),
+        s.broker.lease_secs,
+        s.broker.poll_ms,
+        s.broker.delivery_limit,
+    );
+    let path = env.dir.path().join("workers.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+fn spawn_worker(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    Command::new(bin())
+        .args(["worker", "--role", "ingest", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ragpipe worker")
+}
+
+/// SIGTERM, then wait: the worker drains and writes its index snapshots.
+fn stop(mut child: Child) {
+    // SAFETY: signals a child process we started and still own.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().expect("wait for the worker");
+    assert!(status.success(), "the worker exits 0 on SIGTERM: {status}");
+}
+
+#[test]
+fn the_first_readme_command_answers_with_citations_with_no_network_at_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = std::env::var_os("RAGPIPE_TEST_MODEL_DIR")
+        .map_or_else(|| repo().join("models/all-MiniLM-L6-v2"), PathBuf::from);
+    let local = model.join("model.safetensors").is_file();
+    if !local && std::env::var_os("RAGPIPE_REQUIRE_MODEL").is_some() {
+        panic!("the local model is required (RAGPIPE_REQUIRE_MODEL) but {} has none", model.display());
+    }
+    // No network namespace where that is not allowed; embedded mode needs no network either way.
+    let isolated = Command::new("unshare").args(["-n", "true"]).status().is_ok_and(|s| s.success());
+    let mut command = if isolated { Command::new("unshare") } else { Command::new("bash") };
+    if isolated {
+        command.args(["-n", "bash"]);
+    }
+    command
+        .arg(repo().join("ops/quickstart.sh"))
+        .current_dir(repo())
+        .env("RAGPIPE_BIN", bin())
+        .env("QUICKSTART_DATA", dir.path().join("data"))
+        .env("QUICKSTART_EMBEDDER", if local { "local" } else { "hash" })
+        .env("RAGPIPE__EMBEDDER__MODEL_DIR", &model);
+    let output = command.output().expect("run ops/quickstart.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "quickstart failed (network namespace: {isolated}):\n{stdout}\n{stderr}");
+    assert!(stdout.contains("5 ingested"), "{stdout}");
+    assert!(stdout.contains("[1] alice29.txt"), "the pocket-watch question is answered from Alice:\n{stdout}");
+    assert!(stdout.contains("chars "), "with a character range to cite:\n{stdout}");
+    if !isolated {
+        println!("note: `unshare -n` is not permitted here; ran without a network namespace");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_ingest_again_and_again_loses_and_duplicates_nothing() {
+    let mut env = TestEnv::embedded().await;
+    env.settings.broker.lease_secs = 2;
+    // Killed jobs come back; none may be dead-lettered for it here.
+    env.settings.broker.delivery_limit = 50;
+    let config = config_file(&env);
+    let log = env.dir.path().join("worker.log");
+    let queue = env.queue().await;
+    let text = std::fs::read_to_string(corpus().join("text/tinyshakespeare.txt")).expect("corpus");
+    let uploads: Vec<_> = text
+        .as_bytes()
+        .chunks(12_000)
+        .take(80)
+        .enumerate()
+        .map(|(i, part)| env.upload_file(&env.write(&format!("part-{i:03}.txt"), part), "killed"))
+        .collect();
+    let mut events = queue.events.subscribe(&[DOCUMENT_INGESTED]).await.expect("subscribe");
+    for upload in &uploads {
+        queue.uploads.publish(&messages::encode(upload)).await.expect("publish");
+    }
+    let mut done = std::collections::HashSet::new();
+    for round in 0..4 {
+        let worker = spawn_worker(&config, &log);
+        // Let some documents finish, then kill while others are in flight.
+        let target = (done.len() + 12).min(uploads.len());
+        while done.len() < target {
+            let event = tokio::time::timeout(Duration::from_secs(60), events.next())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no progress within 60 s; see {}", log.display()))
+                .expect("stream")
+                .expect("event");
+            let body: serde_json::Value = serde_json::from_slice(&event.body).expect("json");
+            done.insert(body["upload_id"].as_str().expect("upload_id").to_owned());
+        }
+        let mut worker = worker;
+        worker.kill().expect("SIGKILL");
+        worker.wait().expect("reap");
+    }
+    // A last worker finishes the rest (leases of the killed ones expire) and stops cleanly.
+    let worker = spawn_worker(&config, &log);
+    while done.len() < uploads.len() {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("stuck at {}/{}; see {}", done.len(), uploads.len(), log.display()))
+            .expect("stream")
+            .expect("event");
+        let body: serde_json::Value = serde_json::from_slice(&event.body).expect("json");
+        done.insert(body["upload_id"].as_str().expect("upload_id").to_owned());
+    }
+    stop(worker);
+
+    // Every document exactly once, ingested; chunk rows unique; the index holds each chunk once.
+    let n = uploads.len() as i64;
+    assert_eq!(env.count("SELECT count(*) FROM documents").await, n);
+    assert_eq!(env.count("SELECT count(*) FROM documents WHERE status = 'ingested'").await, n);
+    let chunks = env.count("SELECT count(*) FROM chunks").await;
+    assert_eq!(env.count("SELECT sum(chunk_count) FROM documents").await, chunks);
+    assert_eq!(env.count("SELECT count(DISTINCT document_id * 100000 + ordinal) FROM chunks").await, chunks);
+    assert_eq!(env.count("SELECT count(*) FROM jobs").await, 0, "every job settled");
+    assert_eq!(env.count("SELECT count(*) FROM dead_letters").await, 0);
+    let manifest = env.settings.index_dir().join("killed/manifest.json");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("the last worker wrote a snapshot")).expect("json");
+    assert_eq!(manifest["count"].as_i64(), Some(chunks), "index count = store count: {manifest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_hands_its_uploads_to_a_worker_in_another_process_and_reports_their_outcomes() {
+    let env = TestEnv::embedded().await;
+    let config = config_file(&env);
+    let log = env.dir.path().join("worker.log");
+    let worker = spawn_worker(&config, &log);
+    // Wait for the worker's consumer to register, so the CLI does not process the files itself.
+    let queue = env.queue().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !queue.uploads.has_consumers().await.expect("consumers") {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never started consuming; see {}", log.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let output = Command::new(bin())
+        .arg("ingest")
+        .arg(corpus().join("markdown"))
+        .args(["--collection", "handed", "--wait", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run ragpipe ingest");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("5 ingested"), "{stdout}");
+    let status = Command::new(bin()).args(["status", "--config"]).arg(&config).output().expect("status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("a worker is consuming uploads"), "{status}");
+    assert!(status.contains("store  sqlite"), "{status}");
+    stop(worker);
+}

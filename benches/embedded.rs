@@ -115,14 +115,20 @@ async fn small_documents(full: bool) {
     let embedded = common::TestEnv::embedded().await;
     let files = small_files(&embedded.inbox(), count);
     let (secs, chunks) = ingest_files(&embedded, &files).await;
-    println!("small docs    {count} × ~2 KB, hash embedder, embedded:    {secs:6.2} s, {:7.1} documents/s ({chunks} chunks)", count as f64 / secs);
+    println!(
+        "small docs    {count} × ~2 KB, hash embedder, embedded:    {secs:6.2} s, {:7.1} documents/s ({chunks} chunks)",
+        count as f64 / secs
+    );
     if std::env::var_os("BENCH_SKIP_DISTRIBUTED").is_some() {
         return;
     }
     let distributed = common::TestEnv::new().await;
     let files = small_files(&distributed.inbox(), count);
     let (secs, chunks) = ingest_files(&distributed, &files).await;
-    println!("small docs    {count} × ~2 KB, hash embedder, distributed: {secs:6.2} s, {:7.1} documents/s ({chunks} chunks)", count as f64 / secs);
+    println!(
+        "small docs    {count} × ~2 KB, hash embedder, distributed: {secs:6.2} s, {:7.1} documents/s ({chunks} chunks)",
+        count as f64 / secs
+    );
 }
 
 /// Wall time of a command, from spawn to exit.

@@ -249,6 +249,54 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
+/// The collection's model as stored (`None` before its first vectors).
+pub(crate) struct StoredModel {
+    /// Collection name, for the error.
+    pub collection: String,
+    /// Model id.
+    pub model: Option<String>,
+    /// Dimension.
+    pub dimensions: Option<i32>,
+}
+
+/// Whether vectors of `model`/`dimensions` may go into the collection: `Ok(true)` when it has no
+/// model yet (the caller records this one), `Ok(false)` when it is the same, an error otherwise.
+/// Both adapters decide alike through this.
+pub(crate) fn admit_model(stored: StoredModel, model: &str, dimensions: usize) -> Result<bool, StoreError> {
+    let dims = i32::try_from(dimensions).unwrap_or(i32::MAX);
+    match (stored.model, stored.dimensions) {
+        (Some(m), Some(d)) if m == model && d == dims => Ok(false),
+        (Some(existing_model), Some(existing_dims)) => Err(StoreError::ModelMismatch {
+            collection: stored.collection,
+            existing_model,
+            existing_dims,
+            model: model.into(),
+            dims,
+        }),
+        _ => Ok(true),
+    }
+}
+
+/// The claim for an upload whose bytes already have a document row in the collection, or `None`
+/// when this upload takes a failed or deleted document over (the caller resets it to pending).
+/// Both adapters decide alike through this.
+pub(crate) fn claim_existing(
+    document_id: i64,
+    status: DocumentStatus,
+    same_upload: bool,
+    chunks: i64,
+) -> Option<Claim> {
+    match status {
+        DocumentStatus::Ingested | DocumentStatus::NoText if same_upload => {
+            Some(Claim::AlreadyDone { document_id, chunks, status })
+        }
+        DocumentStatus::Ingested | DocumentStatus::NoText => Some(Claim::Duplicate { document_id, chunks, status }),
+        // Another attempt may be in flight; persist_chunks settles who wins.
+        DocumentStatus::Pending => Some(Claim::Process { document_id }),
+        DocumentStatus::Failed | DocumentStatus::Deleted => None,
+    }
+}
+
 /// Connects the store `[database]` names: PostgreSQL for a `postgres://` URL, SQLite for a
 /// `sqlite://` URL or none (then `embedded`, the data directory's database file). Creates the
 /// database and applies migrations when `migrate_on_start` (SQLite: always; it is one file).

@@ -12,7 +12,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     ChunkHit, Claim, Collection, DocumentStatus, NewChunk, NewDocument, Persisted, QueryLogEntry, StatusRow, Store,
-    StoreError, StoredVectors, decode_vector_into, encode_vector,
+    StoreError, StoredModel, StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector,
 };
 use crate::embedded::Database;
 
@@ -152,15 +152,10 @@ impl Store for SqliteStore {
         let status = status_of(&row)?;
         let owner: String = row.try_get("upload_id").map_err(map_err)?;
         let chunks: i64 = row.try_get("chunk_count").map_err(map_err)?;
-        let claim = match status {
-            DocumentStatus::Ingested | DocumentStatus::NoText if owner == doc.upload_id => {
-                Claim::AlreadyDone { document_id, chunks, status }
-            }
-            DocumentStatus::Ingested | DocumentStatus::NoText => Claim::Duplicate { document_id, chunks, status },
-            // Another attempt may be in flight; persist_chunks settles who wins.
-            DocumentStatus::Pending => Claim::Process { document_id },
-            DocumentStatus::Failed | DocumentStatus::Deleted => {
-                // This upload takes the document over and resumes it.
+        let claim = match claim_existing(document_id, status, owner == doc.upload_id, chunks) {
+            Some(claim) => claim,
+            None => {
+                // Failed or deleted: this upload takes the document over and resumes it.
                 sqlx::query(
                     "UPDATE documents SET status = 'pending', failure_reason = NULL, deleted_at = NULL,
                          upload_id = ?2, filename = ?3, content_type = ?4, metadata = ?5,
@@ -408,27 +403,19 @@ async fn check_model(
     model: &str,
     dimensions: usize,
 ) -> Result<(), StoreError> {
-    let dims = i32::try_from(dimensions).unwrap_or(i32::MAX);
-    let existing_model: Option<String> = doc.try_get("embedding_model").map_err(map_err)?;
-    let existing_dims: Option<i32> = doc.try_get("embedding_dimensions").map_err(map_err)?;
-    match (existing_model, existing_dims) {
-        (Some(m), Some(d)) if m == model && d == dims => Ok(()),
-        (Some(existing_model), Some(existing_dims)) => Err(StoreError::ModelMismatch {
-            collection: doc.try_get("name").map_err(map_err)?,
-            existing_model,
-            existing_dims,
-            model: model.into(),
-            dims,
-        }),
-        _ => {
-            sqlx::query("UPDATE collections SET embedding_model = ?2, embedding_dimensions = ?3 WHERE id = ?1")
-                .bind(collection_id)
-                .bind(model)
-                .bind(dims)
-                .execute(&mut **tx)
-                .await
-                .map_err(map_err)?;
-            Ok(())
-        }
+    let stored = StoredModel {
+        collection: doc.try_get("name").map_err(map_err)?,
+        model: doc.try_get("embedding_model").map_err(map_err)?,
+        dimensions: doc.try_get("embedding_dimensions").map_err(map_err)?,
+    };
+    if admit_model(stored, model, dimensions)? {
+        sqlx::query("UPDATE collections SET embedding_model = ?2, embedding_dimensions = ?3 WHERE id = ?1")
+            .bind(collection_id)
+            .bind(model)
+            .bind(i32::try_from(dimensions).unwrap_or(i32::MAX))
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
     }
+    Ok(())
 }

@@ -117,7 +117,7 @@ pub(crate) async fn extract(
             }
             Ok(Some(Work { job: w.job, doc: w.doc, data: extracted }))
         }
-        Err(error) if error.code() == "no_text" => {
+        Err(error @ ExtractError::NoText) => {
             finish_no_text(s, f, w.job, w.doc, &error.to_string()).await;
             Ok(None)
         }

@@ -387,6 +387,12 @@ impl UploadQueue for EmbeddedQueue {
             held: Mutex::new(HashSet::new()),
             settled: Notify::new(),
         });
+        // Rows of consumers that died without saying so (SIGKILL) are only history by now.
+        sqlx::query("DELETE FROM consumers WHERE heartbeat_at < ?1")
+            .bind(now_ms() - 10 * millis(self.lease))
+            .execute(self.db.writer())
+            .await
+            .map_err(db_error)?;
         sqlx::query("INSERT INTO consumers (id, queue, pid, heartbeat_at) VALUES (?1, ?2, ?3, ?4)")
             .bind(&consumer.id)
             .bind(&self.uploads)

@@ -327,6 +327,8 @@ impl ErrorReply {
 pub const DOCUMENT_INGESTED: &str = "document.ingested";
 /// Routing key of [`DocumentFailed`].
 pub const DOCUMENT_FAILED: &str = "document.failed";
+/// Routing key of [`DocumentDeleted`].
+pub const DOCUMENT_DELETED: &str = "document.deleted";
 
 /// Published once a document's chunks are committed and indexed (or it was a duplicate).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -347,6 +349,22 @@ pub struct DocumentIngested {
     pub duplicate: bool,
     /// Final document status: `ingested`, or `no_text` for a file with no extractable text.
     pub status: DocumentStatus,
+}
+
+/// Published once a delete has committed: the document's chunks are soft-deleted and logged for
+/// removal from every index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentDeleted {
+    /// Wire version, always [`VERSION`].
+    pub v: u32,
+    /// Collection of the document.
+    pub collection: String,
+    /// The document.
+    pub document_id: i64,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+    /// Chunks removed.
+    pub chunks: i64,
 }
 
 /// Published when an upload fails permanently (or a transient failure gives up).

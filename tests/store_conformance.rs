@@ -5,13 +5,16 @@
 mod common;
 
 use common::TestEnv;
-use ragpipe::store::{Claim, DocumentStatus, NewChunk, NewDocument, QueryLogEntry, Store, StoreError};
+use ragpipe::store::{
+    Claim, DocumentRef, DocumentStatus, LogOp, NewChunk, NewDocument, QueryLogEntry, Store, StoreError,
+};
 
 on_both_backends!(
     claims_are_idempotent_and_the_same_bytes_are_a_duplicate,
     a_failed_document_is_resumed_by_the_next_upload_and_never_downgraded,
     persisting_twice_stores_once_and_returns_the_stored_vectors,
-    catch_up_reads_new_chunk_ids_in_order_with_their_vectors,
+    catch_up_replays_the_change_log_of_its_collection_in_order,
+    a_delete_logs_its_chunks_hides_them_and_a_reupload_restores_the_document,
     a_collection_keeps_the_model_it_started_with,
     fetched_chunks_follow_the_requested_order_and_carry_citations,
     status_counts_documents_and_queries_are_logged,
@@ -119,25 +122,68 @@ async fn persisting_twice_stores_once_and_returns_the_stored_vectors(env: TestEn
     assert_eq!(env.count("SELECT count(*) FROM chunks").await, 3);
 }
 
-async fn catch_up_reads_new_chunk_ids_in_order_with_their_vectors(env: TestEnv) {
+async fn catch_up_replays_the_change_log_of_its_collection_in_order(env: TestEnv) {
     let store = env.store().await;
     let c = store.ensure_collection("catchup").await.expect("collection");
+    let other = store.ensure_collection("catchup-other").await.expect("collection");
+    assert_eq!(store.last_log_seq(c.id).await.expect("empty log"), 0);
     let mut all = Vec::new();
     for byte in 5..8u8 {
         let id = process(store.as_ref(), &document(c.id, byte, &format!("d{byte}"))).await;
-        all.extend(store.persist_chunks(id, "m", 3, &chunks(4, f32::from(byte))).await.expect("persist").stored.ids);
+        all.push(store.persist_chunks(id, "m", 3, &chunks(4, f32::from(byte))).await.expect("persist").stored.ids);
+        // Another collection's entries interleave in the sequence; readers filter them out.
+        let o = process(store.as_ref(), &document(other.id, byte, &format!("o{byte}"))).await;
+        store.persist_chunks(o, "m", 3, &chunks(1, 0.0)).await.expect("persist other");
     }
-    assert_eq!(store.chunk_ids_after(c.id, 0, 100).await.expect("ids"), all);
-    // Paging: after a watermark, at most `limit`.
-    assert_eq!(store.chunk_ids_after(c.id, all[3], 5).await.expect("page"), all[4..9].to_vec());
-    assert!(store.chunk_ids_after(c.id, all[11], 5).await.expect("end").is_empty());
-    let other = store.ensure_collection("catchup-other").await.expect("collection");
-    assert!(store.chunk_ids_after(other.id, 0, 100).await.expect("other").is_empty());
+    let log = store.log_after(c.id, 0, 100).await.expect("log");
+    assert_eq!(
+        log.iter().map(|e| (e.op, e.chunk_ids.clone())).collect::<Vec<_>>(),
+        all.iter().map(|ids| (LogOp::Add, ids.clone())).collect::<Vec<_>>()
+    );
+    assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(store.last_log_seq(c.id).await.expect("last"), log[2].seq);
+    // Paging: after a position, at most `limit`; a repeated persist logs nothing.
+    assert_eq!(store.log_after(c.id, log[0].seq, 1).await.expect("page"), vec![log[1].clone()]);
+    assert!(store.log_after(c.id, log[2].seq, 10).await.expect("end").is_empty());
     // Vectors by id come back in id order; unknown ids are skipped.
-    let wanted = vec![all[7], all[2], 999_999];
+    let wanted = vec![all[1][3], all[0][2], 999_999];
     let got = store.vectors_by_ids(&wanted, 3).await.expect("vectors");
-    assert_eq!(got.ids, vec![all[2], all[7]]);
+    assert_eq!(got.ids, vec![all[0][2], all[1][3]]);
     assert_eq!(got.vectors, vec![5.0, 2.0, 0.5, 6.0, 3.0, 0.5]);
+    assert!(!store.identity().await.expect("identity").is_empty());
+}
+
+async fn a_delete_logs_its_chunks_hides_them_and_a_reupload_restores_the_document(env: TestEnv) {
+    let store = env.store().await;
+    let c = store.ensure_collection("deletes").await.expect("collection");
+    let doc = document(c.id, 20, "keep-me");
+    let id = process(store.as_ref(), &doc).await;
+    let ids = store.persist_chunks(id, "m", 3, &chunks(2, 1.0)).await.expect("persist").stored.ids;
+    let before = store.last_log_seq(c.id).await.expect("seq");
+
+    // By upload id, by SHA-256 or by document id; in another collection it names nothing.
+    assert!(store.delete_documents(&DocumentRef::Id(id), Some("elsewhere")).await.expect("delete").is_empty());
+    let deleted = store.delete_documents(&DocumentRef::UploadId("keep-me".into()), None).await.expect("delete");
+    assert_eq!(deleted.len(), 1);
+    assert_eq!((deleted[0].document_id, deleted[0].collection.as_str()), (id, "deletes"));
+    assert_eq!(deleted[0].chunk_ids, ids);
+    assert!(store.delete_documents(&DocumentRef::Sha256(doc.sha256.clone()), None).await.expect("again").is_empty());
+    let log = store.log_after(c.id, before, 10).await.expect("log");
+    assert_eq!(log.iter().map(|e| (e.op, e.chunk_ids.clone())).collect::<Vec<_>>(), vec![(LogOp::Remove, ids.clone())]);
+    assert!(store.fetch_chunks(&ids).await.expect("fetch").is_empty(), "deleted chunks are never returned");
+    assert_eq!(env.text(&format!("SELECT status FROM documents WHERE id = {id}")).await, "deleted");
+
+    // An ingest in flight when the delete committed stores nothing.
+    let racing = process(store.as_ref(), &document(c.id, 21, "racing")).await;
+    store.delete_documents(&DocumentRef::Id(racing), None).await.expect("delete pending");
+    let error = store.persist_chunks(racing, "m", 3, &chunks(1, 1.0)).await.expect_err("deleted meanwhile");
+    assert!(matches!(error, StoreError::Deleted(d) if d == racing), "{error}");
+
+    // Uploading the bytes again restores the document, with new chunk ids.
+    assert_eq!(process(store.as_ref(), &document(c.id, 20, "back-again")).await, id);
+    let restored = store.persist_chunks(id, "m", 3, &chunks(2, 1.0)).await.expect("persist").stored.ids;
+    assert!(restored.iter().all(|new| ids.iter().all(|old| new > old)), "ids are never reused");
+    assert_eq!(store.fetch_chunks(&restored).await.expect("fetch").len(), 2);
 }
 
 async fn a_collection_keeps_the_model_it_started_with(env: TestEnv) {

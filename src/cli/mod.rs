@@ -2,6 +2,7 @@
 //! settings; errors are `anyhow` here (the edge), with context saying what was being done.
 
 mod chunk;
+mod delete;
 mod extract;
 mod ingest;
 mod migrate;
@@ -41,6 +42,8 @@ pub enum Command {
     Ingest(ingest::Args),
     /// Ask a question over the request/reply queue and print the best passages.
     Query(query::Args),
+    /// Delete documents by id, SHA-256 or upload id (soft delete; removed from every index).
+    Delete(delete::Args),
     /// Show documents per collection and status, queue depths and index snapshots.
     Status(status::Args),
     /// Debug: print what extraction yields for a file (same sandbox as the worker).
@@ -63,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => worker::run(args, settings).await,
         Command::Ingest(args) => ingest::run(args, settings).await,
         Command::Query(args) => query::run(args, settings).await,
+        Command::Delete(args) => delete::run(args, settings).await,
         Command::Status(args) => status::run(args, settings).await,
         Command::Extract(args) => extract::run(args, settings).await,
         Command::Chunk(args) => chunk::run(args, settings).await,

@@ -71,9 +71,17 @@ pub async fn run(_args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
             let Ok(bytes) = std::fs::read(&manifest) else { continue };
             if let Ok(m) = serde_json::from_slice::<crate::index::snapshot::Manifest>(&bytes) {
                 found = true;
+                let lag = match connected.store.collection(&m.collection).await {
+                    Ok(Some(c)) if c.id == m.collection_id => match connected.store.last_log_seq(c.id).await {
+                        Ok(last) => format!("{} log entries behind", (last - m.log_seq).max(0)),
+                        Err(error) => format!("lag unknown: {error}"),
+                    },
+                    Ok(_) => "from another store or collection (will be rebuilt)".to_owned(),
+                    Err(error) => format!("lag unknown: {error}"),
+                };
                 println!(
-                    "  {:<24} generation {} watermark {} vectors {} ({}d, {})",
-                    m.collection, m.generation, m.watermark, m.count, m.dimensions, m.model
+                    "  {:<24} {} generation {} log seq {} ({lag}) vectors {} ({}d, {})",
+                    m.collection, m.kind, m.generation, m.log_seq, m.count, m.dimensions, m.model
                 );
             }
         }

@@ -1,12 +1,13 @@
 //! The vector indexes a process holds: one FAISS index per collection, loaded from its newest
-//! snapshot, caught up from the store (`id > watermark`), and snapshotted periodically. (What
+//! snapshot (if it belongs to this store), caught up by replaying the store's change log after
+//! the snapshot's position (adds and removes), and snapshotted periodically. (What
 //! triggers catch-up — events from other processes — is the query role's business:
 //! `query::follow`.) FAISS is derived data; PostgreSQL stays the source of truth.
 
 pub mod snapshot;
 pub mod vectors;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -14,11 +15,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use self::vectors::{IndexError, VectorIndex};
-use crate::store::{Collection, Store};
+use crate::store::{Collection, LogOp, Store};
 use crate::telemetry::metrics;
 
-/// Chunk ids read per catch-up page.
-const CATCH_UP_PAGE: i64 = 10_000;
+/// Change log entries read per catch-up page.
+const CATCH_UP_PAGE: i64 = 1_000;
+/// Index kind of every snapshot this build writes.
+const KIND: &str = "flat";
 
 /// One collection's index and where it stands.
 pub struct CollectionIndex {
@@ -42,9 +45,13 @@ struct State {
     index: VectorIndex,
     /// Vectors added by catch-up from the store (not by this process's own ingest).
     caught_up: usize,
-    watermark: i64,
+    /// The last change log entry applied.
+    applied_seq: i64,
     generation: u64,
     dirty: bool,
+    /// Chunks removed by the log in this process. Chunk ids are never reused, so an add of one
+    /// of these is stale (an ingest that lost a race with a delete) and is skipped.
+    removed: HashSet<i64>,
 }
 
 /// Where one collection's index stands.
@@ -56,8 +63,8 @@ pub struct IndexStats {
     pub from_snapshot: bool,
     /// Vectors added by catch-up from the store since it was opened.
     pub caught_up: usize,
-    /// Every chunk id up to this one is included.
-    pub watermark: i64,
+    /// The last change log entry applied.
+    pub applied_seq: i64,
     /// Index generation.
     pub generation: u64,
 }
@@ -68,13 +75,22 @@ pub struct Indexes {
     store: Arc<dyn Store>,
     dimensions: usize,
     model: String,
+    /// The store's identity, read once.
+    store_id: tokio::sync::OnceCell<String>,
     open: tokio::sync::Mutex<HashMap<String, Arc<CollectionIndex>>>,
 }
 
 impl Indexes {
     /// Indexes of `dimensions`-long vectors of `model`, with snapshots under `root`.
     pub fn new(root: PathBuf, store: Arc<dyn Store>, dimensions: usize, model: &str) -> Self {
-        Self { root, store, dimensions, model: model.to_owned(), open: tokio::sync::Mutex::new(HashMap::new()) }
+        Self {
+            root,
+            store,
+            dimensions,
+            model: model.to_owned(),
+            store_id: tokio::sync::OnceCell::new(),
+            open: tokio::sync::Mutex::new(HashMap::new()),
+        }
     }
 
     /// The collection's index, loading its snapshot and catching up from the store on first use.
@@ -86,25 +102,40 @@ impl Indexes {
         if let Some(found) = open.get(&collection.name) {
             return Ok(found.clone());
         }
+        let store_id = self.store_id.get_or_try_init(|| self.store.identity()).await?.clone();
+        let last_seq = self.store.last_log_seq(collection.id).await?;
         let (root, name, dims, model) =
             (self.root.clone(), collection.name.clone(), self.dimensions, self.model.clone());
-        let loaded = tokio::task::spawn_blocking(move || snapshot::load(&root, &name, dims, &model))
-            .await
-            .map_err(|e| IndexError::Snapshot(format!("load task: {e}")))??;
+        let collection_id = collection.id;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let expected = snapshot::Expected {
+                collection: &name,
+                dimensions: dims,
+                model: &model,
+                store_id: &store_id,
+                collection_id,
+                last_seq,
+            };
+            snapshot::load(&root, &expected)
+        })
+        .await
+        .map_err(|e| IndexError::Snapshot(format!("load task: {e}")))??;
         let state = match loaded {
             Some(l) => State {
                 index: l.index,
                 caught_up: 0,
-                watermark: l.manifest.watermark,
+                applied_seq: l.manifest.log_seq,
                 generation: l.manifest.generation,
                 dirty: false,
+                removed: HashSet::new(),
             },
             None => State {
                 index: VectorIndex::new(self.dimensions)?,
                 caught_up: 0,
-                watermark: 0,
+                applied_seq: 0,
                 generation: 1,
                 dirty: true,
+                removed: HashSet::new(),
             },
         };
         let from_snapshot = !state.dirty;
@@ -128,7 +159,19 @@ impl Indexes {
         let slot = self.open(collection).await?;
         let added = tokio::task::spawn_blocking(move || {
             let mut state = slot.lock();
-            let added = state.index.add(&ids, &vectors)?;
+            let added = if ids.iter().any(|id| state.removed.contains(id)) {
+                // A delete was replayed before this (late) add: keep only what is still live.
+                let dims = state.index.dimensions();
+                let (live_ids, live): (Vec<i64>, Vec<&[f32]>) = ids
+                    .iter()
+                    .zip(vectors.chunks_exact(dims))
+                    .filter(|(id, _)| !state.removed.contains(id))
+                    .map(|(id, v)| (*id, v))
+                    .unzip();
+                state.index.add(&live_ids, &live.concat())?
+            } else {
+                state.index.add(&ids, &vectors)?
+            };
             state.dirty |= added > 0;
             Ok::<_, IndexError>(added)
         })
@@ -171,7 +214,7 @@ impl Indexes {
                 vectors: state.index.len(),
                 from_snapshot: slot.from_snapshot,
                 caught_up: state.caught_up,
-                watermark: state.watermark,
+                applied_seq: state.applied_seq,
                 generation: state.generation,
             }
         })
@@ -189,36 +232,68 @@ impl Indexes {
         }
     }
 
+    /// Replays the collection's change log after the applied position: adds fetch their
+    /// vectors from the store (no embedding call), removes drop theirs. Idempotent: adds of
+    /// present ids and removes of absent ones are skipped.
     async fn catch_up_slot(&self, slot: &Arc<CollectionIndex>) -> Result<(), IndexError> {
         let _guard = slot.maintenance.lock().await;
         loop {
-            let watermark = slot.lock().watermark;
-            let ids = self.store.chunk_ids_after(slot.collection.id, watermark, CATCH_UP_PAGE).await?;
-            let Some(&last) = ids.last() else { return Ok(()) };
-            let missing: Vec<i64> = {
-                let state = slot.lock();
-                ids.iter().copied().filter(|id| !state.index.contains(*id)).collect()
-            };
-            let stored = if missing.is_empty() {
-                Default::default()
-            } else {
-                self.store.vectors_by_ids(&missing, self.dimensions).await?
-            };
+            let applied = slot.lock().applied_seq;
+            let entries = self.store.log_after(slot.collection.id, applied, CATCH_UP_PAGE).await?;
+            let Some(last) = entries.last().map(|e| e.seq) else { return Ok(()) };
+            // Runs of adds are fetched together; a remove applies after the adds before it.
+            let mut steps: Vec<(LogOp, Vec<i64>)> = Vec::new();
+            for entry in &entries {
+                match (steps.last_mut(), entry.op) {
+                    (Some((LogOp::Add, ids)), LogOp::Add) => ids.extend(&entry.chunk_ids),
+                    _ => steps.push((entry.op, entry.chunk_ids.clone())),
+                }
+            }
+            let mut fetched = Vec::with_capacity(steps.len());
+            for (op, ids) in steps {
+                let stored = match op {
+                    LogOp::Add => {
+                        let missing: Vec<i64> = {
+                            let state = slot.lock();
+                            ids.iter().copied().filter(|id| !state.index.contains(*id)).collect()
+                        };
+                        if missing.is_empty() {
+                            Default::default()
+                        } else {
+                            self.store.vectors_by_ids(&missing, self.dimensions).await?
+                        }
+                    }
+                    LogOp::Remove => Default::default(),
+                };
+                fetched.push((op, ids, stored));
+            }
             let slot = slot.clone();
-            let added = tokio::task::spawn_blocking(move || {
+            let (added, removed) = tokio::task::spawn_blocking(move || {
                 let mut state = slot.lock();
-                let added = state.index.add(&stored.ids, &stored.vectors)?;
-                state.caught_up += added;
-                // Ids of a collection commit in id order (see the chunks table), so every id up to
-                // `last` that will ever exist is now present.
-                state.watermark = state.watermark.max(last);
+                let (mut added, mut removed) = (0, 0);
+                for (op, ids, stored) in fetched {
+                    match op {
+                        LogOp::Add => {
+                            let added_now = state.index.add(&stored.ids, &stored.vectors)?;
+                            state.caught_up += added_now;
+                            added += added_now;
+                        }
+                        LogOp::Remove => {
+                            removed += state.index.remove(&ids)?;
+                            state.removed.extend(ids);
+                        }
+                    }
+                }
+                // Entries of a collection commit in sequence order (see the index_log table), so
+                // every entry up to `last` that will ever exist has been applied.
+                state.applied_seq = state.applied_seq.max(last);
                 state.dirty = true;
-                Ok::<_, IndexError>(added)
+                Ok::<_, IndexError>((added, removed))
             })
             .await
             .map_err(|e| IndexError::Faiss(format!("catch-up task: {e}")))??;
-            metrics::INDEX_VECTORS.add(added as i64);
-            if (ids.len() as i64) < CATCH_UP_PAGE {
+            metrics::INDEX_VECTORS.add(added as i64 - removed as i64);
+            if (entries.len() as i64) < CATCH_UP_PAGE {
                 return Ok(());
             }
         }
@@ -244,9 +319,10 @@ impl Indexes {
         if !slot.lock().dirty {
             return Ok(());
         }
-        // Advance the watermark over what ingest added directly, so a restart reads little.
+        // Advance the log position over what ingest added directly, so a restart reads little.
         self.catch_up_slot(slot).await?;
         let _guard = slot.maintenance.lock().await;
+        let store_id = self.store_id.get_or_try_init(|| self.store.identity()).await?.clone();
         let (slot, root, model) = (slot.clone(), self.root.clone(), self.model.clone());
         tokio::task::spawn_blocking(move || {
             let mut state = slot.lock();
@@ -254,7 +330,10 @@ impl Indexes {
                 format: 0,
                 collection: slot.collection.name.clone(),
                 generation: state.generation,
-                watermark: state.watermark,
+                log_seq: state.applied_seq,
+                store_id,
+                collection_id: slot.collection.id,
+                kind: KIND.into(),
                 count: 0,
                 dimensions: state.index.dimensions(),
                 model,

@@ -3,8 +3,10 @@
 //! Writing: the index goes to a fresh file (temp name, fsync, rename), then the manifest (temp,
 //! fsync, rename), then the directory is fsynced and unreferenced index files are removed. The
 //! manifest rename is the commit point, so a crash at any moment leaves either the old snapshot
-//! or the new one. Loading verifies the checksum, count, dimension and model; anything off means
-//! "rebuild from the store", never "load it anyway".
+//! or the new one. Loading verifies the checksum, count, dimension and model, and that the
+//! snapshot belongs to this store (its identity and the collection's id) and is not ahead of the
+//! store's change log (a restored backup); anything off means "rebuild from the store", never
+//! "load it anyway".
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::vectors::{IndexError, VectorIndex};
 use crate::blobs::sync_dir;
 
-/// Snapshot format version.
-const FORMAT: u32 = 1;
+/// Snapshot format version (2: the change log position and the store's identity).
+const FORMAT: u32 = 2;
 const MANIFEST: &str = "manifest.json";
 
 /// What a snapshot holds.
@@ -27,8 +29,14 @@ pub struct Manifest {
     pub collection: String,
     /// Index generation (bumped by rebuilds).
     pub generation: u64,
-    /// Every chunk id `<= watermark` of the collection is in the index.
-    pub watermark: i64,
+    /// The last change log entry of the collection the index contains.
+    pub log_seq: i64,
+    /// The store the vectors came from ([`crate::store::Store::identity`]).
+    pub store_id: String,
+    /// The collection's id in that store (a recreated collection is another one).
+    pub collection_id: i64,
+    /// Index kind (`flat`).
+    pub kind: String,
     /// Vectors in the index file.
     pub count: usize,
     /// Vector dimension.
@@ -62,7 +70,7 @@ pub fn collection_dir(root: &Path, collection: &str) -> PathBuf {
 pub fn write(root: &Path, index: &VectorIndex, mut manifest: Manifest) -> Result<Manifest, IndexError> {
     let dir = collection_dir(root, &manifest.collection);
     std::fs::create_dir_all(&dir).map_err(io("create snapshot directory"))?;
-    let file = format!("index-{}-{}-{}.faiss", manifest.generation, manifest.watermark, uuid::Uuid::new_v4().simple());
+    let file = format!("index-{}-{}-{}.faiss", manifest.generation, manifest.log_seq, uuid::Uuid::new_v4().simple());
     let tmp = dir.join(format!(".{file}.tmp"));
     index.write(&tmp)?;
     let crc = file_crc32(&tmp)?;
@@ -83,14 +91,33 @@ pub fn write(root: &Path, index: &VectorIndex, mut manifest: Manifest) -> Result
     Ok(manifest)
 }
 
-/// Loads the collection's snapshot if there is one that matches `dimensions` and `model`.
+/// What a snapshot must match to be loaded.
+#[derive(Debug, Clone)]
+pub struct Expected<'a> {
+    /// Collection name.
+    pub collection: &'a str,
+    /// Vector dimension.
+    pub dimensions: usize,
+    /// Embedding model.
+    pub model: &'a str,
+    /// The store's identity.
+    pub store_id: &'a str,
+    /// The collection's id in the store.
+    pub collection_id: i64,
+    /// The store's last log sequence for the collection: a snapshot ahead of it comes from a
+    /// newer state of the data than the store holds (a restored backup).
+    pub last_seq: i64,
+}
+
+/// Loads the collection's snapshot if there is one that matches `expected`.
 ///
-/// `Ok(None)` means "no usable snapshot" (none, torn, mismatched); the reason is logged and the
-/// caller rebuilds from the store.
+/// `Ok(None)` means "no usable snapshot" (none, torn, mismatched, from another store or ahead of
+/// it); the reason is logged and the caller rebuilds from the store.
 ///
 /// # Errors
 /// Never for a bad snapshot; only for an unreadable directory.
-pub fn load(root: &Path, collection: &str, dimensions: usize, model: &str) -> Result<Option<Loaded>, IndexError> {
+pub fn load(root: &Path, expected: &Expected<'_>) -> Result<Option<Loaded>, IndexError> {
+    let collection = expected.collection;
     let dir = collection_dir(root, collection);
     let manifest_path = dir.join(MANIFEST);
     let bytes = match std::fs::read(&manifest_path) {
@@ -98,7 +125,7 @@ pub fn load(root: &Path, collection: &str, dimensions: usize, model: &str) -> Re
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(IndexError::Snapshot(format!("read {}: {e}", manifest_path.display()))),
     };
-    match verify(&dir, &bytes, collection, dimensions, model) {
+    match verify(&dir, &bytes, expected) {
         Ok(loaded) => Ok(Some(loaded)),
         Err(reason) => {
             tracing::warn!(collection, %reason, "index snapshot rejected; rebuilding from the store");
@@ -107,10 +134,26 @@ pub fn load(root: &Path, collection: &str, dimensions: usize, model: &str) -> Re
     }
 }
 
-fn verify(dir: &Path, manifest: &[u8], collection: &str, dimensions: usize, model: &str) -> Result<Loaded, String> {
-    let manifest: Manifest = serde_json::from_slice(manifest).map_err(|e| format!("manifest unreadable: {e}"))?;
-    if manifest.format != FORMAT {
-        return Err(format!("manifest format {} (expected {FORMAT})", manifest.format));
+fn verify(dir: &Path, manifest: &[u8], expected: &Expected<'_>) -> Result<Loaded, String> {
+    let (collection, dimensions, model) = (expected.collection, expected.dimensions, expected.model);
+    let format: serde_json::Value =
+        serde_json::from_slice(manifest).map_err(|e| format!("manifest unreadable: {e}"))?;
+    if format.get("format").and_then(serde_json::Value::as_u64) != Some(u64::from(FORMAT)) {
+        return Err(format!("manifest format {} (expected {FORMAT})", format["format"]));
+    }
+    let manifest: Manifest = serde_json::from_value(format).map_err(|e| format!("manifest unreadable: {e}"))?;
+    if manifest.store_id != expected.store_id || manifest.collection_id != expected.collection_id {
+        return Err(format!(
+            "snapshot was made from another store or another incarnation of the collection (store {}, collection \
+             id {}; this store is {}, collection id {})",
+            manifest.store_id, manifest.collection_id, expected.store_id, expected.collection_id
+        ));
+    }
+    if manifest.log_seq > expected.last_seq {
+        return Err(format!(
+            "snapshot contains change log entries up to {} but the store's log ends at {} (a restored backup?)",
+            manifest.log_seq, expected.last_seq
+        ));
     }
     if manifest.collection != collection || manifest.dimensions != dimensions || manifest.model != model {
         return Err(format!(
@@ -183,7 +226,10 @@ mod tests {
             format: FORMAT,
             collection: "c".into(),
             generation: 1,
-            watermark: 9,
+            log_seq: 9,
+            store_id: "store-a".into(),
+            collection_id: 1,
+            kind: "flat".into(),
             count: 0,
             dimensions: 2,
             model: "m".into(),
@@ -198,10 +244,14 @@ mod tests {
         let mut index = VectorIndex::new(2).expect("index");
         index.add(&[3, 9], &[1.0, 0.0, 0.0, 1.0]).expect("add");
         let written = write(root.path(), &index, manifest()).expect("write");
-        let loaded = load(root.path(), "c", 2, "m").expect("load").expect("snapshot");
+        let loaded = load(root.path(), &expected()).expect("load").expect("snapshot");
         assert_eq!(loaded.manifest, written);
         assert!(loaded.index.contains(9));
-        assert!(load(root.path(), "c", 2, "other-model").expect("load").is_none());
+        assert!(load(root.path(), &Expected { model: "other-model", ..expected() }).expect("load").is_none());
+        // Another store, another incarnation of the collection, or a store behind the snapshot.
+        assert!(load(root.path(), &Expected { store_id: "store-b", ..expected() }).expect("load").is_none());
+        assert!(load(root.path(), &Expected { collection_id: 2, ..expected() }).expect("load").is_none());
+        assert!(load(root.path(), &Expected { last_seq: 8, ..expected() }).expect("load").is_none());
 
         // Corrupt the index file: the checksum must catch it.
         let path = root.path().join("c").join(&written.file);
@@ -209,7 +259,11 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).expect("write");
-        assert!(load(root.path(), "c", 2, "m").expect("load").is_none());
+        assert!(load(root.path(), &expected()).expect("load").is_none());
+    }
+
+    fn expected() -> Expected<'static> {
+        Expected { collection: "c", dimensions: 2, model: "m", store_id: "store-a", collection_id: 1, last_seq: 9 }
     }
 
     #[test]
@@ -217,7 +271,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let index = VectorIndex::new(2).expect("index");
         let first = write(root.path(), &index, manifest()).expect("first");
-        let second = write(root.path(), &index, Manifest { watermark: 20, ..manifest() }).expect("second");
+        let second = write(root.path(), &index, Manifest { log_seq: 20, ..manifest() }).expect("second");
         assert!(!root.path().join("c").join(&first.file).exists());
         assert!(root.path().join("c").join(&second.file).exists());
     }

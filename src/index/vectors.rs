@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use faiss::index::IndexImpl;
+use faiss::selector::IdSelector;
 use faiss::{IdMap, Idx, Index, MetricType};
 
 /// A FAISS failure.
@@ -132,6 +133,22 @@ impl VectorIndex {
         Ok(new_ids.len())
     }
 
+    /// Removes the vectors of `ids` that are present; returns how many were removed.
+    ///
+    /// # Errors
+    /// FAISS fails.
+    pub fn remove(&mut self, ids: &[i64]) -> Result<usize, IndexError> {
+        let present: Vec<Idx> = ids.iter().filter(|id| self.ids.contains(id)).map(|id| Idx::new(*id as u64)).collect();
+        if present.is_empty() {
+            return Ok(0);
+        }
+        let removed = self.index.remove_ids(&IdSelector::batch(&present)?)?;
+        for id in ids {
+            self.ids.remove(id);
+        }
+        Ok(removed)
+    }
+
     /// The `k` nearest chunk ids with their scores, best first.
     ///
     /// # Errors
@@ -167,6 +184,20 @@ mod tests {
         let hits = index.search(&[0.0, 1.0], 2).expect("search");
         assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![11, 12]);
         assert!((hits[0].1 - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn removed_vectors_are_never_found_again() {
+        let mut index = VectorIndex::new(2).expect("index");
+        index.add(&[1, 2, 3], &[1.0, 0.0, 0.0, 1.0, 0.7, 0.7]).expect("add");
+        assert_eq!(index.remove(&[2, 99]).expect("remove"), 1);
+        assert_eq!(index.len(), 2);
+        assert!(!index.contains(2));
+        let hits = index.search(&[0.0, 1.0], 3).expect("search");
+        assert!(hits.iter().all(|h| h.0 != 2), "{hits:?}");
+        // Added again (a re-upload gets new ids, but a replay may repeat): it comes back.
+        assert_eq!(index.add(&[2], &[0.0, 1.0]).expect("add"), 1);
+        assert_eq!(index.search(&[0.0, 1.0], 1).expect("search")[0].0, 2);
     }
 
     #[test]

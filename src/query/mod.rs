@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{IndexContext, QueryContext};
 use crate::messages::{
-    self, DOCUMENT_INGESTED, DocumentIngested, ErrorReply, QueryRequest, QueryResponse, ResultChunk, VERSION,
+    self, DOCUMENT_DELETED, DOCUMENT_INGESTED, ErrorReply, QueryRequest, QueryResponse, ResultChunk, VERSION,
 };
 use crate::queue::Request;
 use crate::store::QueryLogEntry;
@@ -220,12 +220,12 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Follows `document.ingested` events from other processes and catches the named collection up
-/// from the store; also catches every open index up every snapshot interval, as a safety net for
+/// Follows `document.ingested` and `document.deleted` events from other processes and catches
+/// the named collection up from the store's change log; also catches every open index up every snapshot interval, as a safety net for
 /// events missed while disconnected.
 pub async fn follow(ctx: Arc<IndexContext>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_secs(ctx.settings.snapshot_interval_secs));
-    let mut events = match ctx.events.subscribe(&[DOCUMENT_INGESTED]).await {
+    let mut events = match ctx.events.subscribe(&[DOCUMENT_INGESTED, DOCUMENT_DELETED]).await {
         Ok(events) => Some(events),
         Err(error) => {
             tracing::warn!(%error, "cannot subscribe to events; following by polling only");
@@ -250,10 +250,13 @@ pub async fn follow(ctx: Arc<IndexContext>, shutdown: CancellationToken) {
             }
             item = event => match item {
                 Some(Ok(message)) => {
-                    if let Ok(event) = serde_json::from_slice::<DocumentIngested>(&message.body)
-                        && let Err(error) = ctx.indexes.catch_up(&event.collection).await
+                    let collection = serde_json::from_slice::<serde_json::Value>(&message.body)
+                        .ok()
+                        .and_then(|event| Some(event.get("collection")?.as_str()?.to_owned()));
+                    if let Some(collection) = collection
+                        && let Err(error) = ctx.indexes.catch_up(&collection).await
                     {
-                        tracing::warn!(collection = %event.collection, %error, "index catch-up failed");
+                        tracing::warn!(%collection, %error, "index catch-up failed");
                     }
                 }
                 Some(Err(error)) => {

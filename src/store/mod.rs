@@ -41,6 +41,9 @@ pub enum StoreError {
         /// Dimension offered.
         dims: i32,
     },
+    /// The document was deleted while it was being ingested: its chunks are not stored.
+    #[error("document {0} was deleted while it was being ingested")]
+    Deleted(i64),
     /// Any other database error (constraint, bad data): retrying will not help.
     #[error("database error: {0}")]
     Query(String),
@@ -54,6 +57,7 @@ impl From<StoreError> for Failure {
         match &error {
             StoreError::Unavailable(_) => Failure::transient("database", error.to_string()),
             StoreError::ModelMismatch { .. } => Failure::permanent("model_mismatch", error.to_string()),
+            StoreError::Deleted(_) => Failure::permanent("deleted", error.to_string()),
             StoreError::Query(_) | StoreError::Migrate(_) => Failure::permanent("database", error.to_string()),
         }
     }
@@ -158,6 +162,82 @@ pub struct Persisted {
     pub stored: StoredVectors,
 }
 
+/// What an index change log entry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOp {
+    /// The chunks were stored: add their vectors.
+    Add,
+    /// The chunks were deleted: remove their vectors.
+    Remove,
+}
+
+impl LogOp {
+    /// The name stored in `index_log.op`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Add => "add",
+            Self::Remove => "remove",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "add" => Ok(Self::Add),
+            "remove" => Ok(Self::Remove),
+            other => Err(StoreError::Query(format!("unknown index log op `{other}`"))),
+        }
+    }
+}
+
+/// One entry of a collection's index change log. Within a collection, entries commit in
+/// sequence order (gap-safe), so replaying `seq > applied` in order is exact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Position in the log.
+    pub seq: i64,
+    /// Add or remove.
+    pub op: LogOp,
+    /// The chunks concerned.
+    pub chunk_ids: Vec<i64>,
+}
+
+/// Which documents a delete names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentRef {
+    /// A document id.
+    Id(i64),
+    /// The SHA-256 of its bytes (hex).
+    Sha256(String),
+    /// The upload that brought it.
+    UploadId(String),
+}
+
+impl DocumentRef {
+    /// A document id if `text` is a number, a SHA-256 if it is 64 hex digits, else an upload id.
+    pub fn parse(text: &str) -> Self {
+        if let Ok(id) = text.parse() {
+            Self::Id(id)
+        } else if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Self::Sha256(text.to_ascii_lowercase())
+        } else {
+            Self::UploadId(text.to_owned())
+        }
+    }
+}
+
+/// A document a delete removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    /// The document.
+    pub document_id: i64,
+    /// Its collection's name.
+    pub collection: String,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// Its chunks, now soft-deleted and logged for removal from the indexes.
+    pub chunk_ids: Vec<i64>,
+}
+
 /// A chunk fetched for a query reply, with its document's citation data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChunkHit {
@@ -224,8 +304,9 @@ pub trait Store: Send + Sync {
     async fn mark_failed(&self, document_id: i64, reason: &str) -> Result<(), StoreError>;
     /// Marks a document `no_text` (parsed fine, nothing to index).
     async fn mark_no_text(&self, document_id: i64, reason: &str) -> Result<(), StoreError>;
-    /// Writes all chunks of a document and marks it `ingested`, in one transaction. Idempotent:
-    /// if the document is already ingested, nothing is written and its stored vectors are returned.
+    /// Writes all chunks of a document, marks it `ingested` and logs an `add` entry, in one
+    /// transaction. Idempotent: if the document is already ingested, nothing is written and its
+    /// stored vectors are returned. A document deleted meanwhile is [`StoreError::Deleted`].
     async fn persist_chunks(
         &self,
         document_id: i64,
@@ -235,8 +316,20 @@ pub trait Store: Send + Sync {
     ) -> Result<Persisted, StoreError>;
     /// Stored vectors of one document (for re-indexing after a redelivery).
     async fn document_vectors(&self, document_id: i64, dimensions: usize) -> Result<StoredVectors, StoreError>;
-    /// Ids of live chunks of a collection with `id > after`, ascending, at most `limit` (index catch-up).
-    async fn chunk_ids_after(&self, collection_id: i64, after: i64, limit: i64) -> Result<Vec<i64>, StoreError>;
+    /// Soft-deletes the documents `target` names (in `collection` if given) that are not deleted
+    /// yet, and their chunks, logging a `remove` entry per document, in one transaction.
+    async fn delete_documents(
+        &self,
+        target: &DocumentRef,
+        collection: Option<&str>,
+    ) -> Result<Vec<Deleted>, StoreError>;
+    /// The collection's index log entries with `seq > after`, in order, at most `limit`.
+    async fn log_after(&self, collection_id: i64, after: i64, limit: i64) -> Result<Vec<LogEntry>, StoreError>;
+    /// The collection's last index log sequence (0 when it has none).
+    async fn last_log_seq(&self, collection_id: i64) -> Result<i64, StoreError>;
+    /// This store's identity (created with its schema): snapshots made from another store are
+    /// never loaded.
+    async fn identity(&self) -> Result<String, StoreError>;
     /// Stored vectors of the given chunks, in ascending id order (missing ids are skipped).
     async fn vectors_by_ids(&self, ids: &[i64], dimensions: usize) -> Result<StoredVectors, StoreError>;
     /// Fetches chunks and their documents in one query, skipping deleted ones; order follows `ids`.
@@ -342,6 +435,11 @@ pub struct Connected {
     pub store: Arc<dyn Store>,
 }
 
+/// Parses an `index_log.op` value (both adapters).
+pub(crate) fn log_op(text: &str) -> Result<LogOp, StoreError> {
+    LogOp::parse(text)
+}
+
 /// Encodes an embedding as little-endian f32 bytes (the `bytea` format).
 pub fn encode_vector(vector: &[f32]) -> Vec<u8> {
     vector.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -366,6 +464,14 @@ pub fn decode_vector_into(bytes: &[u8], dimensions: usize, out: &mut Vec<f32>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn document_references_are_told_apart_by_their_shape() {
+        assert_eq!(DocumentRef::parse("42"), DocumentRef::Id(42));
+        let sha = "AB".repeat(32);
+        assert_eq!(DocumentRef::parse(&sha), DocumentRef::Sha256("ab".repeat(32)));
+        assert_eq!(DocumentRef::parse("upload-7"), DocumentRef::UploadId("upload-7".into()));
+    }
 
     #[test]
     fn vectors_round_trip_through_bytes() {

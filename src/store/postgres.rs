@@ -8,8 +8,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{
-    ChunkHit, Claim, Collection, DocumentStatus, NewChunk, NewDocument, Persisted, QueryLogEntry, StatusRow, Store,
-    StoreError, StoredModel, StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector,
+    ChunkHit, Claim, Collection, Deleted, DocumentRef, DocumentStatus, LogEntry, LogOp, NewChunk, NewDocument,
+    Persisted, QueryLogEntry, StatusRow, Store, StoreError, StoredModel, StoredVectors, admit_model, claim_existing,
+    decode_vector_into, encode_vector, log_op,
 };
 use crate::config::DatabaseSettings;
 
@@ -216,7 +217,7 @@ impl Store for PgStore {
         // Never downgrade a document another attempt already ingested.
         sqlx::query(
             "UPDATE documents SET status = 'failed', failure_reason = $2, updated_at = now()
-             WHERE id = $1 AND status NOT IN ('ingested', 'no_text')",
+             WHERE id = $1 AND status NOT IN ('ingested', 'no_text', 'deleted')",
         )
         .bind(document_id)
         .bind(reason)
@@ -230,7 +231,7 @@ impl Store for PgStore {
         sqlx::query(
             "UPDATE documents SET status = 'no_text', failure_reason = $2, chunk_count = 0,
                  ingested_at = now(), updated_at = now()
-             WHERE id = $1 AND status <> 'ingested'",
+             WHERE id = $1 AND status NOT IN ('ingested', 'deleted')",
         )
         .bind(document_id)
         .bind(reason)
@@ -258,20 +259,15 @@ impl Store for PgStore {
         .await
         .map_err(map_err)?;
         let collection_id: i64 = doc.try_get("collection_id").map_err(map_err)?;
-        if status_of(&doc)? == DocumentStatus::Ingested {
-            let stored = Self::read_vectors(&mut tx, document_id, dimensions).await?;
-            tx.commit().await.map_err(map_err)?;
-            return Ok(Persisted { inserted: false, stored });
+        match status_of(&doc)? {
+            DocumentStatus::Ingested => {
+                let stored = Self::read_vectors(&mut tx, document_id, dimensions).await?;
+                tx.commit().await.map_err(map_err)?;
+                return Ok(Persisted { inserted: false, stored });
+            }
+            DocumentStatus::Deleted => return Err(StoreError::Deleted(document_id)),
+            _ => {}
         }
-        // Chunk ids of one collection must be allocated in commit order, so that an index
-        // snapshot's watermark ("every id <= W is included") stays exact: hold a per-collection
-        // lock from id allocation to commit.
-        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-            .bind(LOCK_NAMESPACE)
-            .bind(i32::try_from(collection_id).unwrap_or(i32::MAX))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
         check_model(&mut tx, &doc, collection_id, model, dimensions).await?;
         let stored = insert_chunks(&mut tx, document_id, collection_id, model, chunks).await?;
         sqlx::query(
@@ -284,6 +280,7 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
+        append_log(&mut tx, collection_id, LogOp::Add, &stored).await?;
         tx.commit().await.map_err(map_err)?;
         let mut vectors = Vec::with_capacity(chunks.len() * dimensions);
         for chunk in chunks {
@@ -299,18 +296,97 @@ impl Store for PgStore {
         Ok(stored)
     }
 
-    async fn chunk_ids_after(&self, collection_id: i64, after: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT id FROM chunks
-             WHERE collection_id = $1 AND id > $2 AND deleted_at IS NULL
-             ORDER BY id LIMIT $3",
+    async fn delete_documents(
+        &self,
+        target: &DocumentRef,
+        collection: Option<&str>,
+    ) -> Result<Vec<Deleted>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let column = match target {
+            DocumentRef::Id(_) => "d.id",
+            DocumentRef::Sha256(_) => "d.sha256",
+            DocumentRef::UploadId(_) => "d.upload_id",
+        };
+        let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT d.id, d.collection_id, d.sha256, c.name FROM documents d JOIN collections c ON c.id = d.collection_id
+             WHERE {column} = $1 AND ($2::text IS NULL OR c.name = $2) AND d.status <> 'deleted'
+             ORDER BY d.collection_id, d.id FOR UPDATE OF d"
+        )));
+        let query = match target {
+            DocumentRef::Id(id) => query.bind(*id),
+            DocumentRef::Sha256(text) | DocumentRef::UploadId(text) => query.bind(text.clone()),
+        };
+        let rows = query.bind(collection).fetch_all(&mut *tx).await.map_err(map_err)?;
+        let mut deleted = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let document_id: i64 = row.try_get("id").map_err(map_err)?;
+            sqlx::query(
+                "UPDATE documents SET status = 'deleted', deleted_at = now(), updated_at = now() WHERE id = $1",
+            )
+            .bind(document_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            let mut chunk_ids: Vec<i64> = sqlx::query_scalar(
+                "UPDATE chunks SET deleted_at = now() WHERE document_id = $1 AND deleted_at IS NULL RETURNING id",
+            )
+            .bind(document_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            chunk_ids.sort_unstable();
+            deleted.push((
+                row.try_get::<i64, _>("collection_id").map_err(map_err)?,
+                Deleted {
+                    document_id,
+                    collection: row.try_get("name").map_err(map_err)?,
+                    sha256: row.try_get("sha256").map_err(map_err)?,
+                    chunk_ids,
+                },
+            ));
+        }
+        // Log entries last (collections in ascending order, so two deletes never deadlock on
+        // the per-collection locks append_log takes).
+        for (collection_id, doc) in &deleted {
+            if !doc.chunk_ids.is_empty() {
+                append_log(&mut tx, *collection_id, LogOp::Remove, &doc.chunk_ids).await?;
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(deleted.into_iter().map(|(_, doc)| doc).collect())
+    }
+
+    async fn log_after(&self, collection_id: i64, after: i64, limit: i64) -> Result<Vec<LogEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, op, chunk_ids FROM index_log WHERE collection_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(collection_id)
         .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(map_err)
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogEntry {
+                    seq: r.try_get("seq").map_err(map_err)?,
+                    op: log_op(r.try_get::<&str, _>("op").map_err(map_err)?)?,
+                    chunk_ids: r.try_get("chunk_ids").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_log_seq(&self, collection_id: i64) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM index_log WHERE collection_id = $1")
+            .bind(collection_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn identity(&self) -> Result<String, StoreError> {
+        sqlx::query_scalar("SELECT id FROM store_identity").fetch_one(&self.pool).await.map_err(map_err)
     }
 
     async fn vectors_by_ids(&self, ids: &[i64], dimensions: usize) -> Result<StoredVectors, StoreError> {
@@ -395,6 +471,32 @@ impl Store for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
         Ok(())
     }
+}
+
+/// Appends an index log entry as the transaction's last step. The per-collection advisory lock
+/// taken here is held until commit, so entries of one collection commit in sequence order (a
+/// reader of `seq > applied` never skips one that commits late), while the rest of a persist —
+/// its chunk inserts — runs without it.
+async fn append_log(
+    tx: &mut Transaction<'_, Postgres>,
+    collection_id: i64,
+    op: LogOp,
+    chunk_ids: &[i64],
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(LOCK_NAMESPACE)
+        .bind(i32::try_from(collection_id).unwrap_or(i32::MAX))
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    sqlx::query("INSERT INTO index_log (collection_id, op, chunk_ids) VALUES ($1, $2, $3)")
+        .bind(collection_id)
+        .bind(op.as_str())
+        .bind(chunk_ids)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(())
 }
 
 /// Fixes the collection's model on first use and refuses any other model or dimension after.

@@ -11,8 +11,9 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    ChunkHit, Claim, Collection, DocumentStatus, NewChunk, NewDocument, Persisted, QueryLogEntry, StatusRow, Store,
-    StoreError, StoredModel, StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector,
+    ChunkHit, Claim, Collection, Deleted, DocumentRef, DocumentStatus, LogEntry, LogOp, NewChunk, NewDocument,
+    Persisted, QueryLogEntry, StatusRow, Store, StoreError, StoredModel, StoredVectors, admit_model, claim_existing,
+    decode_vector_into, encode_vector, log_op,
 };
 use crate::embedded::Database;
 
@@ -182,7 +183,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "UPDATE documents SET status = 'failed', failure_reason = ?2,
                  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-             WHERE id = ?1 AND status NOT IN ('ingested', 'no_text')",
+             WHERE id = ?1 AND status NOT IN ('ingested', 'no_text', 'deleted')",
         )
         .bind(document_id)
         .bind(reason)
@@ -197,7 +198,7 @@ impl Store for SqliteStore {
             "UPDATE documents SET status = 'no_text', failure_reason = ?2, chunk_count = 0,
                  ingested_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
                  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-             WHERE id = ?1 AND status <> 'ingested'",
+             WHERE id = ?1 AND status NOT IN ('ingested', 'deleted')",
         )
         .bind(document_id)
         .bind(reason)
@@ -227,10 +228,14 @@ impl Store for SqliteStore {
         .await
         .map_err(map_err)?;
         let collection_id: i64 = doc.try_get("collection_id").map_err(map_err)?;
-        if status_of(&doc)? == DocumentStatus::Ingested {
-            let stored = read_vectors(&mut tx, document_id, dimensions).await?;
-            tx.commit().await.map_err(map_err)?;
-            return Ok(Persisted { inserted: false, stored });
+        match status_of(&doc)? {
+            DocumentStatus::Ingested => {
+                let stored = read_vectors(&mut tx, document_id, dimensions).await?;
+                tx.commit().await.map_err(map_err)?;
+                return Ok(Persisted { inserted: false, stored });
+            }
+            DocumentStatus::Deleted => return Err(StoreError::Deleted(document_id)),
+            _ => {}
         }
         check_model(&mut tx, &doc, collection_id, model, dimensions).await?;
         // Leftovers of a document that was deleted and is now uploaded again.
@@ -275,8 +280,10 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
         ids.sort_unstable();
+        let chunk_ids: Vec<i64> = ids.iter().map(|(_, id)| *id).collect();
+        append_log(&mut tx, collection_id, LogOp::Add, &chunk_ids).await?;
+        tx.commit().await.map_err(map_err)?;
         let mut vectors = Vec::with_capacity(chunks.len() * dimensions);
         for chunk in chunks {
             vectors.extend_from_slice(&chunk.embedding);
@@ -296,18 +303,95 @@ impl Store for SqliteStore {
         collect_vectors(&rows, dimensions)
     }
 
-    async fn chunk_ids_after(&self, collection_id: i64, after: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT id FROM chunks
-             WHERE collection_id = ?1 AND id > ?2 AND deleted_at IS NULL
-             ORDER BY id LIMIT ?3",
+    async fn delete_documents(
+        &self,
+        target: &DocumentRef,
+        collection: Option<&str>,
+    ) -> Result<Vec<Deleted>, StoreError> {
+        let column = match target {
+            DocumentRef::Id(_) => "d.id",
+            DocumentRef::Sha256(_) => "d.sha256",
+            DocumentRef::UploadId(_) => "d.upload_id",
+        };
+        let mut tx = self.db.begin_write().await.map_err(map_err)?;
+        let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT d.id, d.collection_id, d.sha256, c.name FROM documents d JOIN collections c ON c.id = d.collection_id
+             WHERE {column} = ?1 AND (?2 IS NULL OR c.name = ?2) AND d.status <> 'deleted'
+             ORDER BY d.collection_id, d.id"
+        )));
+        let query = match target {
+            DocumentRef::Id(id) => query.bind(*id),
+            DocumentRef::Sha256(text) | DocumentRef::UploadId(text) => query.bind(text.clone()),
+        };
+        let rows = query.bind(collection).fetch_all(&mut *tx).await.map_err(map_err)?;
+        let mut deleted = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let document_id: i64 = row.try_get("id").map_err(map_err)?;
+            let collection_id: i64 = row.try_get("collection_id").map_err(map_err)?;
+            sqlx::query(
+                "UPDATE documents SET status = 'deleted', deleted_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE id = ?1",
+            )
+            .bind(document_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            let mut chunk_ids: Vec<i64> = sqlx::query_scalar(
+                "UPDATE chunks SET deleted_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE document_id = ?1 AND deleted_at IS NULL RETURNING id",
+            )
+            .bind(document_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            chunk_ids.sort_unstable();
+            if !chunk_ids.is_empty() {
+                append_log(&mut tx, collection_id, LogOp::Remove, &chunk_ids).await?;
+            }
+            deleted.push(Deleted {
+                document_id,
+                collection: row.try_get("name").map_err(map_err)?,
+                sha256: row.try_get("sha256").map_err(map_err)?,
+                chunk_ids,
+            });
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(deleted)
+    }
+
+    async fn log_after(&self, collection_id: i64, after: i64, limit: i64) -> Result<Vec<LogEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, op, chunk_ids FROM index_log WHERE collection_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )
         .bind(collection_id)
         .bind(after)
         .bind(limit)
         .fetch_all(self.db.reader())
         .await
-        .map_err(map_err)
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let ids: String = r.try_get("chunk_ids").map_err(map_err)?;
+                Ok(LogEntry {
+                    seq: r.try_get("seq").map_err(map_err)?,
+                    op: log_op(r.try_get::<&str, _>("op").map_err(map_err)?)?,
+                    chunk_ids: serde_json::from_str(&ids).map_err(|e| StoreError::Query(format!("index_log: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_log_seq(&self, collection_id: i64) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM index_log WHERE collection_id = ?1")
+            .bind(collection_id)
+            .fetch_one(self.db.reader())
+            .await
+            .map_err(map_err)
+    }
+
+    async fn identity(&self) -> Result<String, StoreError> {
+        sqlx::query_scalar("SELECT id FROM store_identity").fetch_one(self.db.reader()).await.map_err(map_err)
     }
 
     async fn vectors_by_ids(&self, ids: &[i64], dimensions: usize) -> Result<StoredVectors, StoreError> {
@@ -393,6 +477,24 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1").execute(self.db.reader()).await.map_err(map_err)?;
         Ok(())
     }
+}
+
+/// Appends an index log entry. The transaction holds SQLite's single write lock from its
+/// `BEGIN IMMEDIATE`, so sequences commit in order: gap-safe without a lock of our own.
+async fn append_log(
+    tx: &mut Transaction<'_, Sqlite>,
+    collection_id: i64,
+    op: LogOp,
+    chunk_ids: &[i64],
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO index_log (collection_id, op, chunk_ids) VALUES (?1, ?2, ?3)")
+        .bind(collection_id)
+        .bind(op.as_str())
+        .bind(json_ids(chunk_ids))
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(())
 }
 
 /// Fixes the collection's model on first use and refuses any other model or dimension after.

@@ -80,8 +80,9 @@ pub struct TestEnv {
     /// The PostgreSQL database, or `None` embedded.
     database: Option<String>,
     /// The data directory's SQLite database, shared by every worker and client of the test (one
-    /// process, one set of pools, as in `ragpipe` itself).
-    embedded: Arc<LazyDatabase>,
+    /// process, one set of pools, as in `ragpipe` itself). Replaced when a test recreates or
+    /// restores the store.
+    embedded: std::sync::Mutex<Arc<LazyDatabase>>,
 }
 
 impl TestEnv {
@@ -102,8 +103,13 @@ impl TestEnv {
         settings.embedder.kind = EmbedderKind::Hash;
         settings.embedder.max_wait_ms = 5;
         settings.http.enabled = false;
-        let embedded = Arc::new(LazyDatabase::new(settings.storage.database_file()));
+        let embedded = std::sync::Mutex::new(Arc::new(LazyDatabase::new(settings.storage.database_file())));
         Self { settings, id, dir, database: None, embedded }
+    }
+
+    /// The embedded database of the test (as it is now).
+    pub fn embedded_database(&self) -> Arc<LazyDatabase> {
+        self.embedded.lock().expect("lock").clone()
     }
 
     /// Whether this is the embedded variant.
@@ -151,7 +157,7 @@ impl TestEnv {
         settings.embedder.kind = EmbedderKind::Hash;
         settings.embedder.max_wait_ms = 5;
         settings.http.enabled = false;
-        let embedded = Arc::new(LazyDatabase::new(settings.storage.database_file()));
+        let embedded = std::sync::Mutex::new(Arc::new(LazyDatabase::new(settings.storage.database_file())));
         Self { settings, id, dir, database: Some(database), embedded }
     }
 
@@ -189,19 +195,74 @@ impl TestEnv {
     /// Every backend connected, no role running.
     pub async fn services(&self) -> Services {
         let program = PathBuf::from(env!("CARGO_BIN_EXE_ragpipe"));
-        worker::connect_with(self.settings.clone(), program, &self.embedded).await.expect("connect the services")
+        worker::connect_with(self.settings.clone(), program, &self.embedded_database())
+            .await
+            .expect("connect the services")
     }
 
     /// A queue client of its own (RabbitMQ: a new connection; embedded: a new queue on the
     /// test's database). Embedded request/reply only reaches a query role on the same queue:
     /// ask a query through [`TestWorker::queue`].
     pub async fn queue(&self) -> Queue {
-        ragpipe::queue::connect(&self.settings.broker, &self.embedded).await.expect("queue")
+        ragpipe::queue::connect(&self.settings.broker, &self.embedded_database()).await.expect("queue")
     }
 
     /// The store alone (PostgreSQL, or SQLite in the data directory), migrated.
     pub async fn store(&self) -> Arc<dyn ragpipe::store::Store> {
-        ragpipe::store::connect(&self.settings.database, &self.embedded).await.expect("store").store
+        ragpipe::store::connect(&self.settings.database, &self.embedded_database()).await.expect("store").store
+    }
+
+    /// Saves the store as it is now (stop the workers first): PostgreSQL `CREATE DATABASE …
+    /// TEMPLATE`, SQLite `VACUUM INTO`.
+    pub async fn backup_store(&self) {
+        match &self.database {
+            Some(db) => {
+                let mut admin = sqlx::PgConnection::connect(&admin_database_url()).await.expect("admin");
+                terminate(&mut admin, db).await;
+                let sql = format!("CREATE DATABASE {db}_backup TEMPLATE {db}");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.expect("backup");
+            }
+            None => {
+                let backup = self.dir.path().join("backup.db");
+                let lazy = self.embedded_database();
+                let db = lazy.get().await.expect("embedded database");
+                let sql = format!("VACUUM INTO '{}'", backup.display());
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(db.writer()).await.expect("backup");
+            }
+        }
+    }
+
+    /// Puts the store back as [`TestEnv::backup_store`] saved it (`restore`), or replaces it with
+    /// an empty one (a recreated database); index snapshots stay where they are.
+    pub async fn replace_store(&self, restore: bool) {
+        match &self.database {
+            Some(db) => {
+                let mut admin = sqlx::PgConnection::connect(&admin_database_url()).await.expect("admin");
+                terminate(&mut admin, db).await;
+                let drop = format!("DROP DATABASE {db} WITH (FORCE)");
+                sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await.expect("drop");
+                let create = if restore {
+                    format!("CREATE DATABASE {db} TEMPLATE {db}_backup")
+                } else {
+                    format!("CREATE DATABASE {db}")
+                };
+                sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await.expect("create");
+                if restore {
+                    let drop = format!("DROP DATABASE {db}_backup WITH (FORCE)");
+                    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await.expect("drop backup");
+                }
+            }
+            None => {
+                let path = self.settings.storage.database_file();
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                if restore {
+                    std::fs::rename(self.dir.path().join("backup.db"), &path).expect("restore");
+                }
+                *self.embedded.lock().expect("lock") = Arc::new(LazyDatabase::new(path));
+            }
+        }
     }
 
     /// A RabbitMQ client (distributed tests only).
@@ -220,7 +281,8 @@ impl TestEnv {
     pub async fn count(&self, sql: &str) -> i64 {
         let sql = sqlx::AssertSqlSafe(sql.to_owned());
         if self.is_embedded() {
-            let db = self.embedded.get().await.expect("embedded database");
+            let lazy = self.embedded_database();
+            let db = lazy.get().await.expect("embedded database");
             sqlx::query_scalar::<_, i64>(sql).fetch_one(db.reader()).await.expect("count")
         } else {
             sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool().await).await.expect("count")
@@ -231,7 +293,8 @@ impl TestEnv {
     pub async fn text(&self, sql: &str) -> String {
         let sql = sqlx::AssertSqlSafe(sql.to_owned());
         if self.is_embedded() {
-            let db = self.embedded.get().await.expect("embedded database");
+            let lazy = self.embedded_database();
+            let db = lazy.get().await.expect("embedded database");
             sqlx::query_scalar::<_, String>(sql).fetch_one(db.reader()).await.expect("text")
         } else {
             sqlx::query_scalar::<_, String>(sql).fetch_one(&self.pool().await).await.expect("text")
@@ -265,16 +328,24 @@ impl Drop for TestEnv {
             rt.block_on(async move {
                 delete_topology(&settings).await;
                 if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_database_url()).await {
-                    let _ =
-                        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")))
-                            .execute(&mut admin)
-                            .await;
+                    for db in [database.clone(), format!("{database}_backup")] {
+                        let sql = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
+                    }
                 }
                 delete_keys(&settings.cache.key_prefix).await;
             });
         });
         let _ = cleanup.join();
     }
+}
+
+/// Ends every session on `database` (a template or a dropped database must have none).
+async fn terminate(admin: &mut sqlx::PgConnection, database: &str) {
+    let sql = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+    );
+    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(admin).await;
 }
 
 async fn delete_topology(settings: &Settings) {

@@ -11,7 +11,7 @@
 //!    answer, each a fresh process.
 //!
 //! Run: `cargo bench --bench embedded` (2 needs the test services; `BENCH_SKIP_DISTRIBUTED=1`
-//! skips that row). Under `cargo test --all-targets` (no `--bench`) it runs on a few files only.
+//! skips that row, `BENCH_SKIP_LOCAL=1` the local model's). Under `cargo test --all-targets` (no `--bench`) it runs on a few files only.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -181,7 +181,9 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        local_model_corpus(full).await;
+        if std::env::var_os("BENCH_SKIP_LOCAL").is_none() {
+            local_model_corpus(full).await;
+        }
         small_documents(full).await;
     });
     first_command(full);

@@ -81,7 +81,13 @@ pub async fn run(_args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
                 };
                 println!(
                     "  {:<24} {} generation {} log seq {} ({lag}) vectors {} ({}d, {})",
-                    m.collection, m.kind, m.generation, m.log_seq, m.count, m.dimensions, m.model
+                    m.collection,
+                    m.index.describe(),
+                    m.generation,
+                    m.log_seq,
+                    m.count,
+                    m.dimensions,
+                    m.model
                 );
             }
         }

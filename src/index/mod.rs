@@ -9,35 +9,40 @@ pub mod vectors;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use self::vectors::{IndexError, VectorIndex};
+pub use self::vectors::{IndexError, IndexKind, VectorIndex};
 use crate::store::{Collection, LogOp, Store};
 use crate::telemetry::metrics;
 
 /// Change log entries read per catch-up page.
 const CATCH_UP_PAGE: i64 = 1_000;
-/// Index kind of every snapshot this build writes.
-const KIND: &str = "flat";
 
 /// One collection's index and where it stands.
 pub struct CollectionIndex {
     collection: Collection,
     /// Whether the index started from a snapshot (false: rebuilt from the store).
     from_snapshot: bool,
-    state: Mutex<State>,
+    /// Searches share it (FAISS searches concurrently); adds, removes and a rebuild's swap take
+    /// it alone, briefly (a rebuild builds outside it and swaps the finished index in).
+    state: RwLock<State>,
     /// Serialises catch-ups and snapshots of this collection.
     maintenance: tokio::sync::Mutex<()>,
 }
 
 impl CollectionIndex {
-    /// Locks the state. A panic while holding the lock cannot leave FAISS half-updated in a way
-    /// that matters more than losing the process, so poisoning is ignored.
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Locks the state for a change. A panic while holding the lock cannot leave FAISS
+    /// half-updated in a way that matters more than losing the process, so poisoning is ignored.
+    fn lock(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Shares the state with other readers (searches).
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -143,7 +148,7 @@ impl Indexes {
         let slot = Arc::new(CollectionIndex {
             collection: collection.clone(),
             from_snapshot,
-            state: Mutex::new(state),
+            state: RwLock::new(state),
             maintenance: tokio::sync::Mutex::new(()),
         });
         self.catch_up_slot(&slot).await?;
@@ -193,7 +198,7 @@ impl Indexes {
     ) -> Result<(Vec<(i64, f32)>, u64), IndexError> {
         let slot = self.open(collection).await?;
         tokio::task::spawn_blocking(move || {
-            let mut state = slot.lock();
+            let state = slot.read();
             Ok((state.index.search(&query, k)?, state.generation))
         })
         .await
@@ -333,7 +338,8 @@ impl Indexes {
                 log_seq: state.applied_seq,
                 store_id,
                 collection_id: slot.collection.id,
-                kind: KIND.into(),
+                index: IndexKind::Flat,
+                tombstones: Vec::new(),
                 count: 0,
                 dimensions: state.index.dimensions(),
                 model,

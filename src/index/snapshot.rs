@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::vectors::{IndexError, VectorIndex};
+use super::vectors::{IndexError, IndexKind, VectorIndex};
 use crate::blobs::sync_dir;
 
 /// Snapshot format version (2: the change log position and the store's identity).
@@ -35,8 +35,12 @@ pub struct Manifest {
     pub store_id: String,
     /// The collection's id in that store (a recreated collection is another one).
     pub collection_id: i64,
-    /// Index kind (`flat`).
-    pub kind: String,
+    /// Index structure and search parameters.
+    #[serde(flatten)]
+    pub index: IndexKind,
+    /// Ids removed but still inside the structure (HNSW cannot remove in place).
+    #[serde(default)]
+    pub tombstones: Vec<i64>,
     /// Vectors in the index file.
     pub count: usize,
     /// Vector dimension.
@@ -80,6 +84,9 @@ pub fn write(root: &Path, index: &VectorIndex, mut manifest: Manifest) -> Result
     manifest.format = FORMAT;
     manifest.file = file;
     manifest.count = index.len();
+    manifest.index = index.kind();
+    manifest.tombstones = index.tombstones().iter().copied().collect();
+    manifest.tombstones.sort_unstable();
     manifest.crc32 = format!("{crc:08x}");
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| IndexError::Snapshot(e.to_string()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io("create manifest"))?;
@@ -169,7 +176,8 @@ fn verify(dir: &Path, manifest: &[u8], expected: &Expected<'_>) -> Result<Loaded
     if format!("{crc:08x}") != manifest.crc32 {
         return Err(format!("checksum mismatch on {}", manifest.file));
     }
-    let index = VectorIndex::read(&path).map_err(|e| e.to_string())?;
+    let tombstones = manifest.tombstones.iter().copied().collect();
+    let index = VectorIndex::read(&path, manifest.index, tombstones).map_err(|e| e.to_string())?;
     if index.len() != manifest.count || index.dimensions() != dimensions {
         return Err(format!(
             "index holds {} vectors of {}d; manifest says {}",
@@ -229,7 +237,8 @@ mod tests {
             log_seq: 9,
             store_id: "store-a".into(),
             collection_id: 1,
-            kind: "flat".into(),
+            index: IndexKind::Flat,
+            tombstones: Vec::new(),
             count: 0,
             dimensions: 2,
             model: "m".into(),

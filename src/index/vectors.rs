@@ -1,11 +1,12 @@
-//! One collection's FAISS index: an `IndexIDMap` over a flat inner-product index whose ids are
-//! chunk ids, plus the set of ids it holds so that adds are idempotent (FAISS's `add_with_ids`
-//! does not deduplicate).
+//! One collection's FAISS index: an `IndexIDMap` over an inner-product index (Flat, IVF or HNSW)
+//! whose ids are chunk ids, plus the set of ids it holds so that adds are idempotent (FAISS's
+//! `add_with_ids` does not deduplicate).
 
 use std::collections::HashSet;
 use std::path::Path;
 
 use faiss::index::IndexImpl;
+use faiss::index::NativeIndex;
 use faiss::selector::IdSelector;
 use faiss::{IdMap, Idx, Index, MetricType};
 
@@ -46,34 +47,161 @@ impl From<IndexError> for crate::error::Failure {
     }
 }
 
-/// Vectors of one collection, searchable by inner product.
+/// The FAISS index structure of a collection, with its search parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IndexKind {
+    /// Exact search over every vector.
+    Flat,
+    /// Inverted lists: `nlist` k-means cells (trained on the collection's vectors), `nprobe` of
+    /// them searched per query.
+    Ivf {
+        /// Cells.
+        nlist: usize,
+        /// Cells searched per query.
+        nprobe: usize,
+    },
+    /// A proximity graph with `m` links per node, `ef_search` candidates kept per query. Cannot
+    /// remove in place: deleted ids are filtered out of results until the next rebuild.
+    Hnsw {
+        /// Links per node.
+        m: usize,
+        /// Candidates kept while searching.
+        ef_search: usize,
+    },
+}
+
+impl IndexKind {
+    /// Short name for logs, manifests and `ragpipe status`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Flat => "flat".into(),
+            Self::Ivf { nlist, nprobe } => format!("ivf (nlist {nlist}, nprobe {nprobe})"),
+            Self::Hnsw { m, ef_search } => format!("hnsw (m {m}, ef_search {ef_search})"),
+        }
+    }
+
+    fn factory(&self) -> String {
+        match self {
+            Self::Flat => "Flat".into(),
+            Self::Ivf { nlist, .. } => format!("IVF{nlist},Flat"),
+            Self::Hnsw { m, .. } => format!("HNSW{m},Flat"),
+        }
+    }
+
+    /// Whether the structure must be trained before vectors are added.
+    pub fn needs_training(&self) -> bool {
+        matches!(self, Self::Ivf { .. })
+    }
+}
+
+/// Vectors of one collection, searchable by inner product. Searches take `&self` and may run
+/// concurrently (FAISS's CPU indexes search without mutating); adds and removes take `&mut self`.
 pub struct VectorIndex {
     index: IdMap<IndexImpl>,
+    kind: IndexKind,
+    /// Ids present and live.
     ids: HashSet<i64>,
+    /// Ids removed from `ids` but still inside the FAISS structure (HNSW cannot remove):
+    /// filtered out of results.
+    tombstones: HashSet<i64>,
     dimensions: usize,
 }
 
 impl VectorIndex {
-    /// An empty index of `dimensions`.
+    /// An empty flat index of `dimensions`.
     ///
     /// # Errors
     /// FAISS cannot build the index.
     pub fn new(dimensions: usize) -> Result<Self, IndexError> {
-        let dims = u32::try_from(dimensions).map_err(|_| IndexError::Faiss("dimension too large".into()))?;
-        let flat = faiss::index_factory(dims, "Flat", MetricType::InnerProduct)?;
-        Ok(Self { index: IdMap::new(flat)?, ids: HashSet::new(), dimensions })
+        Self::with_kind(dimensions, IndexKind::Flat)
     }
 
-    /// Reads an index written by [`VectorIndex::write`].
+    /// An empty index of `kind` (untrained if the kind needs training).
+    ///
+    /// # Errors
+    /// FAISS cannot build the index.
+    pub fn with_kind(dimensions: usize, kind: IndexKind) -> Result<Self, IndexError> {
+        let dims = u32::try_from(dimensions).map_err(|_| IndexError::Faiss("dimension too large".into()))?;
+        let inner = faiss::index_factory(dims, kind.factory(), MetricType::InnerProduct)?;
+        let mut index =
+            Self { index: IdMap::new(inner)?, kind, ids: HashSet::new(), tombstones: HashSet::new(), dimensions };
+        index.apply_search_parameters()?;
+        Ok(index)
+    }
+
+    /// Trains the structure on `sample` (IVF's k-means); a no-op for kinds without training.
+    ///
+    /// # Errors
+    /// Too few vectors for the cells, or FAISS fails.
+    pub fn train(&mut self, sample: &[f32]) -> Result<(), IndexError> {
+        if !self.kind.needs_training() {
+            return Ok(());
+        }
+        if let IndexKind::Ivf { nlist, .. } = self.kind {
+            let n = sample.len() / self.dimensions;
+            if n < nlist {
+                return Err(IndexError::Faiss(format!("{n} vectors cannot train {nlist} IVF cells")));
+            }
+        }
+        self.index.train(sample)?;
+        Ok(())
+    }
+
+    fn apply_search_parameters(&mut self) -> Result<(), IndexError> {
+        let space = faiss::index::autotune::ParameterSpace::new()?;
+        match self.kind {
+            IndexKind::Flat => {}
+            IndexKind::Ivf { nprobe, .. } => space.set_index_parameter(&self.index, "nprobe", nprobe as f64)?,
+            IndexKind::Hnsw { ef_search, .. } => {
+                space.set_index_parameter(&self.index, "efSearch", ef_search as f64)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes the search parameter of an IVF (`nprobe`) or HNSW (`ef_search`) index.
+    ///
+    /// # Errors
+    /// FAISS fails.
+    pub fn set_kind_parameters(&mut self, kind: IndexKind) -> Result<(), IndexError> {
+        let same_structure = match (self.kind, kind) {
+            (IndexKind::Ivf { nlist: a, .. }, IndexKind::Ivf { nlist: b, .. }) => a == b,
+            (IndexKind::Hnsw { m: a, .. }, IndexKind::Hnsw { m: b, .. }) => a == b,
+            (IndexKind::Flat, IndexKind::Flat) => true,
+            _ => false,
+        };
+        if same_structure {
+            self.kind = kind;
+            self.apply_search_parameters()?;
+        }
+        Ok(())
+    }
+
+    /// The structure and its parameters.
+    pub fn kind(&self) -> IndexKind {
+        self.kind
+    }
+
+    /// Reads an index written by [`VectorIndex::write`], of the `kind` its manifest names; the
+    /// `tombstones` it had are still filtered.
     ///
     /// # Errors
     /// The file is not a FAISS ID-mapped index.
-    pub fn read(path: &Path) -> Result<Self, IndexError> {
+    pub fn read(path: &Path, kind: IndexKind, tombstones: HashSet<i64>) -> Result<Self, IndexError> {
         let path = path.to_str().ok_or_else(|| IndexError::Snapshot("index path is not UTF-8".into()))?;
         let index = faiss::read_index(path)?.into_id_map()?;
-        let ids = index.id_map().iter().filter_map(|id| id.get()).map(|id| id as i64).collect();
+        let mut ids: HashSet<i64> = index.id_map().iter().filter_map(|id| id.get()).map(|id| id as i64).collect();
+        ids.retain(|id| !tombstones.contains(id));
         let dimensions = index.d() as usize;
-        Ok(Self { index, ids, dimensions })
+        let mut index = Self { index, kind, ids, tombstones, dimensions };
+        index.apply_search_parameters()?;
+        Ok(index)
+    }
+
+    /// Ids removed but still inside the structure (HNSW), to be recorded with a snapshot.
+    pub fn tombstones(&self) -> &HashSet<i64> {
+        &self.tombstones
     }
 
     /// Writes the index to `path` (overwriting it: callers write to a temp name and rename).
@@ -91,7 +219,7 @@ impl VectorIndex {
         self.dimensions
     }
 
-    /// Vectors held.
+    /// Live vectors held.
     pub fn len(&self) -> usize {
         self.ids.len()
     }
@@ -109,7 +237,7 @@ impl VectorIndex {
     /// Adds the vectors whose ids are not present yet; returns how many were added.
     ///
     /// # Errors
-    /// `vectors.len() != ids.len() * dimensions`, or FAISS fails.
+    /// `vectors.len() != ids.len() * dimensions`, or FAISS fails (an untrained IVF index).
     pub fn add(&mut self, ids: &[i64], vectors: &[f32]) -> Result<usize, IndexError> {
         if vectors.len() != ids.len() * self.dimensions {
             return Err(IndexError::Dimension {
@@ -119,8 +247,10 @@ impl VectorIndex {
         }
         let mut new_ids = Vec::new();
         let mut new_vectors = Vec::new();
+        let mut seen = HashSet::new();
         for (id, vector) in ids.iter().zip(vectors.chunks_exact(self.dimensions)) {
-            if !self.ids.contains(id) && !new_ids.contains(&Idx::new(*id as u64)) {
+            // A tombstoned id is still in the structure: adding it again would duplicate it.
+            if !self.ids.contains(id) && !self.tombstones.contains(id) && seen.insert(*id) {
                 new_ids.push(Idx::new(*id as u64));
                 new_vectors.extend_from_slice(vector);
             }
@@ -133,40 +263,82 @@ impl VectorIndex {
         Ok(new_ids.len())
     }
 
-    /// Removes the vectors of `ids` that are present; returns how many were removed.
+    /// Removes the vectors of `ids` that are present; returns how many were removed. Kinds
+    /// that cannot remove in place (HNSW) keep them as tombstones, never returned by searches.
     ///
     /// # Errors
     /// FAISS fails.
     pub fn remove(&mut self, ids: &[i64]) -> Result<usize, IndexError> {
-        let present: Vec<Idx> = ids.iter().filter(|id| self.ids.contains(id)).map(|id| Idx::new(*id as u64)).collect();
+        let present: Vec<i64> = ids.iter().copied().filter(|id| self.ids.contains(id)).collect();
         if present.is_empty() {
             return Ok(0);
         }
-        let removed = self.index.remove_ids(&IdSelector::batch(&present)?)?;
-        for id in ids {
+        if matches!(self.kind, IndexKind::Hnsw { .. }) {
+            self.tombstones.extend(&present);
+        } else {
+            let selector: Vec<Idx> = present.iter().map(|id| Idx::new(*id as u64)).collect();
+            self.index.remove_ids(&IdSelector::batch(&selector)?)?;
+        }
+        for id in &present {
             self.ids.remove(id);
         }
-        Ok(removed)
+        Ok(present.len())
     }
 
     /// The `k` nearest chunk ids with their scores, best first.
     ///
     /// # Errors
     /// Wrong query dimension or a FAISS failure.
-    /// Takes `&mut self` because FAISS's generic index type offers no shared-reference search.
-    pub fn search(&mut self, query: &[f32], k: usize) -> Result<Vec<(i64, f32)>, IndexError> {
-        if query.len() != self.dimensions {
-            return Err(IndexError::Dimension { expected: self.dimensions, got: query.len() });
+    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(i64, f32)>, IndexError> {
+        Ok(self.search_many(query, k)?.into_iter().next().unwrap_or_default())
+    }
+
+    /// The `k` nearest chunk ids of each query in `queries` (concatenated vectors), in one FAISS
+    /// call: batched queries share the passes over the vectors.
+    ///
+    /// # Errors
+    /// Wrong query dimension or a FAISS failure.
+    pub fn search_many(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<(i64, f32)>>, IndexError> {
+        if queries.is_empty() || !queries.len().is_multiple_of(self.dimensions) {
+            return Err(IndexError::Dimension { expected: self.dimensions, got: queries.len() });
         }
+        let nq = queries.len() / self.dimensions;
         if self.ids.is_empty() || k == 0 {
-            return Ok(Vec::new());
+            return Ok(vec![Vec::new(); nq]);
         }
-        let result = self.index.search(query, k.min(self.ids.len()))?;
-        Ok(result
-            .labels
-            .iter()
-            .zip(result.distances.iter())
-            .filter_map(|(label, score)| label.get().map(|id| (id as i64, *score)))
+        // Ask for more where tombstones may take places in the results.
+        let want = (k + self.tombstones.len()).min(self.ids.len() + self.tombstones.len());
+        let mut distances = vec![0f32; want * nq];
+        let mut labels = vec![-1i64; want * nq];
+        // SAFETY: FAISS's CPU indexes search without mutating them (the C API takes a const
+        // pointer), so concurrent searches through `&self` are sound while nothing holds
+        // `&mut self` (adds, removes, parameters): the borrow checker guarantees that. The
+        // buffers hold `want * nq` values, as the call writes.
+        let status = unsafe {
+            faiss_sys::faiss_Index_search(
+                self.index.inner_ptr() as *const faiss_sys::FaissIndex,
+                nq as i64,
+                queries.as_ptr(),
+                want as i64,
+                distances.as_mut_ptr(),
+                labels.as_mut_ptr(),
+            )
+        };
+        if status != 0 {
+            return Err(IndexError::Faiss(format!("search failed with status {status}")));
+        }
+        Ok(labels
+            .chunks_exact(want)
+            .zip(distances.chunks_exact(want))
+            .map(|(labels, scores)| {
+                labels
+                    .iter()
+                    .zip(scores)
+                    .filter(|(id, _)| **id >= 0 && !self.tombstones.contains(id))
+                    .take(k)
+                    .map(|(id, score)| (*id, *score))
+                    .collect()
+            })
             .collect())
     }
 }
@@ -200,6 +372,51 @@ mod tests {
         assert_eq!(index.search(&[0.0, 1.0], 1).expect("search")[0].0, 2);
     }
 
+    /// `n` unit vectors of `dims` around 8 centres (clustered, like embeddings of a corpus).
+    fn clustered(n: usize, dims: usize) -> Vec<f32> {
+        let mut state = 42u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let centres: Vec<Vec<f32>> = (0..8).map(|_| (0..dims).map(|_| next()).collect()).collect();
+        let mut out = Vec::with_capacity(n * dims);
+        for i in 0..n {
+            let start = out.len();
+            out.extend(centres[i % 8].iter().map(|c| c + 0.3 * next()));
+            crate::embed::normalize(&mut out[start..]);
+        }
+        out
+    }
+
+    #[test]
+    fn ivf_and_hnsw_find_what_flat_finds_and_hnsw_filters_its_removals() {
+        let (n, dims) = (2000, 16);
+        let data = clustered(n, dims);
+        let ids: Vec<i64> = (1..=n as i64).collect();
+        let mut flat = VectorIndex::new(dims).expect("flat");
+        flat.add(&ids, &data).expect("add");
+        for kind in [IndexKind::Ivf { nlist: 16, nprobe: 16 }, IndexKind::Hnsw { m: 16, ef_search: 64 }] {
+            let mut index = VectorIndex::with_kind(dims, kind).expect("index");
+            index.train(&data).expect("train");
+            assert_eq!(index.add(&ids, &data).expect("add"), n);
+            let query = &data[..dims * 4];
+            let want: Vec<Vec<i64>> =
+                flat.search_many(query, 5).expect("flat").iter().map(|r| r.iter().map(|h| h.0).collect()).collect();
+            let got: Vec<Vec<i64>> =
+                index.search_many(query, 5).expect("search").iter().map(|r| r.iter().map(|h| h.0).collect()).collect();
+            assert_eq!(got, want, "{kind:?} searching every cell / a wide beam is exact here");
+            assert_eq!(index.remove(&[1, 2]).expect("remove"), 2);
+            assert_eq!(index.len(), n - 2);
+            let hits = index.search(&data[..dims], 10).expect("search");
+            assert!(hits.len() == 10 && hits.iter().all(|h| h.0 != 1 && h.0 != 2), "{kind:?}: {hits:?}");
+        }
+        let mut untrained = VectorIndex::with_kind(dims, IndexKind::Ivf { nlist: 64, nprobe: 4 }).expect("ivf");
+        assert!(untrained.train(&data[..dims * 10]).is_err(), "too few vectors for 64 cells");
+    }
+
     #[test]
     fn written_indexes_read_back_with_their_ids() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -207,7 +424,7 @@ mod tests {
         let mut index = VectorIndex::new(2).expect("index");
         index.add(&[7, 9], &[1.0, 0.0, 0.0, 1.0]).expect("add");
         index.write(&path).expect("write");
-        let mut back = VectorIndex::read(&path).expect("read");
+        let back = VectorIndex::read(&path, IndexKind::Flat, HashSet::new()).expect("read");
         assert!(back.contains(7) && back.contains(9) && !back.contains(8));
         assert_eq!(back.search(&[1.0, 0.0], 1).expect("search")[0].0, 7);
     }

@@ -1,6 +1,6 @@
 //! The connected parts of a process ([`Services`]) and the narrow context each role gets from
-//! them ([`IngestContext`], [`QueryContext`]). Roles (`ingest`, `query`, `scheduler`) import
-//! this module; it imports no role. [`crate::worker`] builds the services from the settings.
+//! them ([`IngestContext`], [`QueryContext`], [`IndexContext`], [`SchedulerContext`]). Roles
+//! (`ingest`, `query`, `scheduler`) import this module; it imports no role. [`crate::worker`] builds the services from the settings.
 
 use std::sync::Arc;
 
@@ -134,7 +134,34 @@ pub struct IndexContext {
     pub indexes: Arc<Indexes>,
 }
 
+/// What the scheduler role uses: the store (collections, run claims), the indexes to rebuild
+/// and the bus to announce new generations on.
+pub struct SchedulerContext {
+    /// The rebuild schedule and its lease.
+    pub settings: IndexSettings,
+    /// Collections and run claims.
+    pub store: Arc<dyn Store>,
+    /// Where `index.rebuilt` goes.
+    pub events: Arc<dyn EventBus>,
+    /// The indexes (rebuilt here; open ones are swapped in place).
+    pub indexes: Arc<Indexes>,
+    /// This scheduler's name in run claims (host and process id).
+    pub holder: String,
+}
+
 impl Services {
+    /// The scheduler role's context.
+    pub fn scheduler(&self) -> SchedulerContext {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        SchedulerContext {
+            settings: self.settings.index.clone(),
+            store: self.store.clone(),
+            events: self.queue.events.clone(),
+            indexes: self.indexes.clone(),
+            holder: format!("{}:{}", host.trim(), std::process::id()),
+        }
+    }
+
     /// The ingest role's context.
     pub fn ingest(&self) -> IngestContext {
         IngestContext {

@@ -245,12 +245,75 @@ pub struct IndexSettings {
     pub dir: Option<PathBuf>,
     /// Seconds between snapshots of an index that changed.
     pub snapshot_interval_secs: u64,
+    /// Index structure of every collection.
+    pub kind: IndexKindSetting,
+    /// `auto`: vectors from which a collection is built as IVF instead of Flat.
+    pub auto_threshold: usize,
+    /// IVF cells; 0 = about 4·√N for N vectors at build time.
+    pub nlist: usize,
+    /// IVF cells searched per query; 0 = the fewest that reach `target_recall`, measured at build.
+    pub nprobe: usize,
+    /// HNSW links per node.
+    pub hnsw_m: usize,
+    /// HNSW candidates kept per query; 0 = the fewest that reach `target_recall`, measured.
+    pub ef_search: usize,
+    /// Recall@10 against exact search that approximate indexes must reach on a sample of the
+    /// collection's own vectors; a rebuild below it is rejected and the old generation kept.
+    pub target_recall: f64,
+    /// When the scheduler rebuilds every collection from stored vectors (cron, UTC; five
+    /// fields: minute hour day-of-month month day-of-week). Empty = never.
+    pub rebuild_cron: String,
+    /// Seconds after which a rebuild run whose scheduler died may be taken over by another.
+    pub rebuild_lease_secs: u64,
 }
 
 impl Default for IndexSettings {
     fn default() -> Self {
-        Self { dir: None, snapshot_interval_secs: 30 }
+        Self {
+            dir: None,
+            snapshot_interval_secs: 30,
+            kind: IndexKindSetting::Auto,
+            auto_threshold: 50_000,
+            nlist: 0,
+            nprobe: 0,
+            hnsw_m: 32,
+            ef_search: 0,
+            target_recall: 0.95,
+            rebuild_cron: "0 3 * * *".into(),
+            rebuild_lease_secs: 3600,
+        }
     }
+}
+
+impl IndexSettings {
+    /// The rebuild schedule (`None` when `rebuild_cron` is empty).
+    ///
+    /// # Errors
+    /// The expression is not a valid cron pattern.
+    pub fn rebuild_schedule(&self) -> Result<Option<croner::Cron>, String> {
+        let pattern = self.rebuild_cron.trim();
+        if pattern.is_empty() {
+            return Ok(None);
+        }
+        pattern
+            .parse::<croner::Cron>()
+            .map(Some)
+            .map_err(|e| format!("index.rebuild_cron `{pattern}` is not a cron expression: {e}"))
+    }
+}
+
+/// `[index] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexKindSetting {
+    /// Flat below `auto_threshold` vectors, IVF beyond.
+    Auto,
+    /// Exact search.
+    Flat,
+    /// Inverted lists (`nlist`, `nprobe`).
+    Ivf,
+    /// Proximity graph (`hnsw_m`, `ef_search`).
+    Hnsw,
 }
 
 /// `[query]`: the query worker.
@@ -381,6 +444,8 @@ impl Settings {
         positive("ingest.chunk_concurrency", self.ingest.chunk_concurrency as u64);
         positive("ingest.persist_concurrency", self.ingest.persist_concurrency as u64);
         positive("index.snapshot_interval_secs", self.index.snapshot_interval_secs);
+        positive("index.hnsw_m", self.index.hnsw_m as u64);
+        positive("index.rebuild_lease_secs", self.index.rebuild_lease_secs);
         positive("query.default_top_k", self.query.default_top_k as u64);
         positive("query.candidate_factor", self.query.candidate_factor as u64);
         positive("query.concurrency", self.query.concurrency as u64);
@@ -406,6 +471,12 @@ impl Settings {
             if let Some(url) = url {
                 check_url(key, url.expose_secret(), schemes, &mut problems);
             }
+        }
+        if !(self.index.target_recall > 0.0 && self.index.target_recall <= 1.0) {
+            problems.push(format!("index.target_recall ({}) must be in (0, 1]", self.index.target_recall));
+        }
+        if let Err(problem) = self.index.rebuild_schedule() {
+            problems.push(problem);
         }
         self.embedder.validate_into(&mut problems);
         if let Err(problem) = self.extract.validate() {

@@ -7,11 +7,12 @@
 //! reading at [`worker`] (how a process is wired) and [`ingest`] (the pipeline).
 //!
 //! Map of the crate, from the wiring down to the adapters:
-//! - [`cli`]: one file per subcommand (`migrate`, `worker`, `ingest`, `query`, `status`, and the
-//!   offline tools `extract` and `chunk`).
+//! - [`cli`]: one file per subcommand (`migrate`, `worker`, `ingest`, `query`, `delete`,
+//!   `reindex`, `status`, and the offline tools `extract` and `chunk`).
 //! - [`worker`]: connects the backends into [`app::Services`] and runs the roles.
 //! - [`ingest`]: the staged pipeline (dedup → extract → chunk → embed → persist + index → ack).
 //! - [`query`]: the query worker (embed → FAISS → one SQL fetch → reply) and the index follower.
+//! - [`scheduler`]: the nightly index rebuild (cron, one leader per trigger), also `reindex`.
 //! - [`app`]: the connected services and the narrow context each role gets (imports no role).
 //! - [`client`]: building uploads, awaiting outcomes, RPC queries (used by the CLI).
 //! - [`http`]: `/metrics`, `/health`, `/ready`.
@@ -20,7 +21,8 @@
 //! - [`chunk`]: text → token-bounded chunks with offsets (pure).
 //! - [`embed`]: the `Embedder` trait, its providers (OpenAI/Azure, a local BERT model on our own
 //!   encoder, hash) and the policy around them (batching, retries, rate governor, cache).
-//! - [`index`]: FAISS indexes per collection, snapshots, catch-up from the store.
+//! - [`index`]: FAISS indexes per collection (flat, IVF, HNSW), snapshots, catch-up from the
+//!   store's change log, builds and rebuilds from stored vectors.
 //! - [`queue`]: the ports by use (uploads, events, request/reply), RabbitMQ and embedded.
 //! - [`store`]: the `Store` trait, PostgreSQL and SQLite.
 //! - [`cache`]: the `Cache` trait, Redis and in-process.
@@ -52,6 +54,7 @@ pub mod ingest;
 pub mod messages;
 pub mod query;
 pub mod queue;
+pub mod scheduler;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -329,6 +329,27 @@ pub const DOCUMENT_INGESTED: &str = "document.ingested";
 pub const DOCUMENT_FAILED: &str = "document.failed";
 /// Routing key of [`DocumentDeleted`].
 pub const DOCUMENT_DELETED: &str = "document.deleted";
+/// Routing key of [`IndexRebuilt`].
+pub const INDEX_REBUILT: &str = "index.rebuilt";
+
+/// Published when a new generation of a collection's index passed verification and its snapshot
+/// is written: replicas swap to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexRebuilt {
+    /// Wire version, always [`VERSION`].
+    pub v: u32,
+    /// The collection.
+    pub collection: String,
+    /// The new generation.
+    pub generation: u64,
+    /// Vectors it holds.
+    pub vectors: usize,
+    /// Structure and search parameters, e.g. `ivf (nlist 4000, nprobe 24)`.
+    pub kind: String,
+    /// Measured recall@10 against exact search (absent for exact kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<f64>,
+}
 
 /// Published once a document's chunks are committed and indexed (or it was a duplicate).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

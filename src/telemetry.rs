@@ -25,8 +25,9 @@ pub mod metrics {
     use std::sync::LazyLock;
 
     use prometheus::{
-        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, register_histogram,
-        register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+        register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+        register_int_gauge_vec,
     };
 
     fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -83,6 +84,16 @@ pub mod metrics {
     /// Vectors held in memory across all collection indexes.
     pub static INDEX_VECTORS: LazyLock<IntGauge> = LazyLock::new(|| {
         register_int_gauge!("ragpipe_index_vectors", "Vectors held in memory").expect("valid, unique metric definition")
+    });
+
+    /// 1 when the collection's last index rebuild passed verification, 0 when it failed (the
+    /// previous generation stays in service): alert on 0.
+    pub static INDEX_REBUILD_OK: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+        register_int_gauge_vec!(
+            Opts::new("ragpipe_index_rebuild_ok", "Whether the last index rebuild passed verification"),
+            &["collection"]
+        )
+        .expect("valid, unique metric definition")
     });
 
     /// Renders every registered metric in the Prometheus text format.

@@ -18,7 +18,7 @@ use crate::embedded::LazyDatabase;
 use crate::extract::Sandbox;
 use crate::fetch::FetchPolicy;
 use crate::index::Indexes;
-use crate::{cache, ingest, query, queue, store};
+use crate::{cache, ingest, query, queue, scheduler, store};
 
 /// A failure to start or run a worker.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,7 @@ pub enum Role {
     Ingest,
     /// Answer query requests (and keep this process's indexes current).
     Query,
-    /// Write index snapshots on a schedule.
+    /// Rebuild every collection's index on `[index] rebuild_cron` (one leader per trigger).
     Scheduler,
 }
 
@@ -84,6 +84,7 @@ pub async fn connect_with(
         connected.store.clone(),
         embedder.dimensions(),
         embedder.model_id(),
+        settings.index.clone(),
     ));
     let fetch_policy = FetchPolicy::new(
         &settings.storage.allowed_roots,
@@ -122,9 +123,15 @@ pub async fn run(services: Arc<Services>, roles: &[Role], shutdown: Cancellation
     if roles.contains(&Role::Ingest) {
         tracker.spawn(ingest::run(Arc::new(services.ingest()), shutdown.clone()));
     }
-    // Every role may hold indexes (ingest adds to them); the snapshots keep restarts cheap.
-    let interval = Duration::from_secs(index.settings.snapshot_interval_secs);
-    tracker.spawn(index.indexes.clone().run_snapshots(interval, shutdown.clone()));
+    if roles.contains(&Role::Scheduler) {
+        tracker.spawn(scheduler::run(Arc::new(services.scheduler()), shutdown.clone()));
+    }
+    if roles.contains(&Role::Query) || roles.contains(&Role::Ingest) {
+        // These roles hold indexes (ingest adds to them); snapshots keep restarts cheap. The
+        // scheduler writes the snapshot of each generation it builds.
+        let interval = Duration::from_secs(index.settings.snapshot_interval_secs);
+        tracker.spawn(index.indexes.clone().run_snapshots(interval, shutdown.clone()));
+    }
     tracker.close();
     tracker.wait().await;
     Ok(())

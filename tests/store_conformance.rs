@@ -10,6 +10,8 @@ use ragpipe::store::{
 };
 
 on_both_backends!(
+    rebuilds_read_live_vectors_in_pages_and_record_generations,
+    a_scheduled_run_is_claimed_once_and_taken_over_only_when_stale,
     claims_are_idempotent_and_the_same_bytes_are_a_duplicate,
     a_failed_document_is_resumed_by_the_next_upload_and_never_downgraded,
     persisting_twice_stores_once_and_returns_the_stored_vectors,
@@ -244,4 +246,72 @@ async fn status_counts_documents_and_queries_are_logged(env: TestEnv) {
         .expect("log");
     assert_eq!(env.count("SELECT count(*) FROM query_log WHERE top_k = 2").await, 1);
     store.ping().await.expect("ping");
+}
+
+async fn rebuilds_read_live_vectors_in_pages_and_record_generations(env: TestEnv) {
+    let store = env.store().await;
+    let c = store.ensure_collection("rebuild-pages").await.expect("collection");
+    let other = store.ensure_collection("rebuild-other").await.expect("collection");
+    let names: Vec<String> = store.collections().await.expect("collections").into_iter().map(|c| c.name).collect();
+    assert!(names.contains(&"rebuild-pages".to_owned()) && names.contains(&"rebuild-other".to_owned()), "{names:?}");
+    let mut ids = Vec::new();
+    for byte in 30..33u8 {
+        let id = process(store.as_ref(), &document(c.id, byte, &format!("r{byte}"))).await;
+        ids.extend(store.persist_chunks(id, "m", 3, &chunks(3, f32::from(byte))).await.expect("persist").stored.ids);
+    }
+    let o = process(store.as_ref(), &document(other.id, 30, "other")).await;
+    store.persist_chunks(o, "m", 3, &chunks(2, 0.0)).await.expect("persist other");
+    store.delete_documents(&DocumentRef::UploadId("r31".into()), None).await.expect("delete");
+    let live: Vec<i64> =
+        ids.iter().copied().enumerate().filter(|(i, _)| !(3..6).contains(i)).map(|(_, id)| id).collect();
+
+    // Pages by id, only live chunks of this collection, with their vectors.
+    let first = store.live_vectors(c.id, 0, 4, 3).await.expect("page");
+    assert_eq!(first.ids, live[..4]);
+    assert_eq!(first.vectors.len(), 12);
+    let rest = store.live_vectors(c.id, first.ids[3], 4, 3).await.expect("page");
+    assert_eq!(rest.ids, live[4..]);
+    assert_eq!(&rest.vectors[..3], &[32.0, 1.0, 0.5], "the second chunk of the third document");
+    let (count, seq) = store.live_state(c.id).await.expect("live state");
+    assert_eq!((count, seq), (6, store.last_log_seq(c.id).await.expect("seq")));
+
+    assert_eq!(store.last_generation(c.id).await.expect("none yet"), None);
+    let mut record = ragpipe::store::GenerationRecord {
+        collection_id: c.id,
+        generation: 2,
+        ok: true,
+        kind: "ivf (nlist 8, nprobe 2)".into(),
+        vectors: 6,
+        expected: 6,
+        recall: Some(0.97),
+        log_seq: seq,
+        reason: None,
+        timings: serde_json::json!({"fetch": 0.5}),
+        finished_at: None,
+    };
+    store.record_generation(&record).await.expect("record");
+    record.generation = 3;
+    record.ok = false;
+    record.reason = Some("recall 0.9 below 0.95".into());
+    store.record_generation(&record).await.expect("record failure");
+    let last = store.last_generation(c.id).await.expect("read").expect("recorded");
+    assert!(last.finished_at.is_some());
+    assert_eq!(ragpipe::store::GenerationRecord { finished_at: None, ..last }, record, "the newest, as written");
+    assert_eq!(store.last_generation(other.id).await.expect("other"), None);
+}
+
+async fn a_scheduled_run_is_claimed_once_and_taken_over_only_when_stale(env: TestEnv) {
+    let store = env.store().await;
+    let at: chrono::DateTime<chrono::Utc> = "2026-12-07T03:00:00Z".parse().expect("time");
+    let lease = std::time::Duration::from_secs(3600);
+    assert!(store.claim_run("job", at, "a", lease).await.expect("claim"));
+    assert!(!store.claim_run("job", at, "b", lease).await.expect("claim"), "held by a");
+    assert!(store.claim_run("other-job", at, "b", lease).await.expect("claim"), "jobs are separate");
+    let next = at + chrono::Duration::days(1);
+    assert!(store.claim_run("job", next, "b", lease).await.expect("claim"), "each trigger is claimed anew");
+    // A holder that died: after the lease, another scheduler takes the run over...
+    assert!(store.claim_run("job", at, "c", std::time::Duration::ZERO).await.expect("claim"), "stale claim");
+    // ...but a finished run is never run again.
+    store.finish_run("job", at).await.expect("finish");
+    assert!(!store.claim_run("job", at, "d", std::time::Duration::ZERO).await.expect("claim"), "finished");
 }

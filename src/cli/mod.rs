@@ -7,6 +7,7 @@ mod extract;
 mod ingest;
 mod migrate;
 mod query;
+mod reindex;
 mod status;
 mod worker;
 
@@ -44,6 +45,8 @@ pub enum Command {
     Query(query::Args),
     /// Delete documents by id, SHA-256 or upload id (soft delete; removed from every index).
     Delete(delete::Args),
+    /// Rebuild indexes now from stored vectors (as the nightly rebuild does) and wait for it.
+    Reindex(reindex::Args),
     /// Show documents per collection and status, queue depths and index snapshots.
     Status(status::Args),
     /// Debug: print what extraction yields for a file (same sandbox as the worker).
@@ -67,6 +70,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingest(args) => ingest::run(args, settings).await,
         Command::Query(args) => query::run(args, settings).await,
         Command::Delete(args) => delete::run(args, settings).await,
+        Command::Reindex(args) => reindex::run(args, settings).await,
         Command::Status(args) => status::run(args, settings).await,
         Command::Extract(args) => extract::run(args, settings).await,
         Command::Chunk(args) => chunk::run(args, settings).await,

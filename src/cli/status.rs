@@ -1,5 +1,5 @@
 //! `ragpipe status`: compute kernels, backends, documents per collection and status, queue
-//! depths, index snapshots.
+//! depths, and per collection its index (kind, generation, log lag) and last rebuild.
 
 use std::process::ExitCode;
 
@@ -63,37 +63,61 @@ pub async fn run(_args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         }
     }
     let index_dir = settings.index_dir();
-    println!("index snapshots ({}):", index_dir.display());
-    let mut found = false;
-    if let Ok(entries) = std::fs::read_dir(&index_dir) {
-        for entry in entries.flatten() {
-            let manifest = entry.path().join("manifest.json");
-            let Ok(bytes) = std::fs::read(&manifest) else { continue };
-            if let Ok(m) = serde_json::from_slice::<crate::index::snapshot::Manifest>(&bytes) {
-                found = true;
-                let lag = match connected.store.collection(&m.collection).await {
-                    Ok(Some(c)) if c.id == m.collection_id => match connected.store.last_log_seq(c.id).await {
-                        Ok(last) => format!("{} log entries behind", (last - m.log_seq).max(0)),
-                        Err(error) => format!("lag unknown: {error}"),
-                    },
-                    Ok(_) => "from another store or collection (will be rebuilt)".to_owned(),
-                    Err(error) => format!("lag unknown: {error}"),
-                };
-                println!(
-                    "  {:<24} {} generation {} log seq {} ({lag}) vectors {} ({}d, {})",
-                    m.collection,
-                    m.index.describe(),
-                    m.generation,
-                    m.log_seq,
-                    m.count,
-                    m.dimensions,
-                    m.model
-                );
-            }
-        }
-    }
-    if !found {
+    println!("indexes (snapshots in {}):", index_dir.display());
+    let collections = connected.store.collections().await.context("listing collections")?;
+    if collections.is_empty() {
         println!("  (none)");
     }
+    for collection in collections {
+        print_index(connected.store.as_ref(), &index_dir, &collection).await;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One collection's index: its snapshot (kind, generation, log position and lag behind the
+/// store) and its last rebuild with the verification result.
+async fn print_index(store: &dyn store::Store, index_dir: &std::path::Path, collection: &store::Collection) {
+    let manifest =
+        std::fs::read(crate::index::snapshot::collection_dir(index_dir, &collection.name).join("manifest.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<crate::index::snapshot::Manifest>(&bytes).ok());
+    let snapshot = match manifest {
+        None => "no snapshot (built from the store when first opened)".to_owned(),
+        Some(m) if m.collection_id != collection.id => {
+            "snapshot from another store or collection (will be rebuilt)".to_owned()
+        }
+        Some(m) => {
+            let lag = match store.last_log_seq(collection.id).await {
+                Ok(last) => format!("{} entries behind", (last - m.log_seq).max(0)),
+                Err(error) => format!("lag unknown: {error}"),
+            };
+            format!(
+                "{} vectors, {}, generation {}, log seq {} ({lag}), {}d {}",
+                m.count,
+                m.index.describe(),
+                m.generation,
+                m.log_seq,
+                m.dimensions,
+                m.model
+            )
+        }
+    };
+    println!("  {:<24} {snapshot}", collection.name);
+    match store.last_generation(collection.id).await {
+        Ok(Some(g)) => {
+            let when = g.finished_at.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default();
+            let recall = g.recall.map_or_else(|| "exact".to_owned(), |r| format!("recall@10 {r:.3}"));
+            let outcome = if g.ok {
+                "passed".to_owned()
+            } else {
+                format!("FAILED ({}), previous generation kept", g.reason.unwrap_or_default())
+            };
+            println!(
+                "  {:<24} last rebuild {when}: generation {}, {} of {} vectors, {}, {recall}: {outcome}",
+                "", g.generation, g.vectors, g.expected, g.kind
+            );
+        }
+        Ok(None) => println!("  {:<24} never rebuilt", ""),
+        Err(error) => println!("  {:<24} last rebuild unknown: {error}", ""),
+    }
 }

@@ -1,9 +1,13 @@
 //! The vector indexes a process holds: one FAISS index per collection, loaded from its newest
 //! snapshot (if it belongs to this store), caught up by replaying the store's change log after
-//! the snapshot's position (adds and removes), and snapshotted periodically. (What
-//! triggers catch-up — events from other processes — is the query role's business:
-//! `query::follow`.) FAISS is derived data; PostgreSQL stays the source of truth.
+//! the snapshot's position (adds and removes), and snapshotted periodically; or built from the
+//! store's vectors ([`build`]) when no snapshot fits. [`Indexes::rebuild`] builds a new
+//! generation beside the one in service and swaps it in; [`Indexes::reload`] makes a replica
+//! adopt a generation another process built. (What triggers catch-up and reloads — events from
+//! other processes — is the query role's business: `query::follow`; what triggers rebuilds is
+//! the `scheduler`'s.) FAISS is derived data; the store stays the source of truth.
 
+pub mod build;
 pub mod snapshot;
 pub mod vectors;
 
@@ -15,11 +19,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use self::vectors::{IndexError, IndexKind, VectorIndex};
-use crate::store::{Collection, LogOp, Store};
+use crate::config::IndexSettings;
+use crate::store::{Collection, GenerationRecord, Store};
 use crate::telemetry::metrics;
-
-/// Change log entries read per catch-up page.
-const CATCH_UP_PAGE: i64 = 1_000;
 
 /// One collection's index and where it stands.
 pub struct CollectionIndex {
@@ -57,6 +59,9 @@ struct State {
     /// Chunks removed by the log in this process. Chunk ids are never reused, so an add of one
     /// of these is stale (an ingest that lost a race with a delete) and is skipped.
     removed: HashSet<i64>,
+    /// While a new generation is built beside this one: the adds made meanwhile, replayed into
+    /// it at the swap.
+    pending: Option<Vec<(Vec<i64>, Vec<f32>)>>,
 }
 
 /// Where one collection's index stands.
@@ -72,6 +77,27 @@ pub struct IndexStats {
     pub applied_seq: i64,
     /// Index generation.
     pub generation: u64,
+    /// Structure and search parameters.
+    pub kind: IndexKind,
+}
+
+/// What [`Indexes::rebuild`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuildReport {
+    /// The collection.
+    pub collection: String,
+    /// The generation built (in service only if `verification.failure` is `None`).
+    pub generation: u64,
+    /// Structure and the tuned search parameter.
+    pub kind: IndexKind,
+    /// The change log position it contains.
+    pub log_seq: i64,
+    /// Count and recall checks.
+    pub verification: build::Verification,
+    /// Seconds per phase, `write` included.
+    pub timings: build::Timings,
+    /// Seconds writing the snapshot.
+    pub write_secs: f64,
 }
 
 /// All collection indexes of this process.
@@ -80,39 +106,42 @@ pub struct Indexes {
     store: Arc<dyn Store>,
     dimensions: usize,
     model: String,
+    settings: IndexSettings,
     /// The store's identity, read once.
     store_id: tokio::sync::OnceCell<String>,
     open: tokio::sync::Mutex<HashMap<String, Arc<CollectionIndex>>>,
+    /// One rebuild at a time per process: each holds a collection's vectors twice.
+    rebuilds: tokio::sync::Mutex<()>,
 }
 
 impl Indexes {
-    /// Indexes of `dimensions`-long vectors of `model`, with snapshots under `root`.
-    pub fn new(root: PathBuf, store: Arc<dyn Store>, dimensions: usize, model: &str) -> Self {
+    /// Indexes of `dimensions`-long vectors of `model`, with snapshots under `root`, of the kind
+    /// `settings` ask for.
+    pub fn new(root: PathBuf, store: Arc<dyn Store>, dimensions: usize, model: &str, settings: IndexSettings) -> Self {
         Self {
             root,
             store,
             dimensions,
             model: model.to_owned(),
+            settings,
             store_id: tokio::sync::OnceCell::new(),
             open: tokio::sync::Mutex::new(HashMap::new()),
+            rebuilds: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The collection's index, loading its snapshot and catching up from the store on first use.
-    ///
-    /// # Errors
-    /// The snapshot directory is unreadable, FAISS fails, or the store is unavailable.
-    pub async fn open(&self, collection: &Collection) -> Result<Arc<CollectionIndex>, IndexError> {
-        let mut open = self.open.lock().await;
-        if let Some(found) = open.get(&collection.name) {
-            return Ok(found.clone());
-        }
-        let store_id = self.store_id.get_or_try_init(|| self.store.identity()).await?.clone();
+    async fn store_id(&self) -> Result<String, IndexError> {
+        Ok(self.store_id.get_or_try_init(|| self.store.identity()).await?.clone())
+    }
+
+    /// The newest snapshot of `collection` that belongs to this store, model and position.
+    async fn load_snapshot(&self, collection: &Collection) -> Result<Option<snapshot::Loaded>, IndexError> {
+        let store_id = self.store_id().await?;
         let last_seq = self.store.last_log_seq(collection.id).await?;
         let (root, name, dims, model) =
             (self.root.clone(), collection.name.clone(), self.dimensions, self.model.clone());
         let collection_id = collection.id;
-        let loaded = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let expected = snapshot::Expected {
                 collection: &name,
                 dimensions: dims,
@@ -124,7 +153,29 @@ impl Indexes {
             snapshot::load(&root, &expected)
         })
         .await
-        .map_err(|e| IndexError::Snapshot(format!("load task: {e}")))??;
+        .map_err(|e| IndexError::Snapshot(format!("load task: {e}")))?
+    }
+
+    /// The collection's index, loading its snapshot and catching up from the store on first use.
+    ///
+    /// # Errors
+    /// The snapshot directory is unreadable, FAISS fails, or the store is unavailable.
+    pub async fn open(&self, collection: &Collection) -> Result<Arc<CollectionIndex>, IndexError> {
+        let mut open = self.open.lock().await;
+        if let Some(found) = open.get(&collection.name) {
+            return Ok(found.clone());
+        }
+        let loaded = self.load_snapshot(collection).await?.filter(|l| {
+            let fits = build::kind_matches(&self.settings, l.manifest.index, l.manifest.count);
+            if !fits {
+                tracing::warn!(
+                    collection = %collection.name,
+                    snapshot = %l.manifest.index.describe(),
+                    "index snapshot is of another kind than [index] asks for; rebuilding from the store"
+                );
+            }
+            fits
+        });
         let state = match loaded {
             Some(l) => State {
                 index: l.index,
@@ -133,15 +184,32 @@ impl Indexes {
                 generation: l.manifest.generation,
                 dirty: false,
                 removed: HashSet::new(),
+                pending: None,
             },
-            None => State {
-                index: VectorIndex::new(self.dimensions)?,
-                caught_up: 0,
-                applied_seq: 0,
-                generation: 1,
-                dirty: true,
-                removed: HashSet::new(),
-            },
+            None => {
+                // Built from stored vectors (no embedding call); a rebuild's record, if any,
+                // numbers it.
+                let built = build::build(self.store.as_ref(), collection, self.dimensions, &self.settings).await?;
+                if let Some(failure) = &built.verification.failure {
+                    tracing::warn!(collection = %collection.name, %failure, "index built at open failed a check");
+                }
+                let generation = self.store.last_generation(collection.id).await?.map_or(1, |g| g.generation.max(1));
+                tracing::info!(
+                    collection = %collection.name,
+                    kind = %built.index.kind().describe(),
+                    vectors = built.index.len(),
+                    "index built from the store"
+                );
+                State {
+                    index: built.index,
+                    caught_up: built.verification.vectors,
+                    applied_seq: built.log_seq,
+                    generation: generation as u64,
+                    dirty: true,
+                    removed: built.removed,
+                    pending: None,
+                }
+            }
         };
         let from_snapshot = !state.dirty;
         metrics::INDEX_VECTORS.add(state.index.len() as i64);
@@ -164,6 +232,9 @@ impl Indexes {
         let slot = self.open(collection).await?;
         let added = tokio::task::spawn_blocking(move || {
             let mut state = slot.lock();
+            if let Some(pending) = state.pending.as_mut() {
+                pending.push((ids.clone(), vectors.clone()));
+            }
             let added = if ids.iter().any(|id| state.removed.contains(id)) {
                 // A delete was replayed before this (late) add: keep only what is still live.
                 let dims = state.index.dimensions();
@@ -221,6 +292,7 @@ impl Indexes {
                 caught_up: state.caught_up,
                 applied_seq: state.applied_seq,
                 generation: state.generation,
+                kind: state.index.kind(),
             }
         })
     }
@@ -242,53 +314,31 @@ impl Indexes {
     /// present ids and removes of absent ones are skipped.
     async fn catch_up_slot(&self, slot: &Arc<CollectionIndex>) -> Result<(), IndexError> {
         let _guard = slot.maintenance.lock().await;
+        self.catch_up_locked(slot).await
+    }
+
+    /// [`Self::catch_up_slot`] for a caller that holds `slot.maintenance`.
+    async fn catch_up_locked(&self, slot: &Arc<CollectionIndex>) -> Result<(), IndexError> {
         loop {
-            let applied = slot.lock().applied_seq;
-            let entries = self.store.log_after(slot.collection.id, applied, CATCH_UP_PAGE).await?;
-            let Some(last) = entries.last().map(|e| e.seq) else { return Ok(()) };
-            // Runs of adds are fetched together; a remove applies after the adds before it.
-            let mut steps: Vec<(LogOp, Vec<i64>)> = Vec::new();
-            for entry in &entries {
-                match (steps.last_mut(), entry.op) {
-                    (Some((LogOp::Add, ids)), LogOp::Add) => ids.extend(&entry.chunk_ids),
-                    _ => steps.push((entry.op, entry.chunk_ids.clone())),
-                }
-            }
-            let mut fetched = Vec::with_capacity(steps.len());
-            for (op, ids) in steps {
-                let stored = match op {
-                    LogOp::Add => {
-                        let missing: Vec<i64> = {
-                            let state = slot.lock();
-                            ids.iter().copied().filter(|id| !state.index.contains(*id)).collect()
-                        };
-                        if missing.is_empty() {
-                            Default::default()
-                        } else {
-                            self.store.vectors_by_ids(&missing, self.dimensions).await?
-                        }
-                    }
-                    LogOp::Remove => Default::default(),
-                };
-                fetched.push((op, ids, stored));
-            }
+            let applied = slot.read().applied_seq;
+            let (steps, last, full) = build::read_steps(
+                self.store.as_ref(),
+                slot.collection.id,
+                (applied, i64::MAX),
+                self.dimensions,
+                |ids| {
+                    let state = slot.read();
+                    ids.iter().copied().filter(|id| !state.index.contains(*id)).collect()
+                },
+            )
+            .await?;
+            let Some(last) = last else { return Ok(()) };
             let slot = slot.clone();
             let (added, removed) = tokio::task::spawn_blocking(move || {
                 let mut state = slot.lock();
-                let (mut added, mut removed) = (0, 0);
-                for (op, ids, stored) in fetched {
-                    match op {
-                        LogOp::Add => {
-                            let added_now = state.index.add(&stored.ids, &stored.vectors)?;
-                            state.caught_up += added_now;
-                            added += added_now;
-                        }
-                        LogOp::Remove => {
-                            removed += state.index.remove(&ids)?;
-                            state.removed.extend(ids);
-                        }
-                    }
-                }
+                let state = &mut *state;
+                let (added, removed) = build::apply_steps(&mut state.index, &mut state.removed, &steps)?;
+                state.caught_up += added;
                 // Entries of a collection commit in sequence order (see the index_log table), so
                 // every entry up to `last` that will ever exist has been applied.
                 state.applied_seq = state.applied_seq.max(last);
@@ -298,10 +348,247 @@ impl Indexes {
             .await
             .map_err(|e| IndexError::Faiss(format!("catch-up task: {e}")))??;
             metrics::INDEX_VECTORS.add(added as i64 - removed as i64);
-            if (entries.len() as i64) < CATCH_UP_PAGE {
+            if !full {
                 return Ok(());
             }
         }
+    }
+
+    /// Builds a new generation of the collection's index from its stored vectors (no embedding
+    /// call), beside the one in service: retrained (IVF), without deleted chunks or tombstones,
+    /// its search parameter tuned to the target recall. If it passes verification (count against
+    /// the store, recall against exact search) it is snapshotted, recorded in the store and, if
+    /// this process has the collection open, swapped in; otherwise the old generation stays,
+    /// the failure is recorded and logged, and `ragpipe_index_rebuild_ok` drops to 0.
+    ///
+    /// # Errors
+    /// The store is unavailable, FAISS fails, or the snapshot cannot be written.
+    pub async fn rebuild(&self, collection: &Collection) -> Result<RebuildReport, IndexError> {
+        let _one = self.rebuilds.lock().await;
+        let slot = self.open.lock().await.get(&collection.name).cloned();
+        if let Some(slot) = &slot {
+            slot.lock().pending = Some(Vec::new());
+        }
+        let result = self.rebuild_inner(collection, slot.as_ref()).await;
+        if let Some(slot) = &slot {
+            slot.lock().pending = None;
+        }
+        let gauge = metrics::INDEX_REBUILD_OK.with_label_values(&[collection.name.as_str()]);
+        match &result {
+            Ok(report) if report.verification.failure.is_none() => gauge.set(1),
+            Ok(report) => {
+                gauge.set(0);
+                tracing::error!(
+                    collection = %collection.name,
+                    failure = report.verification.failure.as_deref().unwrap_or_default(),
+                    "index rebuild failed verification; the previous generation stays in service"
+                );
+            }
+            Err(error) => {
+                gauge.set(0);
+                tracing::error!(collection = %collection.name, %error, "index rebuild failed");
+            }
+        }
+        result
+    }
+
+    async fn rebuild_inner(
+        &self,
+        collection: &Collection,
+        slot: Option<&Arc<CollectionIndex>>,
+    ) -> Result<RebuildReport, IndexError> {
+        let built = build::build(self.store.as_ref(), collection, self.dimensions, &self.settings).await?;
+        let current = slot.map_or(0, |s| s.read().generation);
+        // Indexes built at open are generation 1 (or the last recorded one): a rebuild is newer.
+        let recorded = self.store.last_generation(collection.id).await?.map_or(1, |g| g.generation.max(1) as u64);
+        let generation = current.max(recorded) + 1;
+        let mut report = RebuildReport {
+            collection: collection.name.clone(),
+            generation,
+            kind: built.index.kind(),
+            log_seq: built.log_seq,
+            verification: built.verification.clone(),
+            timings: built.timings.clone(),
+            write_secs: 0.0,
+        };
+        let mut record = GenerationRecord {
+            collection_id: collection.id,
+            generation: generation as i64,
+            ok: false,
+            kind: report.kind.describe(),
+            vectors: report.verification.vectors as i64,
+            expected: report.verification.expected,
+            recall: report.verification.recall,
+            log_seq: built.log_seq,
+            reason: report.verification.failure.clone(),
+            timings: serde_json::to_value(&report.timings).unwrap_or_default(),
+            finished_at: None,
+        };
+        if report.verification.failure.is_some() {
+            self.store.record_generation(&record).await?;
+            return Ok(report);
+        }
+        let started = std::time::Instant::now();
+        let manifest = self.manifest(collection, generation, built.log_seq).await?;
+        let (root, index) = (self.root.clone(), built.index);
+        let index = tokio::task::spawn_blocking(move || {
+            snapshot::write(&root, &index, manifest)?;
+            Ok::<_, IndexError>(index)
+        })
+        .await
+        .map_err(|e| IndexError::Snapshot(format!("snapshot task: {e}")))??;
+        report.write_secs = started.elapsed().as_secs_f64();
+        record.ok = true;
+        self.store.record_generation(&record).await?;
+        if let Some(slot) = slot {
+            self.swap(slot, index, built.log_seq, generation, built.removed).await?;
+        }
+        tracing::info!(
+            collection = %collection.name,
+            generation,
+            kind = %report.kind.describe(),
+            vectors = report.verification.vectors,
+            recall = ?report.verification.recall,
+            "index rebuilt"
+        );
+        Ok(report)
+    }
+
+    /// Adopts generation `generation` of a collection that another process rebuilt: loads its
+    /// snapshot (or, where the snapshot is not visible, e.g. another machine, builds the same from
+    /// the store) and swaps it in while searches continue. A no-op if the collection is not open
+    /// here or already at that generation.
+    ///
+    /// # Errors
+    /// The store is unavailable or FAISS fails; the current generation stays in service.
+    pub async fn reload(&self, collection: &str, generation: u64) -> Result<(), IndexError> {
+        let Some(slot) = self.open.lock().await.get(collection).cloned() else { return Ok(()) };
+        if slot.read().generation >= generation {
+            return Ok(());
+        }
+        let _one = self.rebuilds.lock().await;
+        slot.lock().pending = Some(Vec::new());
+        let result = async {
+            match self.load_snapshot(&slot.collection).await? {
+                Some(loaded) if loaded.manifest.generation >= generation => {
+                    let seq = loaded.manifest.log_seq;
+                    self.swap(&slot, loaded.index, seq, loaded.manifest.generation, HashSet::new()).await
+                }
+                _ => {
+                    let built =
+                        build::build(self.store.as_ref(), &slot.collection, self.dimensions, &self.settings).await?;
+                    self.swap(&slot, built.index, built.log_seq, generation, built.removed).await
+                }
+            }
+        }
+        .await;
+        slot.lock().pending = None;
+        result
+    }
+
+    /// Adopts the collection's newest recorded generation if it passed and is newer than the one
+    /// in service (an `index.rebuilt` event missed while disconnected).
+    ///
+    /// # Errors
+    /// See [`Self::reload`].
+    pub async fn adopt_recorded_generation(&self, collection: &str) -> Result<(), IndexError> {
+        let Some(slot) = self.open.lock().await.get(collection).cloned() else { return Ok(()) };
+        match self.store.last_generation(slot.collection.id).await? {
+            Some(record) if record.ok && record.generation as u64 > slot.read().generation => {
+                self.reload(collection, record.generation as u64).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts `index` (containing the log up to `log_seq`) in service in place of the slot's: brings
+    /// it to the log's end first, then, under the write lock (a pointer's worth of work plus the
+    /// adds made meanwhile), replaces the old one. Searches never wait for more than that.
+    async fn swap(
+        &self,
+        slot: &Arc<CollectionIndex>,
+        index: VectorIndex,
+        log_seq: i64,
+        generation: u64,
+        removed: HashSet<i64>,
+    ) -> Result<(), IndexError> {
+        // No catch-up may advance the old index meanwhile: the new one replays the same entries.
+        let _guard = slot.maintenance.lock().await;
+        let (mut index, mut removed, mut applied) = (index, removed, log_seq);
+        loop {
+            let (steps, last, full) = build::read_steps(
+                self.store.as_ref(),
+                slot.collection.id,
+                (applied, i64::MAX),
+                self.dimensions,
+                |ids| ids.iter().copied().filter(|id| !index.contains(*id)).collect(),
+            )
+            .await?;
+            let Some(last) = last else { break };
+            (index, removed) = tokio::task::spawn_blocking(move || {
+                build::apply_steps(&mut index, &mut removed, &steps)?;
+                Ok::<_, IndexError>((index, removed))
+            })
+            .await
+            .map_err(|e| IndexError::Faiss(format!("replay task: {e}")))??;
+            applied = last;
+            if !full {
+                break;
+            }
+        }
+        let slot = slot.clone();
+        let delta = tokio::task::spawn_blocking(move || {
+            let mut state = slot.lock();
+            let state = &mut *state;
+            // Removes this process applied that the new index's replay may not have seen yet
+            // cannot exist (the replay read the log to its end under `maintenance`), but adds made
+            // directly by ingest since the build began are only in `pending`.
+            state.removed.extend(removed);
+            for (ids, vectors) in state.pending.take().unwrap_or_default() {
+                let dims = index.dimensions();
+                let (live_ids, live): (Vec<i64>, Vec<&[f32]>) = ids
+                    .iter()
+                    .zip(vectors.chunks_exact(dims))
+                    .filter(|(id, _)| !state.removed.contains(id))
+                    .map(|(id, v)| (*id, v))
+                    .unzip();
+                index.add(&live_ids, &live.concat())?;
+            }
+            let delta = index.len() as i64 - state.index.len() as i64;
+            state.index = index;
+            state.applied_seq = state.applied_seq.max(applied);
+            state.generation = generation;
+            state.dirty = true;
+            state.pending = Some(Vec::new());
+            Ok::<_, IndexError>(delta)
+        })
+        .await
+        .map_err(|e| IndexError::Faiss(format!("swap task: {e}")))??;
+        metrics::INDEX_VECTORS.add(delta);
+        Ok(())
+    }
+
+    async fn manifest(
+        &self,
+        collection: &Collection,
+        generation: u64,
+        log_seq: i64,
+    ) -> Result<snapshot::Manifest, IndexError> {
+        Ok(snapshot::Manifest {
+            format: 0,
+            collection: collection.name.clone(),
+            generation,
+            log_seq,
+            store_id: self.store_id().await?,
+            collection_id: collection.id,
+            index: IndexKind::Flat,
+            tombstones: Vec::new(),
+            count: 0,
+            dimensions: self.dimensions,
+            model: self.model.clone(),
+            file: String::new(),
+            crc32: String::new(),
+        })
     }
 
     /// Writes a snapshot of every open index that changed since its last one.
@@ -327,27 +614,18 @@ impl Indexes {
         // Advance the log position over what ingest added directly, so a restart reads little.
         self.catch_up_slot(slot).await?;
         let _guard = slot.maintenance.lock().await;
-        let store_id = self.store_id.get_or_try_init(|| self.store.identity()).await?.clone();
-        let (slot, root, model) = (slot.clone(), self.root.clone(), self.model.clone());
+        let (generation, log_seq) = {
+            let state = slot.read();
+            (state.generation, state.applied_seq)
+        };
+        let manifest = self.manifest(&slot.collection, generation, log_seq).await?;
+        let (slot, root) = (slot.clone(), self.root.clone());
         tokio::task::spawn_blocking(move || {
-            let mut state = slot.lock();
-            let manifest = snapshot::Manifest {
-                format: 0,
-                collection: slot.collection.name.clone(),
-                generation: state.generation,
-                log_seq: state.applied_seq,
-                store_id,
-                collection_id: slot.collection.id,
-                index: IndexKind::Flat,
-                tombstones: Vec::new(),
-                count: 0,
-                dimensions: state.index.dimensions(),
-                model,
-                file: String::new(),
-                crc32: String::new(),
-            };
+            // Searches go on meanwhile (shared lock); adds wait for the write.
+            let state = slot.read();
             snapshot::write(&root, &state.index, manifest)?;
-            state.dirty = false;
+            drop(state);
+            slot.lock().dirty = false;
             Ok(())
         })
         .await

@@ -74,6 +74,22 @@ pub fn collection_dir(root: &Path, collection: &str) -> PathBuf {
 pub fn write(root: &Path, index: &VectorIndex, mut manifest: Manifest) -> Result<Manifest, IndexError> {
     let dir = collection_dir(root, &manifest.collection);
     std::fs::create_dir_all(&dir).map_err(io("create snapshot directory"))?;
+    // A replica that has not adopted a rebuild yet must not replace the rebuild's snapshot with
+    // its older generation (processes sharing the directory).
+    if let Some(existing) = std::fs::read(dir.join(MANIFEST))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
+        .filter(|m| m.store_id == manifest.store_id && m.collection_id == manifest.collection_id)
+        .filter(|m| m.generation > manifest.generation)
+    {
+        tracing::debug!(
+            collection = %manifest.collection,
+            ours = manifest.generation,
+            newer = existing.generation,
+            "a newer index generation is on disk; not overwriting it"
+        );
+        return Ok(existing);
+    }
     let file = format!("index-{}-{}-{}.faiss", manifest.generation, manifest.log_seq, uuid::Uuid::new_v4().simple());
     let tmp = dir.join(format!(".{file}.tmp"));
     index.write(&tmp)?;

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{IndexContext, QueryContext};
 use crate::messages::{
-    self, DOCUMENT_DELETED, DOCUMENT_INGESTED, ErrorReply, QueryRequest, QueryResponse, ResultChunk, VERSION,
+    self, DOCUMENT_DELETED, DOCUMENT_INGESTED, ErrorReply, INDEX_REBUILT, IndexRebuilt, QueryRequest, QueryResponse,
+    ResultChunk, VERSION,
 };
 use crate::queue::Request;
 use crate::store::QueryLogEntry;
@@ -221,11 +222,12 @@ fn ms(since: Instant) -> f64 {
 }
 
 /// Follows `document.ingested` and `document.deleted` events from other processes and catches
-/// the named collection up from the store's change log; also catches every open index up every snapshot interval, as a safety net for
-/// events missed while disconnected.
+/// the named collection up from the store's change log, and `index.rebuilt` events by swapping
+/// to the new generation; every snapshot interval it also catches every open index up and
+/// adopts a newer recorded generation, as a safety net for events missed while disconnected.
 pub async fn follow(ctx: Arc<IndexContext>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_secs(ctx.settings.snapshot_interval_secs));
-    let mut events = match ctx.events.subscribe(&[DOCUMENT_INGESTED, DOCUMENT_DELETED]).await {
+    let mut events = match ctx.events.subscribe(&[DOCUMENT_INGESTED, DOCUMENT_DELETED, INDEX_REBUILT]).await {
         Ok(events) => Some(events),
         Err(error) => {
             tracing::warn!(%error, "cannot subscribe to events; following by polling only");
@@ -243,12 +245,25 @@ pub async fn follow(ctx: Arc<IndexContext>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {
                 for name in ctx.indexes.open_collections().await {
+                    if let Err(error) = ctx.indexes.adopt_recorded_generation(&name).await {
+                        tracing::warn!(collection = %name, %error, "index reload failed");
+                    }
                     if let Err(error) = ctx.indexes.catch_up(&name).await {
                         tracing::warn!(collection = %name, %error, "index catch-up failed");
                     }
                 }
             }
             item = event => match item {
+                Some(Ok(message)) if message.routing_key == INDEX_REBUILT => {
+                    match serde_json::from_slice::<IndexRebuilt>(&message.body) {
+                        Ok(event) => {
+                            if let Err(error) = ctx.indexes.reload(&event.collection, event.generation).await {
+                                tracing::warn!(collection = %event.collection, %error, "index reload failed");
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "malformed index.rebuilt event ignored"),
+                    }
+                }
                 Some(Ok(message)) => {
                     let collection = serde_json::from_slice::<serde_json::Value>(&message.body)
                         .ok()

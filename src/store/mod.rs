@@ -272,6 +272,33 @@ pub struct StatusRow {
     pub chunks: i64,
 }
 
+/// A rebuild of a collection's vector index, as recorded in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRecord {
+    /// The collection.
+    pub collection_id: i64,
+    /// The generation the rebuild built.
+    pub generation: i64,
+    /// Whether it passed verification (and replaced the previous generation).
+    pub ok: bool,
+    /// Index kind and parameters ([`crate::index::IndexKind::describe`]).
+    pub kind: String,
+    /// Vectors in the built index.
+    pub vectors: i64,
+    /// Live vectors the store held for it.
+    pub expected: i64,
+    /// Measured recall@10 against exact search (`None` for exact kinds or when not measured).
+    pub recall: Option<f64>,
+    /// The change log position the build started from.
+    pub log_seq: i64,
+    /// Why verification failed.
+    pub reason: Option<String>,
+    /// Seconds per phase (fetch, train, add, tune, write).
+    pub timings: serde_json::Value,
+    /// When it finished (set by the store).
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// A query log entry.
 #[derive(Debug, Clone)]
 pub struct QueryLogEntry {
@@ -332,6 +359,36 @@ pub trait Store: Send + Sync {
     async fn identity(&self) -> Result<String, StoreError>;
     /// Stored vectors of the given chunks, in ascending id order (missing ids are skipped).
     async fn vectors_by_ids(&self, ids: &[i64], dimensions: usize) -> Result<StoredVectors, StoreError>;
+    /// Every collection, by name.
+    async fn collections(&self) -> Result<Vec<Collection>, StoreError>;
+    /// Up to `limit` live (not deleted) stored vectors of the collection with chunk ids above
+    /// `after_id`, in ascending id order: pages of a rebuild.
+    async fn live_vectors(
+        &self,
+        collection_id: i64,
+        after_id: i64,
+        limit: i64,
+        dimensions: usize,
+    ) -> Result<StoredVectors, StoreError>;
+    /// Live (not deleted) chunks of the collection — what a complete index holds — and the
+    /// collection's last change log sequence, read together (one consistent view).
+    async fn live_state(&self, collection_id: i64) -> Result<(i64, i64), StoreError>;
+    /// Records a rebuild's outcome.
+    async fn record_generation(&self, record: &GenerationRecord) -> Result<(), StoreError>;
+    /// The collection's most recent rebuild, passed or failed.
+    async fn last_generation(&self, collection_id: i64) -> Result<Option<GenerationRecord>, StoreError>;
+    /// Claims the run of `job` scheduled for `scheduled_for` for `holder`: true for exactly one
+    /// claimant per trigger, however many schedulers ask; a claim left unfinished for longer
+    /// than `lease` (its holder died) may be taken over.
+    async fn claim_run(
+        &self,
+        job: &str,
+        scheduled_for: chrono::DateTime<chrono::Utc>,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+    /// Marks a claimed run finished (it is never taken over).
+    async fn finish_run(&self, job: &str, scheduled_for: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError>;
     /// Fetches chunks and their documents in one query, skipping deleted ones; order follows `ids`.
     async fn fetch_chunks(&self, ids: &[i64]) -> Result<Vec<ChunkHit>, StoreError>;
     /// Appends to the query log.

@@ -11,9 +11,9 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    ChunkHit, Claim, Collection, Deleted, DocumentRef, DocumentStatus, LogEntry, LogOp, NewChunk, NewDocument,
-    Persisted, QueryLogEntry, StatusRow, Store, StoreError, StoredModel, StoredVectors, admit_model, claim_existing,
-    decode_vector_into, encode_vector, log_op,
+    ChunkHit, Claim, Collection, Deleted, DocumentRef, DocumentStatus, GenerationRecord, LogEntry, LogOp, NewChunk,
+    NewDocument, Persisted, QueryLogEntry, StatusRow, Store, StoreError, StoredModel, StoredVectors, admit_model,
+    claim_existing, decode_vector_into, encode_vector, log_op,
 };
 use crate::embedded::Database;
 
@@ -476,6 +476,146 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(self.db.reader()).await.map_err(map_err)?;
         Ok(())
+    }
+
+    async fn collections(&self) -> Result<Vec<Collection>, StoreError> {
+        let rows = sqlx::query("SELECT id, name FROM collections ORDER BY name")
+            .fetch_all(self.db.reader())
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Collection { id: r.try_get("id").map_err(map_err)?, name: r.try_get("name").map_err(map_err)? })
+            })
+            .collect()
+    }
+
+    async fn live_vectors(
+        &self,
+        collection_id: i64,
+        after_id: i64,
+        limit: i64,
+        dimensions: usize,
+    ) -> Result<StoredVectors, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, embedding FROM chunks
+             WHERE collection_id = ?1 AND id > ?2 AND deleted_at IS NULL
+             ORDER BY id LIMIT ?3",
+        )
+        .bind(collection_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(self.db.reader())
+        .await
+        .map_err(map_err)?;
+        collect_vectors(&rows, dimensions)
+    }
+
+    async fn live_state(&self, collection_id: i64) -> Result<(i64, i64), StoreError> {
+        // One statement reads one snapshot, and chunks commit with their log entry.
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM chunks WHERE collection_id = ?1 AND deleted_at IS NULL),
+                    (SELECT coalesce(max(seq), 0) FROM index_log WHERE collection_id = ?1)",
+        )
+        .bind(collection_id)
+        .fetch_one(self.db.reader())
+        .await
+        .map_err(map_err)
+    }
+
+    async fn record_generation(&self, record: &GenerationRecord) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await.map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO index_generations
+                 (collection_id, generation, ok, kind, vectors, expected, recall, log_seq, reason, timings)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .bind(record.collection_id)
+        .bind(record.generation)
+        .bind(record.ok)
+        .bind(&record.kind)
+        .bind(record.vectors)
+        .bind(record.expected)
+        .bind(record.recall)
+        .bind(record.log_seq)
+        .bind(&record.reason)
+        .bind(record.timings.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn last_generation(&self, collection_id: i64) -> Result<Option<GenerationRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT collection_id, generation, ok, kind, vectors, expected, recall, log_seq, reason, timings,
+                    finished_at
+             FROM index_generations WHERE collection_id = ?1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(collection_id)
+        .fetch_optional(self.db.reader())
+        .await
+        .map_err(map_err)?;
+        row.map(|r| {
+            let timings: String = r.try_get("timings").map_err(map_err)?;
+            let finished: String = r.try_get("finished_at").map_err(map_err)?;
+            Ok(GenerationRecord {
+                collection_id: r.try_get("collection_id").map_err(map_err)?,
+                generation: r.try_get("generation").map_err(map_err)?,
+                ok: r.try_get("ok").map_err(map_err)?,
+                kind: r.try_get("kind").map_err(map_err)?,
+                vectors: r.try_get("vectors").map_err(map_err)?,
+                expected: r.try_get("expected").map_err(map_err)?,
+                recall: r.try_get("recall").map_err(map_err)?,
+                log_seq: r.try_get("log_seq").map_err(map_err)?,
+                reason: r.try_get("reason").map_err(map_err)?,
+                timings: serde_json::from_str(&timings).unwrap_or_default(),
+                finished_at: chrono::DateTime::parse_from_rfc3339(&finished).ok().map(|t| t.to_utc()),
+            })
+        })
+        .transpose()
+    }
+
+    async fn claim_run(
+        &self,
+        job: &str,
+        scheduled_for: chrono::DateTime<chrono::Utc>,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        // Same rule as PostgreSQL: one claimant per trigger; an unfinished claim older than the
+        // lease may be taken over. Times are Unix milliseconds.
+        let now = chrono::Utc::now().timestamp_millis();
+        let stale_before = now - i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let mut tx = self.db.begin_write().await.map_err(map_err)?;
+        let claimed: Option<String> = sqlx::query_scalar(
+            "INSERT INTO scheduled_runs (job, scheduled_for, holder, claimed_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (job, scheduled_for) DO UPDATE SET holder = excluded.holder, claimed_at = excluded.claimed_at
+             WHERE scheduled_runs.finished_at IS NULL AND scheduled_runs.claimed_at <= ?5
+             RETURNING holder",
+        )
+        .bind(job)
+        .bind(scheduled_for.timestamp_millis())
+        .bind(holder)
+        .bind(now)
+        .bind(stale_before)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(claimed.is_some())
+    }
+
+    async fn finish_run(&self, job: &str, scheduled_for: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await.map_err(map_err)?;
+        sqlx::query("UPDATE scheduled_runs SET finished_at = ?1 WHERE job = ?2 AND scheduled_for = ?3")
+            .bind(chrono::Utc::now().timestamp_millis())
+            .bind(job)
+            .bind(scheduled_for.timestamp_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
     }
 }
 

@@ -323,6 +323,22 @@ impl ErrorReply {
     }
 }
 
+/// A delete request from an upstream system, sent like an upload (same exchange, routing key
+/// and queue): `{"v": 1, "delete": "<document-id | sha256 | upload-id>", "collection": "…"}`.
+/// The ingest worker soft-deletes what it names, publishes `document.deleted` per document and
+/// acknowledges; a delete that names nothing (already deleted, a redelivery) is acknowledged too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteMessage {
+    /// Wire version, always [`VERSION`].
+    pub v: u32,
+    /// A document id, a SHA-256 (64 hex digits) or an upload id.
+    pub delete: String,
+    /// Only in this collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<CollectionName>,
+}
+
 /// Routing key of [`DocumentIngested`].
 pub const DOCUMENT_INGESTED: &str = "document.ingested";
 /// Routing key of [`DocumentFailed`].

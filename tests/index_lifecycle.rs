@@ -14,6 +14,7 @@ use ragpipe::store::DocumentRef;
 use ragpipe::worker::Role;
 
 on_both_backends!(
+    a_delete_message_on_the_upload_queue_deletes_like_the_cli,
     a_deleted_document_leaves_every_replica_and_returns_when_uploaded_again,
     a_snapshot_from_a_recreated_database_is_rebuilt_not_loaded,
     a_snapshot_ahead_of_a_restored_backup_is_rebuilt,
@@ -165,5 +166,45 @@ async fn a_snapshot_ahead_of_a_restored_backup_is_rebuilt(env: TestEnv) {
     assert_eq!(top.as_deref(), Some("pdfjs.md"), "only what the store holds answers");
     let stats = worker.services.indexes.stats("restored").await.expect("open");
     assert!(!stats.from_snapshot && stats.vectors as i64 == chunks, "rebuilt from the restored store: {stats:?}");
+    worker.stop().await;
+}
+
+async fn a_delete_message_on_the_upload_queue_deletes_like_the_cli(env: TestEnv) {
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let snappy = env.upload_file(&env.write("snappy.md", SNAPPY.as_bytes()), "upstream");
+    let pdfjs = env.upload_file(&env.write("pdfjs.md", PDFJS.as_bytes()), "upstream");
+    let outcomes = ingest(&queue, &[snappy.clone(), pdfjs.clone()]).await;
+    let question = "Snappy is a compression/decompression library";
+    assert_eq!(top_file(&queue, "upstream", question).await.as_deref(), Some("snappy.md"));
+
+    // An upstream system sends the delete the way it sends uploads.
+    let mut events = queue.events.subscribe(&[DOCUMENT_DELETED]).await.expect("subscribe");
+    let message = messages::DeleteMessage {
+        v: VERSION,
+        delete: ingested(&outcomes[&snappy.upload_id]).sha256.clone(),
+        collection: Some(name("upstream")),
+    };
+    queue.uploads.publish(&messages::encode(&message)).await.expect("publish delete");
+    let event = tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(&mut events))
+        .await
+        .expect("document.deleted within 30 s")
+        .expect("event")
+        .expect("event");
+    let deleted: DocumentDeleted = serde_json::from_slice(&event.body).expect("event body");
+    assert_eq!(deleted.document_id, ingested(&outcomes[&snappy.upload_id]).document_id);
+    assert_eq!(top_file(&queue, "upstream", question).await.as_deref(), Some("pdfjs.md"));
+
+    // A malformed delete is dead-lettered with its reason, not retried forever.
+    let bad = serde_json::json!({"v": VERSION, "delete": "x", "collection": "no spaces allowed"});
+    let mut failures = queue.events.subscribe(&[messages::DOCUMENT_FAILED]).await.expect("subscribe");
+    queue.uploads.publish(bad.to_string().as_bytes()).await.expect("publish bad delete");
+    let failed = tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(&mut failures))
+        .await
+        .expect("document.failed within 30 s")
+        .expect("event")
+        .expect("event");
+    let failed: messages::DocumentFailed = serde_json::from_slice(&failed.body).expect("body");
+    assert_eq!(failed.code, "invalid_collection");
     worker.stop().await;
 }

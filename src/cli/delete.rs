@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::config::Settings;
 use crate::embedded::LazyDatabase;
-use crate::messages::{self, CollectionName, DOCUMENT_DELETED, DocumentDeleted, VERSION};
+use crate::messages::CollectionName;
 use crate::store::DocumentRef;
 use crate::{queue, store};
 
@@ -33,28 +33,19 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     let connected = store::connect(&settings.database, &embedded).await.context("connecting to the store")?;
     let queue = queue::connect(&settings.broker, &embedded).await.context("connecting to the queue")?;
     let target = DocumentRef::parse(&args.target);
-    let deleted = connected
-        .store
-        .delete_documents(&target, collection.as_ref().map(CollectionName::as_str))
-        .await
-        .context("deleting")?;
+    let deleted = crate::ingest::delete::delete_and_announce(
+        connected.store.as_ref(),
+        queue.events.as_ref(),
+        &target,
+        collection.as_ref().map(CollectionName::as_str),
+    )
+    .await
+    .context("deleting")?;
     if deleted.is_empty() {
         eprintln!("no live document matches `{}`", args.target);
         return Ok(ExitCode::FAILURE);
     }
     for doc in &deleted {
-        let event = DocumentDeleted {
-            v: VERSION,
-            collection: doc.collection.clone(),
-            document_id: doc.document_id,
-            sha256: doc.sha256.clone(),
-            chunks: doc.chunk_ids.len() as i64,
-        };
-        // The delete is committed and logged: replicas catch up on their next round even if
-        // this event is lost, so a failed publish is a warning.
-        if let Err(error) = queue.events.publish(DOCUMENT_DELETED, &messages::encode(&event)).await {
-            eprintln!("warning: could not publish document.deleted ({error}); replicas catch up from the log");
-        }
         println!(
             "deleted document {} in `{}` ({} chunks, sha256 {})",
             doc.document_id,

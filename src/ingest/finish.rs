@@ -97,6 +97,36 @@ impl Finisher {
         self.dead_letter(&job.delivery, &failure, &event).await;
     }
 
+    /// A delete request: applied and acknowledged; retried while the store is unavailable;
+    /// dead-lettered when malformed.
+    pub(crate) async fn delete(&self, delivery: Delivery) {
+        let message: crate::messages::DeleteMessage = match crate::messages::decode(&delivery.body) {
+            Ok(message) => message,
+            Err(e) => return self.reject_undecodable(delivery, Failure::permanent(e.code(), e.to_string())).await,
+        };
+        let target = crate::store::DocumentRef::parse(message.delete.trim());
+        let collection = message.collection.as_ref().map(crate::messages::CollectionName::as_str);
+        match super::delete::delete_and_announce(self.ctx.store.as_ref(), self.ctx.events.as_ref(), &target, collection)
+            .await
+        {
+            Ok(deleted) => {
+                tracing::info!(target = %message.delete, documents = deleted.len(), "delete message applied");
+                if let Err(error) = delivery.ack().await {
+                    tracing::warn!(%error, "could not ack a delete message; it is delivered again (harmless)");
+                }
+            }
+            Err(error) => {
+                let failure = Failure::from(error);
+                if failure.is_transient() {
+                    tracing::warn!(reason = %failure.reason, "delete failed; retrying");
+                    retry(&delivery, Duration::from_secs(2)).await;
+                } else {
+                    self.reject_undecodable(delivery, failure).await;
+                }
+            }
+        }
+    }
+
     /// A message that could not even be decoded: dead-letter it with the reason.
     pub(crate) async fn reject_undecodable(&self, delivery: Delivery, failure: Failure) {
         // Best effort: name the upload and collection if the JSON had them at all.

@@ -10,6 +10,7 @@
 //! stage is idempotent, so a redelivery never duplicates rows or vectors.
 
 mod batcher;
+pub mod delete;
 mod finish;
 mod stages;
 
@@ -117,6 +118,10 @@ async fn intake(mut deliveries: Deliveries, next: mpsc::Sender<Job>, finisher: &
             },
         };
         let received = Instant::now();
+        if is_delete(&delivery.body) {
+            finisher.delete(delivery).await;
+            continue;
+        }
         match decode_upload(&delivery.body) {
             Ok(upload) => {
                 let job = Job { delivery, upload, received };
@@ -127,6 +132,11 @@ async fn intake(mut deliveries: Deliveries, next: mpsc::Sender<Job>, finisher: &
             Err(failure) => finisher.reject_undecodable(delivery, failure).await,
         }
     }
+}
+
+/// Whether a message on the upload queue is a delete request (it has a `delete` field).
+fn is_delete(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("delete").is_some())
 }
 
 /// Decodes and validates an upload message (the collection name is checked by decoding).

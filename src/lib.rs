@@ -13,6 +13,7 @@
 //! - [`ingest`]: the staged pipeline (dedup → extract → chunk → embed → persist + index → ack).
 //! - [`query`]: the query worker (embed → FAISS → one SQL fetch → reply) and the index follower.
 //! - [`scheduler`]: the nightly index rebuild (cron, one leader per trigger), also `reindex`.
+//! - [`reembed`]: `reindex --re-embed`: new vectors from stored chunk text after a model change.
 //! - [`app`]: the connected services and the narrow context each role gets (imports no role).
 //! - [`client`]: building uploads, awaiting outcomes, RPC queries (used by the CLI).
 //! - [`http`]: `/metrics`, `/health`, `/ready`.
@@ -54,6 +55,7 @@ pub mod ingest;
 pub mod messages;
 pub mod query;
 pub mod queue;
+pub mod reembed;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;

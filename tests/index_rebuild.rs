@@ -24,6 +24,7 @@ on_both_backends!(
     a_rebuild_under_queries_swaps_replicas_without_embedding_a_chunk,
     one_scheduler_wins_each_trigger,
     a_corrupt_truncated_or_mismatched_snapshot_is_rebuilt,
+    re_embedding_switches_the_model_only_when_every_chunk_has_its_new_vector,
 );
 
 const DIMS: usize = 32;
@@ -316,4 +317,62 @@ where
         assert!(tokio::time::Instant::now() < deadline, "condition not met within 30 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn re_embedding_switches_the_model_only_when_every_chunk_has_its_new_vector(mut env: TestEnv) {
+    // Ingested with the hash embedder (dimension 32)...
+    env.settings.embedder.dimensions = DIMS;
+    let old = env.services().await;
+    let old_model = old.embedding.embedder().model_id().to_owned();
+    let collection = old.store.ensure_collection("remodel").await.expect("collection");
+    store_vectors(old.store.as_ref(), &collection, &old_model, 6, 50).await;
+    old.indexes.rebuild(&collection).await.expect("index of the old model");
+
+    // ...then the configuration names another model of another dimension, whose server fails
+    // after 100 inputs: the run stops, the collection keeps its old model and vectors.
+    let served = Arc::new(AtomicUsize::new(0));
+    let script: embed_common::Script = Arc::new({
+        let served = served.clone();
+        move |seen: &embed_common::Seen| {
+            let total = served.fetch_add(seen.inputs.len(), Ordering::SeqCst) + seen.inputs.len();
+            (total > 100 && total < 1_000_000).then(embed_common::bad_key)
+        }
+    });
+    let failing = FakeOpenAi::start(48, Duration::ZERO, script).await;
+    failing.configure(&mut env.settings.embedder);
+    env.settings.embedder.dimensions = 48;
+    let services = env.services().await;
+    let error = ragpipe::reembed::reembed(services.store.as_ref(), &services.embedding, &collection)
+        .await
+        .expect_err("the provider failed");
+    assert!(error.to_string().contains("run it again to resume"), "{error}");
+    assert_eq!(
+        services.store.collection_model(collection.id).await.expect("model"),
+        Some((old_model.clone(), DIMS as i64)),
+        "still the old model"
+    );
+    let error = services.indexes.rebuild(&collection).await.expect_err("dimension mismatch");
+    assert!(error.to_string().contains("--re-embed"), "{error}");
+
+    // The server recovers: the run resumes (only what was not staged) and switches.
+    served.store(1_000_000, Ordering::SeqCst);
+    let done =
+        ragpipe::reembed::reembed(services.store.as_ref(), &services.embedding, &collection).await.expect("re-embed");
+    assert!(!done.unchanged && done.from.as_deref() == Some(old_model.as_str()), "{done:?}");
+    assert!(done.embedded < 300, "resumed, not restarted: {} embedded", done.embedded);
+    let texts = failing.inputs();
+    assert!(texts.iter().all(|t| t.starts_with("chunk text ")), "only chunk texts are embedded");
+    let distinct: std::collections::HashSet<&String> = texts.iter().collect();
+    assert_eq!(distinct.len(), 300, "every chunk's text was embedded");
+    assert_eq!(
+        services.store.collection_model(collection.id).await.expect("model"),
+        Some((embed_common::MODEL.to_owned(), 48))
+    );
+    let report = services.indexes.rebuild(&collection).await.expect("rebuild on the new vectors");
+    assert_eq!(report.verification.vectors, 300);
+    assert_eq!(report.verification.failure, None);
+    // Running it again finds nothing to do.
+    let again =
+        ragpipe::reembed::reembed(services.store.as_ref(), &services.embedding, &collection).await.expect("again");
+    assert!(again.unchanged);
 }

@@ -1,6 +1,8 @@
-//! `ragpipe reindex [--collection C]`: rebuild collections' indexes now, from their stored
-//! vectors (no embedding call), exactly as the nightly rebuild does, and wait for it. Running
-//! workers adopt the new generation when `index.rebuilt` arrives.
+//! `ragpipe reindex [--collection C] [--re-embed]`: rebuild collections' indexes now, from their
+//! stored vectors (no embedding call), exactly as the nightly rebuild does, and wait for it.
+//! Running workers adopt the new generation when `index.rebuilt` arrives. With `--re-embed`,
+//! first embed every chunk again with the configured (new) model and switch the collection to
+//! it once all are done (see [`crate::reembed`]).
 
 use std::process::ExitCode;
 
@@ -16,6 +18,11 @@ pub struct Args {
     /// Only this collection (default: every collection).
     #[arg(long, short)]
     pub collection: Option<String>,
+    /// First re-embed every chunk from its stored text with `[embedder]`'s model (after a model
+    /// change; through the embedding cache), switching the collection to it only when every
+    /// chunk has its new vector.
+    #[arg(long)]
+    pub re_embed: bool,
 }
 
 /// Rebuilds and prints one line per collection; fails if any rebuild failed or was rejected.
@@ -30,6 +37,24 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         scheduler::select_collections(services.store.as_ref(), collection.as_ref().map(CollectionName::as_str))
             .await
             .map_err(anyhow::Error::msg)?;
+    if args.re_embed {
+        for collection in &collections {
+            let done = crate::reembed::reembed(services.store.as_ref(), &services.embedding, collection)
+                .await
+                .with_context(|| format!("re-embedding `{}`", collection.name))?;
+            let model = services.embedding.embedder().model_id();
+            if done.unchanged {
+                println!("{}: already on {model}; nothing to re-embed", collection.name);
+            } else {
+                println!(
+                    "{}: {} chunks re-embedded; switched from {} to {model}",
+                    collection.name,
+                    done.embedded,
+                    done.from.as_deref().unwrap_or("(no model)")
+                );
+            }
+        }
+    }
     let reports =
         scheduler::rebuild_collections(services.indexes.as_ref(), services.queue.events.as_ref(), &collections).await;
     let mut failed = false;

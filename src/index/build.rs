@@ -136,6 +136,15 @@ pub async fn build(
 ) -> Result<Built, IndexError> {
     let mut timings = Timings::default();
     let started = Instant::now();
+    if let Some((model, dims)) = store.collection_model(collection.id).await?
+        && dims != dimensions as i64
+    {
+        return Err(IndexError::Snapshot(format!(
+            "collection `{}` holds {model} vectors of dimension {dims}, but this process embeds with dimension \
+             {dimensions}: after a model change run `ragpipe reindex --re-embed --collection {}`",
+            collection.name, collection.name
+        )));
+    }
     let from_seq = store.last_log_seq(collection.id).await?;
     let mut stored = StoredVectors::default();
     let mut after = 0;

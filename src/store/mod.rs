@@ -389,6 +389,24 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Marks a claimed run finished (it is never taken over).
     async fn finish_run(&self, job: &str, scheduled_for: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError>;
+    /// Up to `limit` live chunks of the collection with ids above `after_id` that have no staged
+    /// re-embedding for `model` yet, as (id, text), in id order.
+    async fn chunks_to_reembed(
+        &self,
+        collection_id: i64,
+        model: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError>;
+    /// Stages new vectors of `model` for chunks (replacing earlier staged ones).
+    async fn stage_embeddings(&self, model: &str, vectors: &[(i64, Vec<f32>)]) -> Result<(), StoreError>;
+    /// If every live chunk of the collection has a staged vector of `model`, moves them into
+    /// the chunks and makes `model`/`dimensions` the collection's, in one transaction (concurrent
+    /// persists wait for it, then must use the new model); returns 0. Otherwise changes nothing
+    /// and returns how many live chunks still lack one.
+    async fn switch_model(&self, collection_id: i64, model: &str, dimensions: usize) -> Result<i64, StoreError>;
+    /// The collection's stored model and dimension (`None` before its first vectors).
+    async fn collection_model(&self, collection_id: i64) -> Result<Option<(String, i64)>, StoreError>;
     /// Fetches chunks and their documents in one query, skipping deleted ones; order follows `ids`.
     async fn fetch_chunks(&self, ids: &[i64]) -> Result<Vec<ChunkHit>, StoreError>;
     /// Appends to the query log.

@@ -252,7 +252,7 @@ impl Store for PgStore {
         let doc = sqlx::query(
             "SELECT d.status, d.collection_id, c.name, c.embedding_model, c.embedding_dimensions
              FROM documents d JOIN collections c ON c.id = d.collection_id
-             WHERE d.id = $1 FOR UPDATE OF d",
+             WHERE d.id = $1 FOR UPDATE OF d FOR KEY SHARE OF c",
         )
         .bind(document_id)
         .fetch_one(&mut *tx)
@@ -602,6 +602,105 @@ impl Store for PgStore {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+    async fn chunks_to_reembed(
+        &self,
+        collection_id: i64,
+        model: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.text FROM chunks c
+             LEFT JOIN chunk_embeddings_next n ON n.chunk_id = c.id AND n.model = $2
+             WHERE c.collection_id = $1 AND c.id > $3 AND c.deleted_at IS NULL AND n.chunk_id IS NULL
+             ORDER BY c.id LIMIT $4",
+        )
+        .bind(collection_id)
+        .bind(model)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(|r| Ok((r.try_get("id").map_err(map_err)?, r.try_get("text").map_err(map_err)?))).collect()
+    }
+
+    async fn stage_embeddings(&self, model: &str, vectors: &[(i64, Vec<f32>)]) -> Result<(), StoreError> {
+        let ids: Vec<i64> = vectors.iter().map(|v| v.0).collect();
+        let bytes: Vec<Vec<u8>> = vectors.iter().map(|v| encode_vector(&v.1)).collect();
+        sqlx::query(
+            "INSERT INTO chunk_embeddings_next (chunk_id, model, embedding)
+             SELECT * FROM unnest($1::bigint[], array_fill($2::text, ARRAY[cardinality($1::bigint[])]), $3::bytea[])
+             ON CONFLICT (chunk_id) DO UPDATE SET model = EXCLUDED.model, embedding = EXCLUDED.embedding",
+        )
+        .bind(&ids)
+        .bind(model)
+        .bind(&bytes)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn switch_model(&self, collection_id: i64, model: &str, dimensions: usize) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // Persists hold KEY SHARE on the collection row: this waits for those in flight, and
+        // the ones after it see the new model.
+        sqlx::query("SELECT id FROM collections WHERE id = $1 FOR UPDATE")
+            .bind(collection_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let missing: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM chunks c
+             LEFT JOIN chunk_embeddings_next n ON n.chunk_id = c.id AND n.model = $2
+             WHERE c.collection_id = $1 AND c.deleted_at IS NULL AND n.chunk_id IS NULL",
+        )
+        .bind(collection_id)
+        .bind(model)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if missing > 0 {
+            return Ok(missing);
+        }
+        sqlx::query(
+            "UPDATE chunks c SET embedding = n.embedding, model = n.model
+             FROM chunk_embeddings_next n
+             WHERE n.chunk_id = c.id AND n.model = $2 AND c.collection_id = $1",
+        )
+        .bind(collection_id)
+        .bind(model)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "DELETE FROM chunk_embeddings_next n USING chunks c WHERE n.chunk_id = c.id AND c.collection_id = $1",
+        )
+        .bind(collection_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query("UPDATE collections SET embedding_model = $2, embedding_dimensions = $3 WHERE id = $1")
+            .bind(collection_id)
+            .bind(model)
+            .bind(i32::try_from(dimensions).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(0)
+    }
+
+    async fn collection_model(&self, collection_id: i64) -> Result<Option<(String, i64)>, StoreError> {
+        let row: Option<(Option<String>, Option<i32>)> =
+            sqlx::query_as("SELECT embedding_model, embedding_dimensions FROM collections WHERE id = $1")
+                .bind(collection_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+        Ok(row.and_then(|(m, d)| Some((m?, i64::from(d?)))))
     }
 }
 

@@ -617,6 +617,100 @@ impl Store for SqliteStore {
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)
     }
+    async fn chunks_to_reembed(
+        &self,
+        collection_id: i64,
+        model: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.text FROM chunks c
+             LEFT JOIN chunk_embeddings_next n ON n.chunk_id = c.id AND n.model = ?2
+             WHERE c.collection_id = ?1 AND c.id > ?3 AND c.deleted_at IS NULL AND n.chunk_id IS NULL
+             ORDER BY c.id LIMIT ?4",
+        )
+        .bind(collection_id)
+        .bind(model)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(self.db.reader())
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(|r| Ok((r.try_get("id").map_err(map_err)?, r.try_get("text").map_err(map_err)?))).collect()
+    }
+
+    async fn stage_embeddings(&self, model: &str, vectors: &[(i64, Vec<f32>)]) -> Result<(), StoreError> {
+        let bytes: Vec<Vec<u8>> = vectors.iter().map(|v| encode_vector(&v.1)).collect();
+        let mut tx = self.db.begin_write().await.map_err(map_err)?;
+        for ((id, _), embedding) in vectors.iter().zip(&bytes) {
+            sqlx::query(
+                "INSERT INTO chunk_embeddings_next (chunk_id, model, embedding) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (chunk_id) DO UPDATE SET model = excluded.model, embedding = excluded.embedding",
+            )
+            .bind(id)
+            .bind(model)
+            .bind(embedding)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn switch_model(&self, collection_id: i64, model: &str, dimensions: usize) -> Result<i64, StoreError> {
+        // The write transaction excludes every persist (SQLite's single writer).
+        let mut tx = self.db.begin_write().await.map_err(map_err)?;
+        let missing: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM chunks c
+             LEFT JOIN chunk_embeddings_next n ON n.chunk_id = c.id AND n.model = ?2
+             WHERE c.collection_id = ?1 AND c.deleted_at IS NULL AND n.chunk_id IS NULL",
+        )
+        .bind(collection_id)
+        .bind(model)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if missing > 0 {
+            return Ok(missing);
+        }
+        sqlx::query(
+            "UPDATE chunks SET embedding = n.embedding, model = n.model
+             FROM chunk_embeddings_next n
+             WHERE n.chunk_id = chunks.id AND n.model = ?2 AND chunks.collection_id = ?1",
+        )
+        .bind(collection_id)
+        .bind(model)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "DELETE FROM chunk_embeddings_next WHERE chunk_id IN (SELECT id FROM chunks WHERE collection_id = ?1)",
+        )
+        .bind(collection_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query("UPDATE collections SET embedding_model = ?2, embedding_dimensions = ?3 WHERE id = ?1")
+            .bind(collection_id)
+            .bind(model)
+            .bind(i64::try_from(dimensions).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(0)
+    }
+
+    async fn collection_model(&self, collection_id: i64) -> Result<Option<(String, i64)>, StoreError> {
+        let row: Option<(Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT embedding_model, embedding_dimensions FROM collections WHERE id = ?1")
+                .bind(collection_id)
+                .fetch_optional(self.db.reader())
+                .await
+                .map_err(map_err)?;
+        Ok(row.and_then(|(m, d)| Some((m?, d?))))
+    }
 }
 
 /// Appends an index log entry. The transaction holds SQLite's single write lock from its

@@ -245,6 +245,9 @@ pub struct IndexSettings {
     pub dir: Option<PathBuf>,
     /// Seconds between snapshots of an index that changed.
     pub snapshot_interval_secs: u64,
+    /// Vectors added or removed after which an index is snapshotted without waiting for the
+    /// interval; 0 = only by time.
+    pub snapshot_after_changes: u64,
     /// Index structure of every collection.
     pub kind: IndexKindSetting,
     /// `auto`: vectors from which a collection is built as IVF instead of Flat.
@@ -272,6 +275,7 @@ impl Default for IndexSettings {
         Self {
             dir: None,
             snapshot_interval_secs: 30,
+            snapshot_after_changes: 50_000,
             kind: IndexKindSetting::Auto,
             auto_threshold: 50_000,
             nlist: 0,

@@ -25,6 +25,7 @@ on_both_backends!(
     one_scheduler_wins_each_trigger,
     a_corrupt_truncated_or_mismatched_snapshot_is_rebuilt,
     re_embedding_switches_the_model_only_when_every_chunk_has_its_new_vector,
+    an_index_is_snapshotted_after_n_changes_without_waiting_for_the_interval,
 );
 
 const DIMS: usize = 32;
@@ -375,4 +376,23 @@ async fn re_embedding_switches_the_model_only_when_every_chunk_has_its_new_vecto
     let again =
         ragpipe::reembed::reembed(services.store.as_ref(), &services.embedding, &collection).await.expect("again");
     assert!(again.unchanged);
+}
+
+async fn an_index_is_snapshotted_after_n_changes_without_waiting_for_the_interval(mut env: TestEnv) {
+    env.settings.embedder.dimensions = DIMS;
+    env.settings.index.snapshot_after_changes = 100;
+    let services = env.services().await;
+    let collection = services.store.ensure_collection("eager").await.expect("collection");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let snapshots = tokio::spawn(services.indexes.clone().run_snapshots(Duration::from_secs(3600), shutdown.clone()));
+    let manifest = env.settings.index_dir().join("eager/manifest.json");
+    services.indexes.add(&collection, (1..=60).collect(), clustered(60, 3)).await.expect("add");
+    assert!(!manifest.exists(), "60 changes: not yet");
+    services.indexes.add(&collection, (61..=120).collect(), clustered(60, 4)).await.expect("add");
+    wait_until(|| async { manifest.exists() }).await;
+    let written: ragpipe::index::snapshot::Manifest =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("read")).expect("manifest");
+    assert_eq!(written.count, 120);
+    shutdown.cancel();
+    snapshots.await.expect("snapshot task");
 }

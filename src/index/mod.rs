@@ -56,6 +56,8 @@ struct State {
     applied_seq: i64,
     generation: u64,
     dirty: bool,
+    /// Vectors added or removed since the last snapshot (`[index] snapshot_after_changes`).
+    changes: u64,
     /// Chunks removed by the log in this process. Chunk ids are never reused, so an add of one
     /// of these is stale (an ingest that lost a race with a delete) and is skipped.
     removed: HashSet<i64>,
@@ -112,6 +114,8 @@ pub struct Indexes {
     open: tokio::sync::Mutex<HashMap<String, Arc<CollectionIndex>>>,
     /// One rebuild at a time per process: each holds a collection's vectors twice.
     rebuilds: tokio::sync::Mutex<()>,
+    /// Signalled when an index reached `snapshot_after_changes` changes.
+    snapshot_due: Arc<tokio::sync::Notify>,
 }
 
 impl Indexes {
@@ -127,6 +131,7 @@ impl Indexes {
             store_id: tokio::sync::OnceCell::new(),
             open: tokio::sync::Mutex::new(HashMap::new()),
             rebuilds: tokio::sync::Mutex::new(()),
+            snapshot_due: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -183,6 +188,7 @@ impl Indexes {
                 applied_seq: l.manifest.log_seq,
                 generation: l.manifest.generation,
                 dirty: false,
+                changes: 0,
                 removed: HashSet::new(),
                 pending: None,
             },
@@ -206,6 +212,7 @@ impl Indexes {
                     applied_seq: built.log_seq,
                     generation: generation as u64,
                     dirty: true,
+                    changes: 0,
                     removed: built.removed,
                     pending: None,
                 }
@@ -230,6 +237,7 @@ impl Indexes {
     /// Wrong dimension or a FAISS failure.
     pub async fn add(&self, collection: &Collection, ids: Vec<i64>, vectors: Vec<f32>) -> Result<usize, IndexError> {
         let slot = self.open(collection).await?;
+        let (snapshot_due, due) = self.due();
         let added = tokio::task::spawn_blocking(move || {
             let mut state = slot.lock();
             if let Some(pending) = state.pending.as_mut() {
@@ -249,6 +257,10 @@ impl Indexes {
                 state.index.add(&ids, &vectors)?
             };
             state.dirty |= added > 0;
+            state.changes += added as u64;
+            if due(state.changes) {
+                snapshot_due.notify_one();
+            }
             Ok::<_, IndexError>(added)
         })
         .await
@@ -334,11 +346,16 @@ impl Indexes {
             .await?;
             let Some(last) = last else { return Ok(()) };
             let slot = slot.clone();
+            let (snapshot_due, due) = self.due();
             let (added, removed) = tokio::task::spawn_blocking(move || {
                 let mut state = slot.lock();
                 let state = &mut *state;
                 let (added, removed) = build::apply_steps(&mut state.index, &mut state.removed, &steps)?;
                 state.caught_up += added;
+                state.changes += (added + removed) as u64;
+                if due(state.changes) {
+                    snapshot_due.notify_one();
+                }
                 // Entries of a collection commit in sequence order (see the index_log table), so
                 // every entry up to `last` that will ever exist has been applied.
                 state.applied_seq = state.applied_seq.max(last);
@@ -625,20 +642,31 @@ impl Indexes {
             let state = slot.read();
             snapshot::write(&root, &state.index, manifest)?;
             drop(state);
-            slot.lock().dirty = false;
+            let mut state = slot.lock();
+            state.dirty = false;
+            state.changes = 0;
             Ok(())
         })
         .await
         .map_err(|e| IndexError::Snapshot(format!("snapshot task: {e}")))?
     }
 
-    /// Snapshots changed indexes every `interval` until `shutdown`, then once more.
+    /// What an add or catch-up needs to ask for an early snapshot: the signal, and whether a
+    /// count of changes calls for one.
+    fn due(&self) -> (Arc<tokio::sync::Notify>, impl Fn(u64) -> bool + Send + 'static) {
+        let threshold = self.settings.snapshot_after_changes;
+        (self.snapshot_due.clone(), move |changes| threshold > 0 && changes >= threshold)
+    }
+
+    /// Snapshots changed indexes every `interval`, or as soon as one has
+    /// `[index] snapshot_after_changes` changes, until `shutdown`, then once more.
     pub async fn run_snapshots(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
+                () = self.snapshot_due.notified() => {}
                 () = shutdown.cancelled() => break,
             }
             let _ = self.snapshot_all().await;

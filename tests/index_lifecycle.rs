@@ -47,18 +47,12 @@ async fn replica_top(worker: &common::TestWorker, collection: &str, text: &str) 
 
 /// Deletes like `ragpipe delete` does: commit, then publish the event.
 async fn delete(env: &TestEnv, queue: &Queue, upload_id: &str) {
-    let deleted =
-        env.store().await.delete_documents(&DocumentRef::UploadId(upload_id.into()), None).await.expect("delete");
+    let store = env.store().await;
+    let target = DocumentRef::UploadId(upload_id.into());
+    let deleted = ragpipe::ingest::delete::delete_and_announce(store.as_ref(), queue.events.as_ref(), &target, None)
+        .await
+        .expect("delete");
     assert_eq!(deleted.len(), 1);
-    let doc = &deleted[0];
-    let event = DocumentDeleted {
-        v: VERSION,
-        collection: doc.collection.clone(),
-        document_id: doc.document_id,
-        sha256: doc.sha256.clone(),
-        chunks: doc.chunk_ids.len() as i64,
-    };
-    queue.events.publish(DOCUMENT_DELETED, &messages::encode(&event)).await.expect("event");
 }
 
 /// Waits (boundedly) until `worker`'s index of `collection` holds `vectors`.

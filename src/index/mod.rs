@@ -243,19 +243,8 @@ impl Indexes {
             if let Some(pending) = state.pending.as_mut() {
                 pending.push((ids.clone(), vectors.clone()));
             }
-            let added = if ids.iter().any(|id| state.removed.contains(id)) {
-                // A delete was replayed before this (late) add: keep only what is still live.
-                let dims = state.index.dimensions();
-                let (live_ids, live): (Vec<i64>, Vec<&[f32]>) = ids
-                    .iter()
-                    .zip(vectors.chunks_exact(dims))
-                    .filter(|(id, _)| !state.removed.contains(id))
-                    .map(|(id, v)| (*id, v))
-                    .unzip();
-                state.index.add(&live_ids, &live.concat())?
-            } else {
-                state.index.add(&ids, &vectors)?
-            };
+            let state = &mut *state;
+            let added = add_live(&mut state.index, &state.removed, &ids, &vectors)?;
             state.dirty |= added > 0;
             state.changes += added as u64;
             if due(state.changes) {
@@ -562,14 +551,7 @@ impl Indexes {
             // directly by ingest since the build began are only in `pending`.
             state.removed.extend(removed);
             for (ids, vectors) in state.pending.take().unwrap_or_default() {
-                let dims = index.dimensions();
-                let (live_ids, live): (Vec<i64>, Vec<&[f32]>) = ids
-                    .iter()
-                    .zip(vectors.chunks_exact(dims))
-                    .filter(|(id, _)| !state.removed.contains(id))
-                    .map(|(id, v)| (*id, v))
-                    .unzip();
-                index.add(&live_ids, &live.concat())?;
+                add_live(&mut index, &state.removed, &ids, &vectors)?;
             }
             let delta = index.len() as i64 - state.index.len() as i64;
             state.index = index;
@@ -673,4 +655,25 @@ impl Indexes {
         }
         let _ = self.snapshot_all().await;
     }
+}
+
+/// Adds the vectors whose ids were not removed by the log: a delete replayed before a (late) add
+/// of the same chunks wins. Returns how many were added.
+fn add_live(
+    index: &mut VectorIndex,
+    removed: &HashSet<i64>,
+    ids: &[i64],
+    vectors: &[f32],
+) -> Result<usize, IndexError> {
+    if !ids.iter().any(|id| removed.contains(id)) {
+        return index.add(ids, vectors);
+    }
+    let dims = index.dimensions();
+    let (live_ids, live): (Vec<i64>, Vec<&[f32]>) = ids
+        .iter()
+        .zip(vectors.chunks_exact(dims))
+        .filter(|(id, _)| !removed.contains(id))
+        .map(|(id, v)| (*id, v))
+        .unzip();
+    index.add(&live_ids, &live.concat())
 }

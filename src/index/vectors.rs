@@ -310,13 +310,19 @@ impl VectorIndex {
         let want = (k + self.tombstones.len()).min(self.ids.len() + self.tombstones.len());
         let mut distances = vec![0f32; want * nq];
         let mut labels = vec![-1i64; want * nq];
+        // The sub-index is searched and its positions are mapped to chunk ids here, not by
+        // `IndexIDMap::search`: that one translates ids inside an OpenMP parallel loop on every
+        // call, so even a single query wakes a thread team, which stalls ~8 ms whenever the
+        // other core is busy (measured with `benches/index_kinds.rs` under load).
+        //
         // SAFETY: FAISS's CPU indexes search without mutating them (the C API takes a const
-        // pointer), so concurrent searches through `&self` are sound while nothing holds
-        // `&mut self` (adds, removes, parameters): the borrow checker guarantees that. The
-        // buffers hold `want * nq` values, as the call writes.
+        // pointer; the getter only reads a field), so concurrent searches through `&self` are
+        // sound while nothing holds `&mut self` (adds, removes, parameters): the borrow checker
+        // guarantees that. The buffers hold `want * nq` values, as the call writes.
         let status = unsafe {
+            let sub = faiss_sys::faiss_IndexIDMap_sub_index(self.index.inner_ptr() as *mut faiss_sys::FaissIndexIDMap);
             faiss_sys::faiss_Index_search(
-                self.index.inner_ptr() as *const faiss_sys::FaissIndex,
+                sub as *const faiss_sys::FaissIndex,
                 nq as i64,
                 queries.as_ptr(),
                 want as i64,
@@ -326,6 +332,14 @@ impl VectorIndex {
         };
         if status != 0 {
             return Err(IndexError::Faiss(format!("search failed with status {status}")));
+        }
+        let id_map = self.index.id_map();
+        for label in &mut labels {
+            *label = usize::try_from(*label)
+                .ok()
+                .and_then(|position| id_map.get(position))
+                .and_then(|id| id.get())
+                .map_or(-1, |id| id as i64);
         }
         Ok(labels
             .chunks_exact(want)

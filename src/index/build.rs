@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use super::vectors::{IndexError, IndexKind, VectorIndex};
+use super::vectors::{Changes, IndexError, IndexKind, VectorIndex};
 use crate::config::{IndexKindSetting, IndexSettings};
 use crate::store::{Collection, LogOp, Store, StoredVectors};
 
@@ -319,7 +319,7 @@ pub(crate) async fn read_steps(
 /// Applies replay steps to `index`; returns (added, removed). Removed ids are recorded in
 /// `removed` so a late add of one of them is recognised as stale.
 pub(crate) fn apply_steps(
-    index: &mut VectorIndex,
+    index: &mut impl Changes,
     removed: &mut HashSet<i64>,
     steps: &[Step],
 ) -> Result<(usize, usize), IndexError> {

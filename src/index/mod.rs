@@ -8,6 +8,7 @@
 //! the `scheduler`'s.) FAISS is derived data; the store stays the source of truth.
 
 pub mod build;
+pub mod serving;
 pub mod snapshot;
 pub mod vectors;
 
@@ -18,7 +19,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use self::vectors::{IndexError, IndexKind, VectorIndex};
+use self::serving::{Delta, Serving};
+pub use self::vectors::{Changes, IndexError, IndexKind, VectorIndex};
 use crate::config::IndexSettings;
 use crate::store::{Collection, GenerationRecord, Store};
 use crate::telemetry::metrics;
@@ -28,8 +30,9 @@ pub struct CollectionIndex {
     collection: Collection,
     /// Whether the index started from a snapshot (false: rebuilt from the store).
     from_snapshot: bool,
-    /// Searches share it (FAISS searches concurrently); adds, removes and a rebuild's swap take
-    /// it alone, briefly (a rebuild builds outside it and swaps the finished index in).
+    /// Searches share it to take their view of the index ([`serving`]) and search outside it;
+    /// adds, removes, folds and a rebuild's swap take it alone for a copy of a few vectors or a
+    /// pointer swap (folds and rebuilds do their work outside it).
     state: RwLock<State>,
     /// Serialises catch-ups and snapshots of this collection.
     maintenance: tokio::sync::Mutex<()>,
@@ -49,7 +52,7 @@ impl CollectionIndex {
 }
 
 struct State {
-    index: VectorIndex,
+    serving: Serving,
     /// Vectors added by catch-up from the store (not by this process's own ingest).
     caught_up: usize,
     /// The last change log entry applied.
@@ -111,7 +114,9 @@ pub struct Indexes {
     settings: IndexSettings,
     /// The store's identity, read once.
     store_id: tokio::sync::OnceCell<String>,
-    open: tokio::sync::Mutex<HashMap<String, Arc<CollectionIndex>>>,
+    /// Open collections, each opened once: the map is locked only to find a collection's cell,
+    /// so opening one (a build can take minutes) never holds up searches of the others.
+    open: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<CollectionIndex>>>>>,
     /// One rebuild at a time per process: each holds a collection's vectors twice.
     rebuilds: tokio::sync::Mutex<()>,
     /// Signalled when an index reached `snapshot_after_changes` changes.
@@ -129,7 +134,7 @@ impl Indexes {
             model: model.to_owned(),
             settings,
             store_id: tokio::sync::OnceCell::new(),
-            open: tokio::sync::Mutex::new(HashMap::new()),
+            open: std::sync::Mutex::new(HashMap::new()),
             rebuilds: tokio::sync::Mutex::new(()),
             snapshot_due: Arc::new(tokio::sync::Notify::new()),
         }
@@ -166,10 +171,27 @@ impl Indexes {
     /// # Errors
     /// The snapshot directory is unreadable, FAISS fails, or the store is unavailable.
     pub async fn open(&self, collection: &Collection) -> Result<Arc<CollectionIndex>, IndexError> {
-        let mut open = self.open.lock().await;
-        if let Some(found) = open.get(&collection.name) {
-            return Ok(found.clone());
-        }
+        let cell = self.open_map().entry(collection.name.clone()).or_default().clone();
+        // A failed open leaves the cell empty: the next call tries again.
+        cell.get_or_try_init(|| self.load(collection)).await.cloned()
+    }
+
+    fn open_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::OnceCell<Arc<CollectionIndex>>>>> {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The collection's index if it is open in this process.
+    fn opened(&self, collection: &str) -> Option<Arc<CollectionIndex>> {
+        self.open_map().get(collection).and_then(|cell| cell.get().cloned())
+    }
+
+    /// Every index open in this process.
+    fn all_opened(&self) -> Vec<Arc<CollectionIndex>> {
+        self.open_map().values().filter_map(|cell| cell.get().cloned()).collect()
+    }
+
+    /// Loads the collection's snapshot or builds its index from the store, then catches up.
+    async fn load(&self, collection: &Collection) -> Result<Arc<CollectionIndex>, IndexError> {
         let loaded = self.load_snapshot(collection).await?.filter(|l| {
             let fits = build::kind_matches(&self.settings, l.manifest.index, l.manifest.count);
             if !fits {
@@ -183,7 +205,7 @@ impl Indexes {
         });
         let state = match loaded {
             Some(l) => State {
-                index: l.index,
+                serving: Serving::new(l.index)?,
                 caught_up: 0,
                 applied_seq: l.manifest.log_seq,
                 generation: l.manifest.generation,
@@ -207,7 +229,7 @@ impl Indexes {
                     "index built from the store"
                 );
                 State {
-                    index: built.index,
+                    serving: Serving::new(built.index)?,
                     caught_up: built.verification.vectors,
                     applied_seq: built.log_seq,
                     generation: generation as u64,
@@ -219,7 +241,7 @@ impl Indexes {
             }
         };
         let from_snapshot = !state.dirty;
-        metrics::INDEX_VECTORS.add(state.index.len() as i64);
+        metrics::INDEX_VECTORS.add(state.serving.len() as i64);
         let slot = Arc::new(CollectionIndex {
             collection: collection.clone(),
             from_snapshot,
@@ -227,7 +249,6 @@ impl Indexes {
             maintenance: tokio::sync::Mutex::new(()),
         });
         self.catch_up_slot(&slot).await?;
-        open.insert(collection.name.clone(), slot.clone());
         Ok(slot)
     }
 
@@ -244,10 +265,13 @@ impl Indexes {
                 pending.push((ids.clone(), vectors.clone()));
             }
             let state = &mut *state;
-            let added = add_live(&mut state.index, &state.removed, &ids, &vectors)?;
+            // An add of a chunk the log removed is stale (an ingest that lost a race with a
+            // delete): the delete wins.
+            let removed = &state.removed;
+            let added = state.serving.add_where(&ids, &vectors, |id| !removed.contains(&id))?;
             state.dirty |= added > 0;
             state.changes += added as u64;
-            if due(state.changes) {
+            if due(state.changes) || state.serving.fold_due() {
                 snapshot_due.notify_one();
             }
             Ok::<_, IndexError>(added)
@@ -270,30 +294,44 @@ impl Indexes {
     ) -> Result<(Vec<(i64, f32)>, u64), IndexError> {
         let slot = self.open(collection).await?;
         tokio::task::spawn_blocking(move || {
-            let state = slot.read();
-            Ok((state.index.search(&query, k)?, state.generation))
+            let (view, generation) = {
+                let state = slot.read();
+                (state.serving.begin_search(&query, k)?, state.generation)
+            };
+            let hits = view.run(&query, k)?.into_iter().next().unwrap_or_default();
+            Ok((hits, generation))
         })
         .await
         .map_err(|e| IndexError::Faiss(format!("search task: {e}")))?
     }
 
+    /// The generation in service and the last change log entry applied, opening the index if
+    /// needed (what query caches are keyed by).
+    ///
+    /// # Errors
+    /// The index could not be opened.
+    pub async fn position(&self, collection: &Collection) -> Result<(u64, i64), IndexError> {
+        let slot = self.open(collection).await?;
+        let state = slot.read();
+        Ok((state.generation, state.applied_seq))
+    }
+
     /// Names of the collections whose indexes are open in this process.
     pub async fn open_collections(&self) -> Vec<String> {
-        self.open.lock().await.keys().cloned().collect()
+        self.all_opened().iter().map(|slot| slot.collection.name.clone()).collect()
     }
 
     /// Where a collection's open index stands (`None` if it is not open in this process).
     pub async fn stats(&self, collection: &str) -> Option<IndexStats> {
-        let open = self.open.lock().await;
-        open.get(collection).map(|slot| {
-            let state = slot.lock();
+        self.opened(collection).map(|slot| {
+            let state = slot.read();
             IndexStats {
-                vectors: state.index.len(),
+                vectors: state.serving.len(),
                 from_snapshot: slot.from_snapshot,
                 caught_up: state.caught_up,
                 applied_seq: state.applied_seq,
                 generation: state.generation,
-                kind: state.index.kind(),
+                kind: state.serving.main().kind(),
             }
         })
     }
@@ -303,7 +341,7 @@ impl Indexes {
     /// # Errors
     /// The store is unavailable or FAISS fails.
     pub async fn catch_up(&self, collection: &str) -> Result<(), IndexError> {
-        let slot = self.open.lock().await.get(collection).cloned();
+        let slot = self.opened(collection);
         match slot {
             Some(slot) => self.catch_up_slot(&slot).await,
             None => Ok(()),
@@ -329,7 +367,7 @@ impl Indexes {
                 self.dimensions,
                 |ids| {
                     let state = slot.read();
-                    ids.iter().copied().filter(|id| !state.index.contains(*id)).collect()
+                    ids.iter().copied().filter(|id| !state.serving.contains(*id)).collect()
                 },
             )
             .await?;
@@ -337,18 +375,24 @@ impl Indexes {
             let slot = slot.clone();
             let (snapshot_due, due) = self.due();
             let (added, removed) = tokio::task::spawn_blocking(move || {
+                let (mut added, mut removed) = (0, 0);
+                // A few entries per lock, so searches never wait for a whole page of copies.
+                for steps in steps.chunks(16) {
+                    let mut state = slot.lock();
+                    let state = &mut *state;
+                    let (a, r) = build::apply_steps(&mut state.serving, &mut state.removed, steps)?;
+                    (added, removed) = (added + a, removed + r);
+                    state.caught_up += a;
+                    state.changes += (a + r) as u64;
+                    state.dirty = true;
+                }
                 let mut state = slot.lock();
-                let state = &mut *state;
-                let (added, removed) = build::apply_steps(&mut state.index, &mut state.removed, &steps)?;
-                state.caught_up += added;
-                state.changes += (added + removed) as u64;
-                if due(state.changes) {
+                if due(state.changes) || state.serving.fold_due() {
                     snapshot_due.notify_one();
                 }
                 // Entries of a collection commit in sequence order (see the index_log table), so
                 // every entry up to `last` that will ever exist has been applied.
                 state.applied_seq = state.applied_seq.max(last);
-                state.dirty = true;
                 Ok::<_, IndexError>((added, removed))
             })
             .await
@@ -371,7 +415,7 @@ impl Indexes {
     /// The store is unavailable, FAISS fails, or the snapshot cannot be written.
     pub async fn rebuild(&self, collection: &Collection) -> Result<RebuildReport, IndexError> {
         let _one = self.rebuilds.lock().await;
-        let slot = self.open.lock().await.get(&collection.name).cloned();
+        let slot = self.opened(&collection.name);
         if let Some(slot) = &slot {
             slot.lock().pending = Some(Vec::new());
         }
@@ -468,7 +512,7 @@ impl Indexes {
     /// # Errors
     /// The store is unavailable or FAISS fails; the current generation stays in service.
     pub async fn reload(&self, collection: &str, generation: u64) -> Result<(), IndexError> {
-        let Some(slot) = self.open.lock().await.get(collection).cloned() else { return Ok(()) };
+        let Some(slot) = self.opened(collection) else { return Ok(()) };
         if slot.read().generation >= generation {
             return Ok(());
         }
@@ -498,7 +542,7 @@ impl Indexes {
     /// # Errors
     /// See [`Self::reload`].
     pub async fn adopt_recorded_generation(&self, collection: &str) -> Result<(), IndexError> {
-        let Some(slot) = self.open.lock().await.get(collection).cloned() else { return Ok(()) };
+        let Some(slot) = self.opened(collection) else { return Ok(()) };
         match self.store.last_generation(slot.collection.id).await? {
             Some(record) if record.ok && record.generation as u64 > slot.read().generation => {
                 self.reload(collection, record.generation as u64).await
@@ -544,22 +588,32 @@ impl Indexes {
         }
         let slot = slot.clone();
         let delta = tokio::task::spawn_blocking(move || {
+            // Adds made directly by ingest since the build began are only in `pending`: they go
+            // to the new generation's delta, copied outside the lock but for the last few.
+            // (Removes this process applied that the new index's replay has not seen cannot
+            // exist: the replay read the log to its end under `maintenance`.)
+            let early = slot.lock().pending.as_mut().map(std::mem::take).unwrap_or_default();
+            let mut delta = Delta::new(index.dimensions())?;
+            for (ids, vectors) in &early {
+                delta.add_where(ids, vectors, |id| !index.contains(id) && !removed.contains(&id))?;
+            }
             let mut state = slot.lock();
             let state = &mut *state;
-            // Removes this process applied that the new index's replay may not have seen yet
-            // cannot exist (the replay read the log to its end under `maintenance`), but adds made
-            // directly by ingest since the build began are only in `pending`.
             state.removed.extend(removed);
+            // An early add that lost a race with a delete this process applied before.
+            let stale: HashSet<i64> =
+                early.iter().flat_map(|(ids, _)| ids).copied().filter(|id| state.removed.contains(id)).collect();
+            delta.remove(&stale)?;
             for (ids, vectors) in state.pending.take().unwrap_or_default() {
-                add_live(&mut index, &state.removed, &ids, &vectors)?;
+                delta.add_where(&ids, &vectors, |id| !index.contains(id) && !state.removed.contains(&id))?;
             }
-            let delta = index.len() as i64 - state.index.len() as i64;
-            state.index = index;
+            let change = (index.len() + delta.len()) as i64 - state.serving.len() as i64;
+            state.serving.replace(index, delta);
             state.applied_seq = state.applied_seq.max(applied);
             state.generation = generation;
             state.dirty = true;
             state.pending = Some(Vec::new());
-            Ok::<_, IndexError>(delta)
+            Ok::<_, IndexError>(change)
         })
         .await
         .map_err(|e| IndexError::Faiss(format!("swap task: {e}")))??;
@@ -595,7 +649,7 @@ impl Indexes {
     /// # Errors
     /// The first collection that could not be snapshotted (the others are still attempted).
     pub async fn snapshot_all(&self) -> Result<(), IndexError> {
-        let slots: Vec<_> = self.open.lock().await.values().cloned().collect();
+        let slots = self.all_opened();
         let mut first_error = None;
         for slot in slots {
             if let Err(error) = self.snapshot_slot(&slot).await {
@@ -617,20 +671,77 @@ impl Indexes {
             let state = slot.read();
             (state.generation, state.applied_seq)
         };
+        // Everything up to `log_seq` is in main once the delta is folded in (adds after it go
+        // to the next delta and are replayed from the log after a restart).
+        self.fold_locked(slot).await?;
         let manifest = self.manifest(&slot.collection, generation, log_seq).await?;
         let (slot, root) = (slot.clone(), self.root.clone());
         tokio::task::spawn_blocking(move || {
-            // Searches go on meanwhile (shared lock); adds wait for the write.
-            let state = slot.read();
-            snapshot::write(&root, &state.index, manifest)?;
-            drop(state);
+            // Main is not changed in place, so it is written without the lock: searches and adds
+            // go on meanwhile.
+            let main = slot.read().serving.main().clone();
+            snapshot::write(&root, &main, manifest)?;
             let mut state = slot.lock();
-            state.dirty = false;
-            state.changes = 0;
+            state.changes = state.serving.unfolded() as u64;
+            state.dirty = state.changes > 0;
             Ok(())
         })
         .await
         .map_err(|e| IndexError::Snapshot(format!("snapshot task: {e}")))?
+    }
+
+    /// Folds the slot's delta and hidden ids into a copy of its main index and swaps the copy in
+    /// ([`serving`]); the caller holds `slot.maintenance`. On failure the delta stays searchable.
+    async fn fold_locked(&self, slot: &Arc<CollectionIndex>) -> Result<(), IndexError> {
+        let slot = slot.clone();
+        tokio::task::spawn_blocking(move || {
+            let fold = {
+                let mut state = slot.lock();
+                if !state.serving.has_changes() {
+                    return Ok(());
+                }
+                state.serving.begin_fold()?
+            };
+            match fold.run() {
+                Ok(next) => {
+                    slot.lock().serving.finish_fold(&fold, next);
+                    Ok(())
+                }
+                Err(error) => {
+                    slot.lock().serving.abort_fold()?;
+                    Err(error)
+                }
+            }
+        })
+        .await
+        .map_err(|e| IndexError::Faiss(format!("fold task: {e}")))?
+    }
+
+    /// Snapshots the indexes with `[index] snapshot_after_changes` changes, and folds those
+    /// whose delta has grown enough ([`serving::FOLD_DELTA`]).
+    async fn maintain_due(&self) -> Result<(), IndexError> {
+        let slots = self.all_opened();
+        let (_, due) = self.due();
+        let mut first_error = None;
+        for slot in slots {
+            let (snapshot, fold) = {
+                let state = slot.read();
+                (due(state.changes), state.serving.fold_due())
+            };
+            let result = if snapshot {
+                self.snapshot_slot(&slot).await
+            } else if fold {
+                let _guard = slot.maintenance.lock().await;
+                self.fold_locked(&slot).await
+            } else {
+                Ok(())
+            };
+            if let Err(error) = result {
+                tracing::error!(collection = %slot.collection.name, %error, "index maintenance failed");
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// What an add or catch-up needs to ask for an early snapshot: the signal, and whether a
@@ -641,39 +752,18 @@ impl Indexes {
     }
 
     /// Snapshots changed indexes every `interval`, or as soon as one has
-    /// `[index] snapshot_after_changes` changes, until `shutdown`, then once more.
+    /// `[index] snapshot_after_changes` changes, and folds deltas that have grown, until
+    /// `shutdown`, then snapshots once more.
     pub async fn run_snapshots(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         loop {
             tokio::select! {
-                _ = ticker.tick() => {}
-                () = self.snapshot_due.notified() => {}
+                _ = ticker.tick() => { let _ = self.snapshot_all().await; }
+                () = self.snapshot_due.notified() => { let _ = self.maintain_due().await; }
                 () = shutdown.cancelled() => break,
             }
-            let _ = self.snapshot_all().await;
         }
         let _ = self.snapshot_all().await;
     }
-}
-
-/// Adds the vectors whose ids were not removed by the log: a delete replayed before a (late) add
-/// of the same chunks wins. Returns how many were added.
-fn add_live(
-    index: &mut VectorIndex,
-    removed: &HashSet<i64>,
-    ids: &[i64],
-    vectors: &[f32],
-) -> Result<usize, IndexError> {
-    if !ids.iter().any(|id| removed.contains(id)) {
-        return index.add(ids, vectors);
-    }
-    let dims = index.dimensions();
-    let (live_ids, live): (Vec<i64>, Vec<&[f32]>) = ids
-        .iter()
-        .zip(vectors.chunks_exact(dims))
-        .filter(|(id, _)| !removed.contains(id))
-        .map(|(id, v)| (*id, v))
-        .unzip();
-    index.add(&live_ids, &live.concat())
 }

@@ -95,6 +95,37 @@ impl IndexKind {
     }
 }
 
+/// What replaying changes needs of an index: [`VectorIndex`] itself while a generation is built,
+/// [`super::serving::Serving`] while one serves.
+pub trait Changes {
+    /// Adds the vectors of ids not present; returns how many.
+    ///
+    /// # Errors
+    /// Wrong dimension or a FAISS failure.
+    fn add(&mut self, ids: &[i64], vectors: &[f32]) -> Result<usize, IndexError>;
+    /// Removes the vectors of `ids` that are present; returns how many.
+    ///
+    /// # Errors
+    /// A FAISS failure.
+    fn remove(&mut self, ids: &[i64]) -> Result<usize, IndexError>;
+    /// Length of each vector.
+    fn dimensions(&self) -> usize;
+}
+
+impl Changes for VectorIndex {
+    fn add(&mut self, ids: &[i64], vectors: &[f32]) -> Result<usize, IndexError> {
+        VectorIndex::add(self, ids, vectors)
+    }
+
+    fn remove(&mut self, ids: &[i64]) -> Result<usize, IndexError> {
+        VectorIndex::remove(self, ids)
+    }
+
+    fn dimensions(&self) -> usize {
+        VectorIndex::dimensions(self)
+    }
+}
+
 /// Vectors of one collection, searchable by inner product. Searches take `&self` and may run
 /// concurrently (FAISS's CPU indexes search without mutating); adds and removes take `&mut self`.
 pub struct VectorIndex {
@@ -197,6 +228,34 @@ impl VectorIndex {
         let mut index = Self { index, kind, ids, tombstones, dimensions };
         index.apply_search_parameters()?;
         Ok(index)
+    }
+
+    /// An independent copy (FAISS's `clone_index`: the structure, its vectors and its ids), which
+    /// a fold changes while searches go on in the original.
+    ///
+    /// # Errors
+    /// FAISS cannot copy this kind of index.
+    pub fn try_clone(&self) -> Result<Self, IndexError> {
+        let mut copy = std::ptr::null_mut();
+        // SAFETY: `clone_index` only reads the source (searches may run on it meanwhile, as they
+        // read too) and returns a new ID-mapped index that owns its sub-index, which `IdMap`
+        // takes ownership of and frees once.
+        let index = unsafe {
+            let status = faiss_sys::faiss_clone_index(self.index.inner_ptr(), &mut copy);
+            if status != 0 || copy.is_null() {
+                return Err(IndexError::Faiss(format!("copying the index failed with status {status}")));
+            }
+            <IndexImpl as faiss::index::FromInnerPtr>::from_inner_ptr(copy).into_id_map()?
+        };
+        let mut copy = Self {
+            index,
+            kind: self.kind,
+            ids: self.ids.clone(),
+            tombstones: self.tombstones.clone(),
+            dimensions: self.dimensions,
+        };
+        copy.apply_search_parameters()?;
+        Ok(copy)
     }
 
     /// Ids removed but still inside the structure (HNSW), to be recorded with a snapshot.

@@ -35,4 +35,4 @@ corpus=../shared/corpus
 question=${1:-"Who was late and kept looking at his pocket watch?"}
 echo
 echo "query: $question"
-"$bin" query "$question" --collection "$collection" --top-k 3
+"$bin" query "$question" --collection "$collection" --top-k 3 --answer

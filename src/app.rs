@@ -7,11 +7,12 @@ use std::sync::Arc;
 use crate::blobs::BlobStore;
 use crate::cache::Cache;
 use crate::chunk::Chunker;
-use crate::config::{IndexSettings, IngestSettings, QuerySettings, Settings};
+use crate::config::{CacheSettings, IndexSettings, IngestSettings, LlmSettings, QuerySettings, Settings};
 use crate::embed::service::EmbeddingService;
 use crate::extract::Sandbox;
 use crate::fetch::FetchPolicy;
 use crate::index::Indexes;
+use crate::llm::Llm;
 use crate::queue::{EventBus, Queue, RequestReply, UploadQueue};
 use crate::store::Store;
 
@@ -50,6 +51,8 @@ pub struct Services {
     pub embedding: Arc<EmbeddingService>,
     /// Vector indexes held by this process.
     pub indexes: Arc<Indexes>,
+    /// The answering model (`None`: extractive answers).
+    pub llm: Option<Arc<dyn Llm>>,
     /// Extraction sandbox.
     pub sandbox: Sandbox,
     /// Chunker (tokenizer built once).
@@ -122,6 +125,14 @@ pub struct QueryContext {
     pub embedding: Arc<EmbeddingService>,
     /// Vector indexes.
     pub indexes: Arc<Indexes>,
+    /// The answering model (`None`: extractive answers) and its prices.
+    pub llm: Option<Arc<dyn Llm>>,
+    /// `[llm]`, for the cost estimate and the tokenizer.
+    pub llm_settings: LlmSettings,
+    /// Where retrieval results and responses are cached (with the embeddings).
+    pub cache: Arc<dyn Cache>,
+    /// The caches' TTLs.
+    pub cache_settings: CacheSettings,
 }
 
 /// What keeps a process's indexes current: events from other processes, catch-up, snapshots.
@@ -189,6 +200,10 @@ impl Services {
             requests: self.queue.requests.clone(),
             embedding: self.embedding.clone(),
             indexes: self.indexes.clone(),
+            llm: self.llm.clone(),
+            llm_settings: self.settings.llm.clone(),
+            cache: self.cache.clone(),
+            cache_settings: self.settings.cache.clone(),
         }
     }
 

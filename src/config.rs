@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::chunk::ChunkSettings;
 pub use crate::embed::settings::{AZURE_API_KEY_ENV, EmbedderKind, EmbedderSettings, LongInputs, OPENAI_API_KEY_ENV};
 use crate::extract::ExtractSettings;
+pub use crate::llm::{LlmKind, LlmSettings};
 
 /// Environment variable that names the config file (default `workers.toml` if it exists).
 pub const CONFIG_ENV: &str = "RAGPIPE_CONFIG";
@@ -41,6 +42,8 @@ pub struct Settings {
     pub index: IndexSettings,
     /// The query worker.
     pub query: QuerySettings,
+    /// The model that writes answers (absent or `kind = "none"`: extractive answers).
+    pub llm: LlmSettings,
     /// The operations HTTP endpoint (`/metrics`, `/health`, `/ready`).
     pub http: HttpSettings,
 }
@@ -341,6 +344,14 @@ pub struct QuerySettings {
     /// Seconds a query may spend embedding its text (retries included) before it gets an
     /// `embedding_timeout` error reply; below `client_timeout_secs`, so clients hear why.
     pub embed_timeout_secs: u64,
+    /// Token budget of an answer's numbered context (counted with the answering model's
+    /// tokenizer).
+    pub context_tokens: usize,
+    /// Sentences an extractive answer (no LLM) quotes at most.
+    pub answer_sentences: usize,
+    /// Share of a cited sentence's content words that must occur in the chunk it cites for the
+    /// citation to stay (0 keeps every citation to a source in the context).
+    pub min_citation_support: f64,
 }
 
 impl Default for QuerySettings {
@@ -354,6 +365,9 @@ impl Default for QuerySettings {
             concurrency: 8,
             client_timeout_secs: 30,
             embed_timeout_secs: 20,
+            context_tokens: 3_000,
+            answer_sentences: 3,
+            min_citation_support: 0.3,
         }
     }
 }
@@ -416,6 +430,7 @@ impl Settings {
         let mut settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
         // API keys come from their own variables only, never from a file.
         settings.embedder.load_api_key();
+        settings.llm.load_api_key();
         settings.validate()?;
         Ok(settings)
     }
@@ -455,6 +470,15 @@ impl Settings {
         positive("query.concurrency", self.query.concurrency as u64);
         positive("query.max_query_chars", self.query.max_query_chars as u64);
         positive("query.embed_timeout_secs", self.query.embed_timeout_secs);
+        positive("query.context_tokens", self.query.context_tokens as u64);
+        positive("query.answer_sentences", self.query.answer_sentences as u64);
+        if !(0.0..=1.0).contains(&self.query.min_citation_support) {
+            problems.push(format!(
+                "query.min_citation_support ({}) must be between 0 and 1",
+                self.query.min_citation_support
+            ));
+        }
+        problems.extend(self.llm.problems());
         if self.database.min_connections > self.database.pool_size {
             problems.push(format!(
                 "database.min_connections ({}) must not exceed database.pool_size ({})",

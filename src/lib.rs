@@ -11,7 +11,8 @@
 //!   `reindex`, `status`, and the offline tools `extract` and `chunk`).
 //! - [`worker`]: connects the backends into [`app::Services`] and runs the roles.
 //! - [`ingest`]: the staged pipeline (dedup → extract → chunk → embed → persist + index → ack).
-//! - [`query`]: the query worker (embed → FAISS → one SQL fetch → reply) and the index follower.
+//! - [`query`]: the query worker (embed → FAISS → one SQL fetch → numbered context → answer
+//!   with checked citations, by the LLM or extractive → reply) and the index follower.
 //! - [`scheduler`]: the nightly index rebuild (cron, one leader per trigger), also `reindex`.
 //! - [`reembed`]: `reindex --re-embed`: new vectors from stored chunk text after a model change.
 //! - [`app`]: the connected services and the narrow context each role gets (imports no role).
@@ -20,6 +21,7 @@
 //! - [`fetch`]: reading an upload's bytes (`file://` under allowed roots, or inline).
 //! - [`extract`]: bytes → text (pure).
 //! - [`chunk`]: text → token-bounded chunks with offsets (pure).
+//! - [`llm`]: the answering model (`[llm]`: OpenAI-compatible or Azure chat), its prompt.
 //! - [`embed`]: the `Embedder` trait, its providers (OpenAI/Azure, a local BERT model on our own
 //!   encoder, hash) and the policy around them (batching, retries, rate governor, cache).
 //! - [`index`]: FAISS indexes per collection (flat, IVF, HNSW), snapshots, catch-up from the
@@ -52,6 +54,7 @@ pub mod fetch;
 pub mod http;
 pub mod index;
 pub mod ingest;
+pub mod llm;
 pub mod messages;
 pub mod query;
 pub mod queue;

@@ -231,7 +231,7 @@ pub struct QueryRequest {
     /// Drop results scoring below this (inner product of normalised vectors, so cosine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_score: Option<f32>,
-    /// Ask for an LLM answer (needs an `[llm]` section; not available yet).
+    /// Ask for an answer with citations (by the LLM if one is configured, else extractive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<bool>,
     /// Reserved for metadata filters.
@@ -280,14 +280,85 @@ pub struct ResultChunk {
     pub heading_path: Option<String>,
 }
 
+/// How an answer was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerKind {
+    /// Written by the configured LLM from the numbered context.
+    Generated,
+    /// The context's best-matching sentences, quoted (no LLM configured).
+    Extractive,
+}
+
+/// A source an answer cites: `[n]` in the answer's text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Citation {
+    /// The number the answer cites it by.
+    pub n: usize,
+    /// The chunk cited.
+    pub chunk_id: i64,
+    /// Its document.
+    pub document_id: i64,
+    /// The document's original file name.
+    pub filename: String,
+    /// First page of the chunk, for paged sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<i32>,
+    /// Heading path for structured sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heading_path: Option<String>,
+    /// Start of the chunk in the extracted text, in characters.
+    pub char_start: i64,
+    /// End of the chunk in the extracted text, in characters.
+    pub char_end: i64,
+}
+
+/// Citations taken out of an answer, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CitationsRemoved {
+    /// Citing a number that was not in the context.
+    pub unknown: usize,
+    /// Citing a chunk that does not support the sentence.
+    pub unsupported: usize,
+}
+
+/// Tokens an answer cost, and the estimated price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Prompt tokens (system prompt, context and question).
+    pub input_tokens: u64,
+    /// Tokens generated.
+    pub output_tokens: u64,
+    /// Estimated cost in US dollars, from the configured prices.
+    pub cost_usd: f64,
+}
+
+/// An answer to the question, with the sources it cites.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    /// How it was made.
+    pub kind: AnswerKind,
+    /// The answer, citing its sources as `[n]`.
+    pub text: String,
+    /// The sources still cited after the citation check, in order of first citation.
+    pub sources: Vec<Citation>,
+    /// Citations the check removed.
+    pub citations_removed: CitationsRemoved,
+    /// Tokens of context the answer was made from.
+    pub context_tokens: usize,
+    /// Model tokens and cost (generated answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
+}
+
 /// A successful query reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueryResponse {
     /// Wire version, always [`VERSION`].
     pub v: u32,
-    /// LLM answer, when one was asked for and produced.
+    /// The answer, when `answer: true` was asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub answer: Option<String>,
+    pub answer: Option<Answer>,
     /// Retrieved chunks, best first.
     pub chunks: Vec<ResultChunk>,
     /// Whether the reply came from the response cache.

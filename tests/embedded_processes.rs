@@ -89,6 +89,9 @@ fn the_first_readme_command_answers_with_citations_with_no_network_at_all() {
     assert!(stdout.contains("5 ingested"), "{stdout}");
     assert!(stdout.contains("[1] alice29.txt"), "the pocket-watch question is answered from Alice:\n{stdout}");
     assert!(stdout.contains("chars "), "with a character range to cite:\n{stdout}");
+    assert!(stdout.contains("Answer (quoted") && stdout.contains("Sources:"), "answered with sources:\n{stdout}");
+    let answer = stdout.split("Answer").nth(1).and_then(|a| a.split("Sources:").next()).unwrap_or_default();
+    assert!(answer.contains("watch") && answer.contains("[1]"), "the answer quotes the pocket watch, cited:\n{stdout}");
     if !isolated {
         println!("note: `unshare -n` is not permitted here; ran without a network namespace");
     }

@@ -18,6 +18,9 @@ on_both_backends!(
     bad_requests_get_error_replies_and_every_query_is_logged,
     a_restarted_worker_answers_from_its_snapshot_without_reingesting,
     a_query_worker_in_another_process_role_sees_new_documents_through_events,
+    answers_without_an_llm_quote_the_passages_with_checked_citations,
+    llm_answers_are_grounded_and_their_citations_checked,
+    cached_results_follow_every_change_of_the_collection,
 );
 
 /// Sends `body` to the query queue from a plain lapin client using direct reply-to and returns
@@ -178,4 +181,185 @@ async fn a_query_worker_in_another_process_role_sees_new_documents_through_event
     assert!(found, "the query worker caught up with the new document");
     ingester.stop().await;
     querier.stop().await;
+}
+
+async fn answers_without_an_llm_quote_the_passages_with_checked_citations(env: TestEnv) {
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let tides = env.write(
+        "tides.txt",
+        b"Spring tides at Hollow Point reach four metres. The harbour wall was rebuilt in 1921 after a storm.",
+    );
+    let mill = env.write("mill.md", b"# Mill\n\nThe quince trees behind the mill flower in late April.\n");
+    let uploads = [env.upload_file(&tides, "answers"), env.upload_file(&mill, "answers")];
+    let outcomes = ingest(&queue, &uploads).await;
+    for upload in &uploads {
+        ingested(&outcomes[&upload.upload_id]);
+    }
+    let body = br#"{"v":1,"query":"How high do the spring tides reach at Hollow Point?","collection":"answers","top_k":2,"answer":true}"#;
+    let reply = request_raw(&queue, body).await;
+    let answer = &reply["answer"];
+    assert_eq!(answer["kind"], "extractive", "{reply}");
+    assert_eq!(answer["text"], "Spring tides at Hollow Point reach four metres [1].", "{reply}");
+    assert_eq!(answer["sources"][0]["n"], 1);
+    assert_eq!(answer["sources"][0]["filename"], "tides.txt");
+    assert_eq!(answer["sources"][0]["chunk_id"], reply["chunks"][0]["chunk_id"], "cites the chunk it quotes");
+    assert_eq!(answer["sources"].as_array().map(Vec::len), Some(1), "only what it cites: {reply}");
+    assert_eq!(answer["citations_removed"]["unknown"], 0);
+    assert!(answer["context_tokens"].as_u64().is_some_and(|t| t > 10), "{reply}");
+    assert!(reply["timings_ms"]["answer"].is_number());
+    // Without `answer`, no answer.
+    let reply = request_raw(&queue, br#"{"v":1,"query":"spring tides","collection":"answers","top_k":2}"#).await;
+    assert!(reply.get("answer").is_none(), "{reply}");
+    worker.stop().await;
+}
+
+/// A fake OpenAI chat server (wiremock): the first request gets a 503 with `Retry-After: 0`
+/// (the retry path), then every request gets `answer`; requests are recorded.
+async fn fake_chat(answer: &str) -> (wiremock::MockServer, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use wiremock::{Mock, ResponseTemplate, matchers};
+    let server = wiremock::MockServer::start().await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let answer = answer.to_owned();
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path("/v1/chat/completions"))
+        .respond_with(move |request: &wiremock::Request| {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).expect("JSON request");
+            let n = {
+                let mut log = log.lock().expect("log");
+                log.push(body);
+                log.len()
+            };
+            if n == 1 {
+                return ResponseTemplate::new(503).insert_header("retry-after", "0");
+            }
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": answer}}],
+                "usage": {"prompt_tokens": 1200, "completion_tokens": 40, "total_tokens": 1240}
+            }))
+        })
+        .mount(&server)
+        .await;
+    (server, seen)
+}
+
+async fn llm_answers_are_grounded_and_their_citations_checked(mut env: TestEnv) {
+    let (server, seen) = fake_chat(
+        "Spring tides at Hollow Point reach four metres [1][4]. The harbour wall dates from 1921 [1]. \
+         Quinces are a citrus fruit [1].",
+    )
+    .await;
+    env.settings.llm = ragpipe::config::LlmSettings {
+        kind: ragpipe::config::LlmKind::OpenAi,
+        base_url: format!("{}/v1", server.uri()),
+        model: "gpt-4o-mini".into(),
+        input_price_per_1k: 0.5,
+        output_price_per_1k: 2.0,
+        initial_backoff_ms: 1,
+        api_key: Some(secrecy::SecretString::from("test-key")),
+        ..Default::default()
+    };
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let tides = env.write(
+        "tides.txt",
+        b"Spring tides at Hollow Point reach four metres. The harbour wall was rebuilt in 1921 after a storm.",
+    );
+    let upload = env.upload_file(&tides, "grounded");
+    ingested(&ingest(&queue, std::slice::from_ref(&upload)).await[&upload.upload_id]);
+    caught_up(&worker, "grounded").await;
+    let body = br#"{"v":1,"query":"How high are the spring tides?","collection":"grounded","top_k":3,"answer":true}"#;
+    let reply = request_raw(&queue, body).await;
+    let answer = &reply["answer"];
+    assert_eq!(answer["kind"], "generated", "{reply}");
+    assert_eq!(
+        answer["text"],
+        "Spring tides at Hollow Point reach four metres [1]. The harbour wall dates from 1921 [1]. \
+         Quinces are a citrus fruit.",
+        "[4] is not in the context; chunk 1 says nothing of quinces: {reply}"
+    );
+    assert_eq!(answer["citations_removed"], serde_json::json!({"unknown": 1, "unsupported": 1}));
+    assert_eq!(answer["sources"][0]["filename"], "tides.txt");
+    assert_eq!(answer["sources"].as_array().map(Vec::len), Some(1));
+    assert_eq!(answer["usage"]["input_tokens"], 1200);
+    assert_eq!(answer["usage"]["output_tokens"], 40);
+    assert!((answer["usage"]["cost_usd"].as_f64().unwrap_or_default() - 0.68).abs() < 1e-9, "{reply}");
+
+    // The model was asked once more after the 503, with the grounding prompt and the numbered
+    // context; the key went in the header, never in the body.
+    let seen_log = seen;
+    let seen = seen_log.lock().expect("log").clone();
+    assert_eq!(seen.len(), 2, "one retry after the 503");
+    let messages = &seen[1]["messages"];
+    assert!(messages[0]["content"].as_str().is_some_and(|p| p.contains("only the numbered context")), "{messages}");
+    let user = messages[1]["content"].as_str().unwrap_or_default();
+    assert!(
+        user.contains("[1] tides.txt\nSpring tides at Hollow Point")
+            && user.ends_with("Question: How high are the spring tides?"),
+        "{user}"
+    );
+    assert!(!seen[1].to_string().contains("test-key"));
+
+    // The same question again: the whole response comes from the cache, with no model call.
+    let again = request_raw(&queue, body).await;
+    assert_eq!(again["cached"], true, "{again}");
+    assert_eq!(again["answer"], reply["answer"]);
+    assert_eq!(seen_count(&seen_log), 2, "no second model call");
+    worker.stop().await;
+}
+
+/// Brings the worker's index up to the store's log, as its event follower does on the
+/// `document.*` events (called directly here so the test does not race the follower).
+async fn caught_up(worker: &common::TestWorker, collection: &str) {
+    worker.services.indexes.catch_up(collection).await.expect("catch up");
+}
+
+async fn cached_results_follow_every_change_of_the_collection(env: TestEnv) {
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let first = env.write("heron.txt", b"The grey heron nests in tall trees beside the lake.");
+    let upload = env.upload_file(&first, "cached");
+    ingested(&ingest(&queue, std::slice::from_ref(&upload)).await[&upload.upload_id]);
+    caught_up(&worker, "cached").await;
+    let body = br#"{"v":1,"query":"where does the heron nest?","collection":"cached","top_k":5}"#;
+    let files = |reply: &serde_json::Value| -> Vec<String> {
+        reply["chunks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["filename"].as_str().map(String::from))
+            .collect()
+    };
+    let fresh = request_raw(&queue, body).await;
+    assert_eq!((fresh["cached"].as_bool(), files(&fresh)), (Some(false), vec!["heron.txt".to_owned()]), "{fresh}");
+    let again = request_raw(&queue, body).await;
+    assert_eq!(again["cached"], true, "{again}");
+    assert_eq!(again["chunks"], fresh["chunks"]);
+
+    // A new document moves the log: the next query misses and sees it.
+    let second = env.write("egret.txt", b"The little egret also nests in trees by the lake, near the heron.");
+    let upload2 = env.upload_file(&second, "cached");
+    ingested(&ingest(&queue, std::slice::from_ref(&upload2)).await[&upload2.upload_id]);
+    caught_up(&worker, "cached").await;
+    let after_add = request_raw(&queue, body).await;
+    assert_eq!(after_add["cached"], false, "{after_add}");
+    assert_eq!(files(&after_add).len(), 2, "{after_add}");
+
+    // A delete does too: the deleted document is never served from the cache.
+    let store = env.store().await;
+    let target = ragpipe::store::DocumentRef::UploadId(upload.upload_id.clone());
+    ragpipe::ingest::delete::delete_and_announce(store.as_ref(), queue.events.as_ref(), &target, None)
+        .await
+        .expect("delete");
+    let after_delete = request_raw(&queue, body).await;
+    assert_eq!(files(&after_delete), vec!["egret.txt".to_owned()], "{after_delete}");
+    assert_eq!(after_delete["cached"], false);
+    worker.stop().await;
+}
+
+fn seen_count(log: &std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) -> usize {
+    log.lock().expect("log").len()
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client;
 use crate::config::Settings;
 use crate::embedded::LazyDatabase;
-use crate::messages::{CollectionName, QueryRequest, QueryResponse, VERSION};
+use crate::messages::{Answer, AnswerKind, CollectionName, QueryRequest, QueryResponse, VERSION};
 use crate::queue::{self, QueueKind};
 
 /// Arguments of `ragpipe query`.
@@ -30,6 +30,10 @@ pub struct Args {
     /// Drop passages scoring below this.
     #[arg(long)]
     pub min_score: Option<f32>,
+    /// Answer the question with citations (by the LLM if `[llm]` is configured, else quoted
+    /// from the best passages), above the passages.
+    #[arg(long, short)]
+    pub answer: bool,
     /// Print the raw JSON reply.
     #[arg(long)]
     pub json: bool,
@@ -47,7 +51,7 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         collection,
         top_k: args.top_k,
         min_score: args.min_score,
-        answer: None,
+        answer: args.answer.then_some(true),
         filters: None,
     };
     let timeout = Duration::from_secs(settings.query.client_timeout_secs);
@@ -74,6 +78,9 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let response: QueryResponse = serde_json::from_value(reply).context("decoding the reply")?;
+    if let Some(answer) = &response.answer {
+        print_answer(answer);
+    }
     if response.chunks.is_empty() {
         println!("no matching passages");
     }
@@ -94,6 +101,40 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         println!();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_answer(answer: &Answer) {
+    match answer.kind {
+        AnswerKind::Generated => println!("Answer:"),
+        AnswerKind::Extractive => println!("Answer (quoted from the passages; configure [llm] for a written answer):"),
+    }
+    if answer.text.is_empty() {
+        println!("    (the passages found do not answer it)");
+    }
+    for line in answer.text.lines() {
+        println!("    {line}");
+    }
+    if !answer.sources.is_empty() {
+        println!("Sources:");
+    }
+    for source in &answer.sources {
+        let page = source.page.map(|p| format!(", page {p}")).unwrap_or_default();
+        let heading = source.heading_path.as_deref().map(|h| format!(", {h}")).unwrap_or_default();
+        println!(
+            "    [{}] {} (chars {}–{}{page}{heading})",
+            source.n, source.filename, source.char_start, source.char_end
+        );
+    }
+    let removed = answer.citations_removed;
+    if removed.unknown + removed.unsupported > 0 {
+        println!(
+            "    ({} citation(s) removed: {} to sources not given, {} not supported by the cited passage)",
+            removed.unknown + removed.unsupported,
+            removed.unknown,
+            removed.unsupported
+        );
+    }
+    println!("\nPassages:");
 }
 
 /// Runs the query role in this process (embedded queue) and asks it.

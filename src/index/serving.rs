@@ -48,6 +48,11 @@ impl Delta {
         self.index.len()
     }
 
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
     /// Adds the rows of `ids` that `keep` accepts and it does not hold; returns how many.
     ///
     /// # Errors
@@ -184,6 +189,11 @@ impl Serving {
         self.main.len() + self.folding.as_ref().map_or(0, |d| d.len()) + self.delta.len() - self.hidden.len()
     }
 
+    /// Whether no vector is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The main index (kind, snapshot writes).
     pub fn main(&self) -> &Arc<VectorIndex> {
         &self.main
@@ -251,7 +261,7 @@ impl Serving {
 
     /// Whether main alone lacks changes (a snapshot folds first).
     pub fn has_changes(&self) -> bool {
-        self.delta.len() > 0 || !self.hidden.is_empty() || self.folding.is_some()
+        !self.delta.is_empty() || !self.hidden.is_empty() || self.folding.is_some()
     }
 
     /// Starts a fold: the delta moves aside (still searched) and a new one takes the adds. Adds
@@ -314,7 +324,7 @@ impl Serving {
             main: self.main.clone(),
             folding: self.folding.clone(),
             hidden: self.hidden.clone(),
-            delta_hits: if self.delta.len() > 0 { Some(self.delta.index.search_many(queries, k)?) } else { None },
+            delta_hits: if !self.delta.is_empty() { Some(self.delta.index.search_many(queries, k)?) } else { None },
         })
     }
 }

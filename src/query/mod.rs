@@ -3,9 +3,18 @@
 //! gets a reply: results, or an error body with a code. Retrieval is embed → FAISS (k × candidate
 //! factor) → one SQL query for the chunks and their documents → filter and rank.
 //!
+//! With `answer: true` the chunks become a numbered [`context`] within a token budget, and the
+//! reply carries an answer with its [`citations`] checked: quoted from the context
+//! ([`extractive`]) when no LLM is configured, else written by it ([`crate::llm`]).
+//!
 //! [`follow`] keeps the process's indexes current for the queries: it follows
 //! `document.ingested` events from other processes and catches the named collection up from the
 //! store.
+
+pub mod cache;
+pub mod citations;
+pub mod context;
+pub mod extractive;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,10 +23,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use self::cache::{Keys, QueryCache, RetrievalInputs};
 use crate::app::{IndexContext, QueryContext};
+use crate::config::QuerySettings;
+use crate::embed::EmbedError;
+use crate::llm::{self, Llm};
 use crate::messages::{
-    self, DOCUMENT_DELETED, DOCUMENT_INGESTED, ErrorReply, INDEX_REBUILT, IndexRebuilt, QueryRequest, QueryResponse,
-    ResultChunk, VERSION,
+    self, Answer, AnswerKind, Citation, CitationsRemoved, DOCUMENT_DELETED, DOCUMENT_INGESTED, ErrorReply,
+    INDEX_REBUILT, IndexRebuilt, QueryRequest, QueryResponse, ResultChunk, TokenUsage, VERSION,
 };
 use crate::queue::Request;
 use crate::store::QueryLogEntry;
@@ -86,9 +99,9 @@ async fn handle(s: &Arc<QueryContext>, request: Request) {
     }
 }
 
-type Answer = Result<(QueryResponse, Option<QueryLogEntry>), (ErrorReply, Option<QueryLogEntry>)>;
+type Outcome = Result<(QueryResponse, Option<QueryLogEntry>), (ErrorReply, Option<QueryLogEntry>)>;
 
-async fn answer(s: &QueryContext, body: &[u8]) -> Answer {
+async fn answer(s: &QueryContext, body: &[u8]) -> Outcome {
     let cfg = &s.settings;
     let request: QueryRequest = messages::decode(body).map_err(|e| {
         // Logged too: bad requests are what an operator most needs to see.
@@ -151,12 +164,6 @@ async fn retrieve(
     if top_k == 0 || top_k > cfg.max_top_k {
         return Err(ErrorReply::new("invalid_request", format!("`top_k` must be between 1 and {}", cfg.max_top_k)));
     }
-    if request.answer == Some(true) {
-        return Err(ErrorReply::new(
-            "llm_not_configured",
-            "answers need an [llm] section; ask without `answer` for chunks",
-        ));
-    }
     // The request's own collection was checked when it was decoded; the default is config.
     messages::CollectionName::new(collection_name).map_err(|e| ErrorReply::new("invalid_collection", e.to_string()))?;
     let collection = s
@@ -166,6 +173,85 @@ async fn retrieve(
         .map_err(|e| ErrorReply::new("unavailable", e.to_string()))?
         .ok_or_else(|| ErrorReply::new("unknown_collection", format!("no collection named `{collection_name}`")))?;
 
+    // Results are keyed by the collection's change-log position and index generation (see
+    // `cache`): a new or deleted document changes the key.
+    let t = Instant::now();
+    let cache = QueryCache::new(s.cache.clone(), &s.cache_settings);
+    let log_seq =
+        s.store.last_log_seq(collection.id).await.map_err(|e| ErrorReply::new("unavailable", e.to_string()))?;
+    let (generation, applied) =
+        s.indexes.position(&collection).await.map_err(|e| ErrorReply::new("index_failed", e.to_string()))?;
+    let embedder = s.embedding.embedder();
+    let inputs = RetrievalInputs {
+        collection: &collection.name,
+        log_seq,
+        generation,
+        model: embedder.model_id(),
+        dimensions: embedder.dimensions(),
+        query,
+        top_k,
+        candidate_factor: cfg.candidate_factor,
+        min_score: request.min_score.map(f32::to_bits),
+        filters: &request.filters,
+    };
+    let keys = Keys::new(&inputs, request, cfg, &s.llm_settings);
+    if let Some(mut response) = cache.response(&keys).await {
+        response.cached = true;
+        response.timings_ms = BTreeMap::from([("cache".to_owned(), ms(t))]);
+        return Ok(response);
+    }
+    let cached_chunks = cache.chunks(&keys).await;
+    timings.insert("cache".to_owned(), ms(t));
+    // Only what an index that had applied the log up to the key's position found is cached.
+    let mut cacheable = applied >= log_seq;
+    let from_cache = cached_chunks.is_some();
+    let chunks = match cached_chunks {
+        Some(chunks) => chunks,
+        None => {
+            let (chunks, searched) = search(s, request, &collection, query, top_k, &mut timings).await?;
+            cacheable &= searched == generation;
+            if cacheable {
+                cache.put_chunks(&keys, &chunks).await;
+            }
+            chunks
+        }
+    };
+    let answer = if request.answer == Some(true) {
+        let t = Instant::now();
+        let answer = match &s.llm {
+            Some(llm) => generated_answer(s, llm.as_ref(), query, &chunks).await?,
+            None => extractive_answer(cfg, query, &chunks)?,
+        };
+        timings.insert("answer".to_owned(), ms(t));
+        Some(answer)
+    } else {
+        None
+    };
+    let response = QueryResponse {
+        v: VERSION,
+        answer,
+        chunks,
+        cached: from_cache && request.answer != Some(true),
+        generation,
+        timings_ms: timings,
+    };
+    if cacheable && response.answer.is_some() {
+        cache.put_response(&keys, &response).await;
+    }
+    Ok(response)
+}
+
+/// Embeds the query, searches the index and fetches the live chunks: the `top_k` best, and the
+/// index generation searched.
+async fn search(
+    s: &QueryContext,
+    request: &QueryRequest,
+    collection: &crate::store::Collection,
+    query: &str,
+    top_k: usize,
+    timings: &mut BTreeMap<String, f64>,
+) -> Result<(Vec<ResultChunk>, u64), ErrorReply> {
+    let cfg = &s.settings;
     let t = Instant::now();
     // Through the embedding cache: a repeated query costs no API call.
     // Bounded well below ingest's retry deadline: nobody waits minutes for a query.
@@ -184,7 +270,7 @@ async fn retrieve(
     let t = Instant::now();
     let (hits, generation) = s
         .indexes
-        .search(&collection, vector, top_k * cfg.candidate_factor)
+        .search(collection, vector, top_k * cfg.candidate_factor)
         .await
         .map_err(|e| ErrorReply::new("index_failed", e.to_string()))?;
     timings.insert("search".to_owned(), ms(t));
@@ -213,8 +299,116 @@ async fn retrieve(
             })
         })
         .take(top_k)
-        .collect();
-    Ok(QueryResponse { v: VERSION, answer: None, chunks, cached: false, generation, timings_ms: timings })
+        .collect::<Vec<_>>();
+    Ok((chunks, generation))
+}
+
+/// The LLM's answer from the numbered context, its citations checked.
+async fn generated_answer(
+    s: &QueryContext,
+    llm: &dyn Llm,
+    query: &str,
+    chunks: &[ResultChunk],
+) -> Result<Answer, ErrorReply> {
+    let cfg = &s.settings;
+    let bpe = llm::tokenizer(llm.model());
+    let context = context::build(chunks, cfg.context_tokens, &|text| bpe.encode_ordinary(text).len());
+    if context.sources.is_empty() {
+        // Nothing to ground an answer in: no model call, and no invented answer.
+        return Ok(Answer {
+            kind: AnswerKind::Generated,
+            text: "No passages were found to answer the question from.".into(),
+            sources: Vec::new(),
+            citations_removed: CitationsRemoved::default(),
+            context_tokens: 0,
+            usage: None,
+        });
+    }
+    let limit = Duration::from_secs(s.llm_settings.max_elapsed_secs);
+    let completion =
+        tokio::time::timeout(limit, llm.complete(llm::SYSTEM_PROMPT, &llm::user_message(&context.text, query)))
+            .await
+            .map_err(|_| {
+                ErrorReply::new(
+                    "llm_timeout",
+                    format!("the answering model did not answer within {} s; try again later", limit.as_secs()),
+                )
+            })?
+            .map_err(llm_error)?;
+    let checked = citations::check(&completion.text, &context, cfg.min_citation_support);
+    if checked.removed_unknown + checked.removed_unsupported > 0 {
+        tracing::info!(
+            unknown = checked.removed_unknown,
+            unsupported = checked.removed_unsupported,
+            "citations removed from an answer"
+        );
+    }
+    Ok(Answer {
+        kind: AnswerKind::Generated,
+        sources: cite(&context, &checked.cited),
+        text: checked.text,
+        citations_removed: CitationsRemoved {
+            unknown: checked.removed_unknown,
+            unsupported: checked.removed_unsupported,
+        },
+        context_tokens: context.tokens,
+        usage: Some(TokenUsage {
+            input_tokens: completion.input_tokens,
+            output_tokens: completion.output_tokens,
+            cost_usd: s.llm_settings.cost(completion.input_tokens, completion.output_tokens),
+        }),
+    })
+}
+
+/// The error reply for a failed model call (after retries where they could help).
+fn llm_error(error: EmbedError) -> ErrorReply {
+    match error {
+        EmbedError::Permanent { code, reason } => {
+            let code = code.strip_prefix("embedding_").map_or_else(|| code.to_owned(), |rest| format!("llm_{rest}"));
+            ErrorReply::new(&code, format!("the answering model refused: {reason}"))
+        }
+        EmbedError::ContextLength(reason) => ErrorReply::new(
+            "llm_context_length",
+            format!("the context is longer than the model accepts ({reason}); lower [query] context_tokens"),
+        ),
+        retryable => ErrorReply::new(
+            "llm_unavailable",
+            format!("the answering model did not answer ({retryable}); try again later"),
+        ),
+    }
+}
+
+/// The answer without an LLM: the context's best sentences for the question, cited.
+fn extractive_answer(cfg: &QuerySettings, query: &str, chunks: &[ResultChunk]) -> Result<Answer, ErrorReply> {
+    let bpe = crate::embed::tokens::cl100k().map_err(|e| ErrorReply::new("answer_failed", e.to_string()))?;
+    let context = context::build(chunks, cfg.context_tokens, &|text| bpe.encode_ordinary(text).len());
+    let extract = extractive::answer(query, &context, cfg.answer_sentences);
+    Ok(Answer {
+        kind: AnswerKind::Extractive,
+        sources: cite(&context, &extract.cited),
+        text: extract.text,
+        citations_removed: CitationsRemoved::default(),
+        context_tokens: context.tokens,
+        usage: None,
+    })
+}
+
+/// The cited sources of `context`, by number, for the reply.
+fn cite(context: &context::Context, cited: &[usize]) -> Vec<Citation> {
+    cited
+        .iter()
+        .filter_map(|&n| context.source(n))
+        .map(|source| Citation {
+            n: source.n,
+            chunk_id: source.chunk.chunk_id,
+            document_id: source.chunk.document_id,
+            filename: source.chunk.filename.clone(),
+            page: source.chunk.page,
+            heading_path: source.chunk.heading_path.clone(),
+            char_start: source.chunk.char_start,
+            char_end: source.chunk.char_end,
+        })
+        .collect()
 }
 
 fn ms(since: Instant) -> f64 {

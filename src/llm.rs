@@ -1,0 +1,348 @@
+//! The answering model (`[llm]`): a chat completion from an OpenAI-compatible server (OpenAI,
+//! vLLM, Ollama, ...) or Azure OpenAI, through async-openai over the same transport, error
+//! classification (`Retry-After`, quota, bad key, ...) and retry policy as embeddings
+//! ([`crate::embed::http`], [`crate::embed::retry`]). The system prompt grounds the model in the
+//! numbered context; [`PROMPT_VERSION`] names it, so caches can tell answers of another prompt.
+
+use std::time::Duration;
+
+use async_openai::Client;
+use async_openai::config::{AzureConfig, OpenAIConfig};
+use async_openai::types::chat::{
+    ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequest,
+    CreateChatCompletionRequestArgs, CreateChatCompletionResponse,
+};
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tiktoken_rs::CoreBPE;
+
+use crate::config::{AZURE_API_KEY_ENV, OPENAI_API_KEY_ENV, check_url};
+use crate::embed::EmbedError;
+use crate::embed::http::{PlainHttp, Provider, classify};
+use crate::embed::retry::RetryPolicy;
+
+/// Version of [`SYSTEM_PROMPT`]: part of every response cache key.
+pub const PROMPT_VERSION: u32 = 1;
+
+/// How the model is told to answer.
+pub const SYSTEM_PROMPT: &str = "You answer questions using only the numbered context passages you are given. \
+Cite the passage each statement comes from with its number in square brackets, like [1] or [2][3], \
+right after the statement. Never cite a number that is not in the context. If the context does not \
+contain the answer, say plainly that the provided documents do not answer the question; do not guess \
+and do not use outside knowledge. Answer in the language of the question, concisely.";
+
+/// Which service answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmKind {
+    /// No LLM: answers are extractive.
+    None,
+    /// Any OpenAI-compatible `/chat/completions` endpoint at `base_url`.
+    OpenAi,
+    /// Azure OpenAI: `azure_endpoint`, `deployment`, `api_version`.
+    Azure,
+}
+
+/// `[llm]`: the model that writes answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmSettings {
+    /// Provider; `none` gives extractive answers.
+    pub kind: LlmKind,
+    /// Model name (sent to OpenAI-compatible servers; picks the tokenizer the context budget is
+    /// counted with).
+    pub model: String,
+    /// Base URL of an OpenAI-compatible API, up to and including `/v1`.
+    pub base_url: String,
+    /// `https://<resource>.openai.azure.com` (`kind = "azure"`).
+    pub azure_endpoint: String,
+    /// Azure deployment name (`kind = "azure"`).
+    pub deployment: String,
+    /// Azure `api-version` (`kind = "azure"`).
+    pub api_version: String,
+    /// Longest answer, in tokens.
+    pub max_tokens: u32,
+    /// Sampling temperature (0 for the most grounded answers).
+    pub temperature: f32,
+    /// US dollars per 1,000 prompt tokens, for the cost estimate.
+    pub input_price_per_1k: f64,
+    /// US dollars per 1,000 generated tokens.
+    pub output_price_per_1k: f64,
+    /// Seconds one HTTP request may take.
+    pub request_timeout_secs: u64,
+    /// First retry delay in milliseconds (doubled per attempt, with jitter).
+    pub initial_backoff_ms: u64,
+    /// Longest retry delay in milliseconds (a server's `Retry-After` wins).
+    pub max_backoff_ms: u64,
+    /// Seconds an answer may take, retries included (the query then gets an `llm_timeout` error
+    /// reply).
+    pub max_elapsed_secs: u64,
+    /// The API key, from `OPENAI_API_KEY` / `AZURE_OPENAI_API_KEY`; never from a file.
+    #[serde(skip)]
+    pub api_key: Option<SecretString>,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        Self {
+            kind: LlmKind::None,
+            model: "gpt-4o-mini".into(),
+            base_url: "https://api.openai.com/v1".into(),
+            azure_endpoint: String::new(),
+            deployment: String::new(),
+            api_version: "2024-10-21".into(),
+            max_tokens: 512,
+            temperature: 0.0,
+            input_price_per_1k: 0.000_15,
+            output_price_per_1k: 0.000_6,
+            request_timeout_secs: 20,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 8_000,
+            max_elapsed_secs: 20,
+            api_key: None,
+        }
+    }
+}
+
+impl LlmSettings {
+    /// The environment variable the API key comes from, if this kind needs one.
+    pub fn api_key_env(&self) -> Option<&'static str> {
+        match self.kind {
+            LlmKind::None => None,
+            LlmKind::OpenAi => Some(OPENAI_API_KEY_ENV),
+            LlmKind::Azure => Some(AZURE_API_KEY_ENV),
+        }
+    }
+
+    /// Reads the API key from the environment.
+    pub fn load_api_key(&mut self) {
+        self.api_key = self
+            .api_key_env()
+            .and_then(|name| std::env::var(name).ok())
+            .map(|key| key.trim().to_owned())
+            .filter(|key| !key.is_empty())
+            .map(SecretString::from);
+    }
+
+    /// Problems with these settings, for [`crate::config::Settings::validate`].
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.kind {
+            LlmKind::None => return problems,
+            LlmKind::OpenAi => check_url("llm.base_url", &self.base_url, &["http", "https"], &mut problems),
+            LlmKind::Azure => {
+                check_url("llm.azure_endpoint", &self.azure_endpoint, &["https", "http"], &mut problems);
+                if self.deployment.is_empty() {
+                    problems.push("llm.deployment must name the Azure deployment".into());
+                }
+            }
+        }
+        if self.model.is_empty() {
+            problems.push("llm.model must not be empty".into());
+        }
+        if self.max_tokens == 0 {
+            problems.push("llm.max_tokens must be greater than 0".into());
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            problems.push(format!("llm.temperature ({}) must be between 0 and 2", self.temperature));
+        }
+        if self.input_price_per_1k < 0.0 || self.output_price_per_1k < 0.0 {
+            problems.push("llm prices must not be negative".into());
+        }
+        problems
+    }
+
+    /// The cost of `input` prompt and `output` generated tokens, in US dollars.
+    pub fn cost(&self, input: u64, output: u64) -> f64 {
+        (input as f64 * self.input_price_per_1k + output as f64 * self.output_price_per_1k) / 1000.0
+    }
+}
+
+/// The tokenizer of `model` (OpenAI's names; cl100k_base for models it does not know), shared.
+pub fn tokenizer(model: &str) -> &'static CoreBPE {
+    use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
+    match get_tokenizer(model) {
+        Some(Tokenizer::O200kBase | Tokenizer::O200kHarmony) => tiktoken_rs::o200k_base_singleton(),
+        _ => tiktoken_rs::cl100k_base_singleton(),
+    }
+}
+
+/// What the model wrote and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The answer text.
+    pub text: String,
+    /// Prompt tokens, as the server counted them.
+    pub input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+}
+
+/// A model that answers from a prompt.
+#[async_trait]
+pub trait Llm: Send + Sync {
+    /// The model's name.
+    fn model(&self) -> &str;
+
+    /// The model's answer to `user` under `system`.
+    ///
+    /// # Errors
+    /// The service failed, after retries where retrying can help.
+    async fn complete(&self, system: &str, user: &str) -> Result<Completion, EmbedError>;
+}
+
+enum Api {
+    OpenAi(Client<OpenAIConfig>),
+    Azure(Client<AzureConfig>),
+}
+
+/// A chat model behind an OpenAI-compatible or Azure OpenAI API.
+pub struct ChatModel {
+    api: Api,
+    settings: LlmSettings,
+    provider: Provider,
+    retry: RetryPolicy,
+}
+
+/// The configured model, or `None` for `kind = "none"`.
+///
+/// # Errors
+/// The API key is missing or the HTTP client cannot be built.
+pub fn from_settings(settings: &LlmSettings) -> Result<Option<std::sync::Arc<dyn Llm>>, EmbedError> {
+    Ok(match settings.kind {
+        LlmKind::None => None,
+        _ => Some(std::sync::Arc::new(ChatModel::new(settings)?)),
+    })
+}
+
+impl ChatModel {
+    /// A client for `settings` (`kind` must not be `none`).
+    ///
+    /// # Errors
+    /// The API key is missing or unusable, or the HTTP client cannot be built.
+    pub fn new(settings: &LlmSettings) -> Result<Self, EmbedError> {
+        let config_error = |reason: String| EmbedError::permanent("llm_config", reason);
+        let key_env =
+            settings.api_key_env().ok_or_else(|| config_error("[llm] kind = \"none\" has no client".into()))?;
+        let key = settings
+            .api_key
+            .as_ref()
+            .ok_or_else(|| config_error(format!("no API key for [llm]: set the {key_env} environment variable")))?
+            .expose_secret()
+            .to_owned();
+        if !key.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(config_error(format!("{key_env} contains characters that cannot be sent in an HTTP header")));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(settings.request_timeout_secs))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| config_error(format!("cannot build the HTTP client: {e}")))?;
+        let transport = PlainHttp::new(http.clone());
+        let (api, provider) = match settings.kind {
+            LlmKind::Azure => {
+                let endpoint = settings.azure_endpoint.trim_end_matches('/');
+                let config = AzureConfig::new()
+                    .with_api_base(endpoint)
+                    .with_deployment_id(&settings.deployment)
+                    .with_api_version(&settings.api_version)
+                    .with_api_key(key);
+                let provider = Provider {
+                    key_env,
+                    target: format!("[llm] deployment `{}` at {endpoint}", settings.deployment),
+                    target_keys: "[llm] azure_endpoint, deployment and api_version",
+                };
+                (Api::Azure(Client::build(http, config).with_http_service(transport)), provider)
+            }
+            _ => {
+                let base = settings.base_url.trim_end_matches('/');
+                let config = OpenAIConfig::new().with_api_base(base).with_api_key(key);
+                let provider = Provider {
+                    key_env,
+                    target: format!("[llm] model `{}` at {base}", settings.model),
+                    target_keys: "[llm] model and base_url",
+                };
+                (Api::OpenAi(Client::build(http, config).with_http_service(transport)), provider)
+            }
+        };
+        let retry = RetryPolicy {
+            initial: Duration::from_millis(settings.initial_backoff_ms),
+            max: Duration::from_millis(settings.max_backoff_ms),
+            max_elapsed: Duration::from_secs(settings.max_elapsed_secs),
+        };
+        Ok(Self { api, settings: settings.clone(), provider, retry })
+    }
+
+    fn request(&self, system: &str, user: &str) -> Result<CreateChatCompletionRequest, EmbedError> {
+        let invalid = |e: async_openai::error::OpenAIError| EmbedError::permanent("llm_config", e.to_string());
+        CreateChatCompletionRequestArgs::default()
+            .model(&self.settings.model)
+            .max_completion_tokens(self.settings.max_tokens)
+            .temperature(self.settings.temperature)
+            .messages([
+                ChatCompletionRequestSystemMessageArgs::default().content(system).build().map_err(invalid)?.into(),
+                ChatCompletionRequestUserMessageArgs::default().content(user).build().map_err(invalid)?.into(),
+            ])
+            .build()
+            .map_err(invalid)
+    }
+
+    async fn attempt(&self, request: CreateChatCompletionRequest) -> Result<CreateChatCompletionResponse, EmbedError> {
+        let response = match &self.api {
+            Api::OpenAi(client) => client.chat().create(request).await,
+            Api::Azure(client) => client.chat().create(request).await,
+        };
+        response.map_err(|e| classify(e, &self.provider))
+    }
+}
+
+#[async_trait]
+impl Llm for ChatModel {
+    fn model(&self) -> &str {
+        &self.settings.model
+    }
+
+    async fn complete(&self, system: &str, user: &str) -> Result<Completion, EmbedError> {
+        let request = self.request(system, user)?;
+        let response = self.retry.run(|| self.attempt(request.clone())).await?;
+        let text = response
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|choice| choice.message.content)
+            .ok_or_else(|| EmbedError::transient(format!("{} returned no answer text", self.provider.target)))?;
+        let (input_tokens, output_tokens) =
+            response.usage.map_or((0, 0), |u| (u64::from(u.prompt_tokens), u64::from(u.completion_tokens)));
+        Ok(Completion { text, input_tokens, output_tokens })
+    }
+}
+
+/// The user message: the numbered context, then the question.
+pub fn user_message(context: &str, question: &str) -> String {
+    format!("Context:\n\n{context}Question: {question}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_and_tokenizers_follow_the_settings_and_the_model() {
+        let settings = LlmSettings { input_price_per_1k: 0.5, output_price_per_1k: 1.5, ..LlmSettings::default() };
+        assert!((settings.cost(2000, 1000) - 2.5).abs() < 1e-12);
+        let text = "Tokenizers differ between model generations.";
+        assert_ne!(tokenizer("gpt-4o-mini").encode_ordinary(text), tokenizer("gpt-4").encode_ordinary(text));
+        assert_eq!(tokenizer("some-local-model").encode_ordinary(text), tokenizer("gpt-4").encode_ordinary(text));
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        let settings = LlmSettings { kind: LlmKind::Azure, temperature: 3.0, max_tokens: 0, ..LlmSettings::default() };
+        let problems = settings.problems().join("; ");
+        for key in ["llm.azure_endpoint", "llm.deployment", "llm.max_tokens", "llm.temperature"] {
+            assert!(problems.contains(key), "{key} in {problems}");
+        }
+        assert!(LlmSettings::default().problems().is_empty());
+    }
+}

@@ -8,7 +8,7 @@
 //!
 //! Map of the crate, from the wiring down to the adapters:
 //! - [`cli`]: one file per subcommand (`migrate`, `worker`, `ingest`, `query`, `delete`,
-//!   `reindex`, `status`, and the offline tools `extract` and `chunk`).
+//!   `reindex`, `status`, `eval`, and the offline tools `extract` and `chunk`).
 //! - [`worker`]: connects the backends into [`app::Services`] and runs the roles.
 //! - [`ingest`]: the staged pipeline (dedup → extract → chunk → embed → persist + index → ack).
 //! - [`query`]: the query worker (embed → FAISS → one SQL fetch → numbered context → answer
@@ -16,6 +16,7 @@
 //! - [`scheduler`]: the nightly index rebuild (cron, one leader per trigger), also `reindex`.
 //! - [`reembed`]: `reindex --re-embed`: new vectors from stored chunk text after a model change.
 //! - [`app`]: the connected services and the narrow context each role gets (imports no role).
+//! - [`eval`]: BEIR datasets and retrieval measures (`ragpipe eval`).
 //! - [`client`]: building uploads, awaiting outcomes, RPC queries (used by the CLI).
 //! - [`http`]: `/metrics`, `/health`, `/ready`.
 //! - [`fetch`]: reading an upload's bytes (`file://` under allowed roots, or inline).
@@ -49,6 +50,7 @@ pub mod config;
 pub mod embed;
 pub mod embedded;
 pub mod error;
+pub mod eval;
 pub mod extract;
 pub mod fetch;
 pub mod http;

@@ -194,3 +194,51 @@ async fn the_cli_hands_its_uploads_to_a_worker_in_another_process_and_reports_th
     assert!(status.contains("store  sqlite"), "{status}");
     stop(worker);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_scores_a_beir_dataset_through_the_pipeline_and_reruns_on_the_same_collection() {
+    let env = TestEnv::embedded().await;
+    let config = config_file(&env);
+    let dataset = env.dir.path().join("beir");
+    std::fs::create_dir_all(dataset.join("qrels")).expect("dataset dir");
+    let documents = [
+        ("d1", "Heron nesting", "Grey herons build large nests of sticks high in lakeside trees."),
+        ("d2", "Sourdough", "A sourdough starter ferments flour and water with wild yeast."),
+        ("d3", "Tides", "Spring tides follow the new and full moon, when sun and moon align."),
+        ("d4", "Compilers", "A register allocator assigns program variables to machine registers."),
+    ];
+    let corpus: String = documents
+        .iter()
+        .map(|(id, title, text)| format!("{}\n", serde_json::json!({"_id": id, "title": title, "text": text})))
+        .collect();
+    std::fs::write(dataset.join("corpus.jsonl"), corpus).expect("corpus");
+    let queries = [
+        ("q1", "where do grey herons build their nests?"),
+        ("q2", "what does a sourdough starter ferment?"),
+        ("q3", "when are spring tides?"),
+        ("q9", "unjudged query"),
+    ];
+    let queries: String =
+        queries.iter().map(|(id, text)| format!("{}\n", serde_json::json!({"_id": id, "text": text}))).collect();
+    std::fs::write(dataset.join("queries.jsonl"), queries).expect("queries");
+    std::fs::write(dataset.join("qrels/test.tsv"), "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\n")
+        .expect("qrels");
+    for run in 0..2 {
+        let output = Command::new(bin())
+            .args(["eval", "--split", "test", "--collection", "evaltest", "--json", "--dataset"])
+            .arg(&dataset)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run ragpipe eval");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "run {run}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+        assert_eq!(report["documents"], 4, "{report}");
+        assert_eq!(report["queries"], 3, "only judged queries: {report}");
+        for metric in ["ndcg@10", "recall@10", "recall@100", "mrr@10"] {
+            assert_eq!(report["metrics"][metric], 1.0, "run {run}, {metric}: {report}");
+        }
+    }
+}

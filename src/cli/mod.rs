@@ -3,6 +3,7 @@
 
 mod chunk;
 mod delete;
+mod eval;
 mod extract;
 mod ingest;
 mod migrate;
@@ -49,6 +50,8 @@ pub enum Command {
     Reindex(reindex::Args),
     /// Show documents per collection and status, queue depths and index snapshots.
     Status(status::Args),
+    /// Retrieval quality on a BEIR-format dataset (nDCG@10, recall, MRR) through the real pipeline.
+    Eval(eval::Args),
     /// Debug: print what extraction yields for a file (same sandbox as the worker).
     Extract(extract::Args),
     /// Debug: extract and chunk a file, printing chunks with token counts and offsets.
@@ -72,6 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Delete(args) => delete::run(args, settings).await,
         Command::Reindex(args) => reindex::run(args, settings).await,
         Command::Status(args) => status::run(args, settings).await,
+        Command::Eval(args) => eval::run(args, settings).await,
         Command::Extract(args) => extract::run(args, settings).await,
         Command::Chunk(args) => chunk::run(args, settings).await,
         // main() runs the child before any runtime starts; reaching here means a caller skipped that.

@@ -225,6 +225,9 @@ pub struct QueryRequest {
     /// Collection to search; the worker's default collection when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collection: Option<CollectionName>,
+    /// Several collections searched at once, results merged by score (instead of `collection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collections: Option<Vec<CollectionName>>,
     /// Results wanted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
@@ -234,7 +237,8 @@ pub struct QueryRequest {
     /// Ask for an answer with citations (by the LLM if one is configured, else extractive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<bool>,
-    /// Reserved for metadata filters.
+    /// Metadata filters, applied before ranking: `{"key": value}` (equality), `{"key": [a, b]}`
+    /// or `{"key": {"in": [a, b]}}` (any of); every key must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filters: Option<BTreeMap<String, serde_json::Value>>,
 }
@@ -247,6 +251,7 @@ impl QueryRequest {
             v: VERSION,
             query: query.into(),
             collection: Some(collection),
+            collections: None,
             top_k: Some(top_k),
             min_score: None,
             answer: None,
@@ -262,6 +267,9 @@ pub struct ResultChunk {
     pub chunk_id: i64,
     /// Document the chunk belongs to.
     pub document_id: i64,
+    /// Collection the chunk belongs to.
+    #[serde(default)]
+    pub collection: String,
     /// The document's original file name.
     pub filename: String,
     /// The chunk's text.

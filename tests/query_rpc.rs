@@ -21,6 +21,7 @@ on_both_backends!(
     answers_without_an_llm_quote_the_passages_with_checked_citations,
     llm_answers_are_grounded_and_their_citations_checked,
     cached_results_follow_every_change_of_the_collection,
+    filters_and_several_collections_select_before_ranking,
 );
 
 /// Sends `body` to the query queue from a plain lapin client using direct reply-to and returns
@@ -362,4 +363,81 @@ async fn cached_results_follow_every_change_of_the_collection(env: TestEnv) {
 
 fn seen_count(log: &std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) -> usize {
     log.lock().expect("log").len()
+}
+
+async fn filters_and_several_collections_select_before_ranking(env: TestEnv) {
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let docs = [
+        ("keys.md", "f-a", serde_json::json!({"team": "ops", "lang": "en"}), "Rotate the signing keys every quarter."),
+        (
+            "keys-de.md",
+            "f-a",
+            serde_json::json!({"team": "ops", "lang": "de"}),
+            "Rotate the signing keys every quarter, German copy.",
+        ),
+        ("lunch.md", "f-a", serde_json::json!({"team": "dev"}), "Lunch is served at noon in the canteen."),
+        ("rotation.md", "f-b", serde_json::json!({"team": "ops"}), "Key rotation runbook: rotate the signing keys."),
+        ("secret.md", "f-c", serde_json::json!({"team": "ops"}), "Rotate the signing keys every quarter."),
+    ];
+    let mut uploads = Vec::new();
+    for (file, collection, metadata, text) in &docs {
+        let path = env.write(file, text.as_bytes());
+        let mut upload = env.upload_file(&path, collection);
+        upload.metadata = serde_json::from_value(metadata.clone()).expect("metadata");
+        uploads.push(upload);
+    }
+    let outcomes = ingest(&queue, &uploads).await;
+    for upload in &uploads {
+        ingested(&outcomes[&upload.upload_id]);
+    }
+    let ask = |body: serde_json::Value| {
+        let queue = &queue;
+        async move { request_raw(queue, body.to_string().as_bytes()).await }
+    };
+    let files = |reply: &serde_json::Value| -> Vec<String> {
+        reply["chunks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["filename"].as_str().map(String::from))
+            .collect()
+    };
+    let query = "rotate the signing keys";
+
+    // The filter excludes the two best matches: the search deepens until it finds one that passes.
+    let reply =
+        ask(serde_json::json!({"v": 1, "query": query, "collection": "f-a", "top_k": 1, "filters": {"team": "dev"}}))
+            .await;
+    assert_eq!(files(&reply), vec!["lunch.md"], "{reply}");
+    let reply = ask(serde_json::json!({"v": 1, "query": query, "collection": "f-a", "top_k": 5, "filters": {"lang": {"in": ["de"]}}})).await;
+    assert_eq!(files(&reply), vec!["keys-de.md"], "{reply}");
+    let reply = ask(serde_json::json!({"v": 1, "query": query, "collection": "f-a", "top_k": 5, "filters": {"team": ["ops", "dev"], "lang": "en"}})).await;
+    assert_eq!(files(&reply), vec!["keys.md"], "{reply}");
+
+    // Several collections: merged by score, each chunk says where it came from, and nothing of a
+    // collection that was not asked for.
+    let reply = ask(serde_json::json!({"v": 1, "query": query, "collections": ["f-a", "f-b"], "top_k": 10})).await;
+    let chunks = reply["chunks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(chunks.len(), 4, "{reply}");
+    assert!(chunks.iter().all(|c| c["collection"] == "f-a" || c["collection"] == "f-b"), "{reply}");
+    assert!(chunks.iter().any(|c| c["filename"] == "rotation.md" && c["collection"] == "f-b"), "{reply}");
+    let scores: Vec<f64> = chunks.iter().filter_map(|c| c["score"].as_f64()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first across collections: {scores:?}");
+    let reply = ask(serde_json::json!({"v": 1, "query": query, "collections": ["f-a", "f-b"], "top_k": 10, "filters": {"team": "ops"}})).await;
+    assert_eq!(files(&reply).len(), 3, "{reply}");
+
+    for (body, code) in [
+        (serde_json::json!({"v": 1, "query": query, "collection": "f-a", "collections": ["f-b"]}), "invalid_request"),
+        (serde_json::json!({"v": 1, "query": query, "collections": ["f-a", "nope"]}), "unknown_collection"),
+        (serde_json::json!({"v": 1, "query": query, "collections": []}), "invalid_request"),
+        (
+            serde_json::json!({"v": 1, "query": query, "collection": "f-a", "filters": {"lang": {"gt": 1}}}),
+            "invalid_request",
+        ),
+    ] {
+        let reply = ask(body.clone()).await;
+        assert_eq!(reply["error"]["code"], code, "{body}: {reply}");
+    }
+    worker.stop().await;
 }

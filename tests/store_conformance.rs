@@ -216,6 +216,7 @@ async fn fetched_chunks_follow_the_requested_order_and_carry_citations(env: Test
     assert_eq!((hit.document_id, hit.filename.as_str(), hit.text.as_str()), (id, "f.txt", "chunk 2 of 1"));
     assert_eq!((hit.char_start, hit.char_end, hit.page), (20, 29, Some(3)));
     assert_eq!(hit.heading_path.as_deref(), Some("Intro > Part"));
+    assert_eq!(hit.metadata, serde_json::json!({"team": "ops"}), "with the document's metadata, for filters");
 }
 
 async fn status_counts_documents_and_queries_are_logged(env: TestEnv) {

@@ -3,6 +3,7 @@
 //! With RabbitMQ the request goes to the query workers. With the embedded queue the query role
 //! runs in this process (index snapshot + store, no worker needed), the same code a worker runs.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +22,12 @@ use crate::queue::{self, QueueKind};
 pub struct Args {
     /// The question or search text.
     pub text: String,
-    /// Collection to search (default: query.default_collection).
+    /// Collection to search (default: query.default_collection); repeat to search several.
     #[arg(long, short)]
-    pub collection: Option<String>,
+    pub collection: Vec<String>,
+    /// Metadata filter `key=value` (repeat a key for any of several values; every key must match).
+    #[arg(long = "filter", short = 'f', value_name = "KEY=VALUE")]
+    pub filters: Vec<String>,
     /// Passages to return.
     #[arg(long, short = 'k')]
     pub top_k: Option<usize>,
@@ -44,15 +48,21 @@ pub struct Args {
 /// # Errors
 /// The broker is unreachable or no reply comes in time.
 pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
-    let collection = args.collection.as_deref().map(CollectionName::new).transpose()?;
+    let mut names = args.collection.iter().map(|c| CollectionName::new(c.as_str())).collect::<Result<Vec<_>, _>>()?;
+    let (collection, collections) = match names.len() {
+        0 => (None, None),
+        1 => (names.pop(), None),
+        _ => (None, Some(names)),
+    };
     let request = QueryRequest {
         v: VERSION,
         query: args.text,
         collection,
+        collections,
         top_k: args.top_k,
         min_score: args.min_score,
         answer: args.answer.then_some(true),
-        filters: None,
+        filters: parse_filters(&args.filters)?,
     };
     let timeout = Duration::from_secs(settings.query.client_timeout_secs);
     let reply = if settings.broker.url.is_some() {
@@ -101,6 +111,30 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         println!();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `key=value` pairs as request filters: a repeated key means any of its values. Values that
+/// parse as JSON numbers or booleans are sent as such, anything else as a string.
+fn parse_filters(pairs: &[String]) -> anyhow::Result<Option<BTreeMap<String, serde_json::Value>>> {
+    let mut filters: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for pair in pairs {
+        let (key, value) =
+            pair.split_once('=').with_context(|| format!("--filter `{pair}` is not of the form key=value"))?;
+        let value = match serde_json::from_str::<serde_json::Value>(value) {
+            Ok(parsed @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => parsed,
+            _ => serde_json::Value::String(value.to_owned()),
+        };
+        filters.entry(key.to_owned()).or_default().push(value);
+    }
+    Ok((!filters.is_empty()).then(|| {
+        filters
+            .into_iter()
+            .map(|(key, mut values)| {
+                let value = if values.len() == 1 { values.remove(0) } else { serde_json::Value::Array(values) };
+                (key, value)
+            })
+            .collect()
+    }))
 }
 
 fn print_answer(answer: &Answer) {

@@ -23,12 +23,9 @@ const FORMAT: u32 = 1;
 /// What a retrieval's result depends on.
 #[derive(Serialize)]
 pub struct RetrievalInputs<'a> {
-    /// Collection searched.
-    pub collection: &'a str,
-    /// The collection's change-log position when the query arrived.
-    pub log_seq: i64,
-    /// The index generation searched.
-    pub generation: u64,
+    /// Collections searched, each with its change-log position when the query arrived and its
+    /// index generation.
+    pub collections: &'a [(String, i64, u64)],
     /// Embedding model and dimension of the query vector.
     pub model: &'a str,
     /// Dimension of the vectors.
@@ -163,13 +160,11 @@ mod tests {
 
     fn inputs<'a>(
         query: &'a str,
-        log_seq: i64,
+        collections: &'a [(String, i64, u64)],
         filters: &'a Option<std::collections::BTreeMap<String, serde_json::Value>>,
     ) -> RetrievalInputs<'a> {
         RetrievalInputs {
-            collection: "c",
-            log_seq,
-            generation: 1,
+            collections,
             model: "m",
             dimensions: 384,
             query,
@@ -185,20 +180,35 @@ mod tests {
         let (query, llm) = (QuerySettings::default(), LlmSettings::default());
         let mut request = QueryRequest::new("q", CollectionName::new("c").expect("name"), 5);
         let none = None;
-        let base = Keys::new(&inputs("q", 7, &none), &request, &query, &llm);
+        let (at7, at8) = (vec![("c".to_owned(), 7, 1)], vec![("c".to_owned(), 8, 1)]);
+        let base = Keys::new(&inputs("q", &at7, &none), &request, &query, &llm);
         assert!(base.response.is_none(), "no answer asked: no response key");
-        assert_eq!(base.retrieval, Keys::new(&inputs("q", 7, &none), &request, &query, &llm).retrieval);
-        assert_ne!(base.retrieval, Keys::new(&inputs("q", 8, &none), &request, &query, &llm).retrieval, "log position");
-        assert_ne!(base.retrieval, Keys::new(&inputs("r", 7, &none), &request, &query, &llm).retrieval, "query");
+        assert_eq!(base.retrieval, Keys::new(&inputs("q", &at7, &none), &request, &query, &llm).retrieval);
+        assert_ne!(
+            base.retrieval,
+            Keys::new(&inputs("q", &at8, &none), &request, &query, &llm).retrieval,
+            "log position"
+        );
+        let two = vec![("c".to_owned(), 7, 1), ("d".to_owned(), 3, 1)];
+        assert_ne!(
+            base.retrieval,
+            Keys::new(&inputs("q", &two, &none), &request, &query, &llm).retrieval,
+            "collections"
+        );
+        assert_ne!(base.retrieval, Keys::new(&inputs("r", &at7, &none), &request, &query, &llm).retrieval, "query");
         let filters = Some([("team".to_owned(), serde_json::json!("ops"))].into());
-        assert_ne!(base.retrieval, Keys::new(&inputs("q", 7, &filters), &request, &query, &llm).retrieval, "filters");
+        assert_ne!(
+            base.retrieval,
+            Keys::new(&inputs("q", &at7, &filters), &request, &query, &llm).retrieval,
+            "filters"
+        );
         request.answer = Some(true);
-        let answered = Keys::new(&inputs("q", 7, &none), &request, &query, &llm);
+        let answered = Keys::new(&inputs("q", &at7, &none), &request, &query, &llm);
         let other_model = LlmSettings { model: "other".into(), ..LlmSettings::default() };
-        let other = Keys::new(&inputs("q", 7, &none), &request, &query, &other_model);
+        let other = Keys::new(&inputs("q", &at7, &none), &request, &query, &other_model);
         assert_eq!(answered.retrieval, other.retrieval, "the same chunks serve both models");
         assert_ne!(answered.response, other.response, "answers of another model");
         let tighter = QuerySettings { context_tokens: 1000, ..QuerySettings::default() };
-        assert_ne!(answered.response, Keys::new(&inputs("q", 7, &none), &request, &tighter, &llm).response);
+        assert_ne!(answered.response, Keys::new(&inputs("q", &at7, &none), &request, &tighter, &llm).response);
     }
 }

@@ -131,6 +131,7 @@ mod tests {
         ResultChunk {
             chunk_id: id,
             document_id: id * 10,
+            collection: "c".into(),
             filename: filename.into(),
             text: text.into(),
             score: 0.5,

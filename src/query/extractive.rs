@@ -135,6 +135,7 @@ mod tests {
             .map(|(i, t)| ResultChunk {
                 chunk_id: i as i64 + 1,
                 document_id: 1,
+                collection: "c".into(),
                 filename: "alice.txt".into(),
                 text: (*t).into(),
                 score: 0.9,

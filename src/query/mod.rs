@@ -15,6 +15,7 @@ pub mod cache;
 pub mod citations;
 pub mod context;
 pub mod extractive;
+pub mod filter;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use self::cache::{Keys, QueryCache, RetrievalInputs};
+use self::filter::Filter;
 use crate::app::{IndexContext, QueryContext};
 use crate::config::QuerySettings;
 use crate::embed::EmbedError;
@@ -33,8 +35,14 @@ use crate::messages::{
     INDEX_REBUILT, IndexRebuilt, QueryRequest, QueryResponse, ResultChunk, TokenUsage, VERSION,
 };
 use crate::queue::Request;
+use crate::store::Collection;
 use crate::store::QueryLogEntry;
 use crate::telemetry::metrics;
+
+/// Collections one request may search at once.
+const MAX_COLLECTIONS: usize = 16;
+/// Candidates a search fetches from each collection's index at most, however selective its filter.
+const MAX_CANDIDATES: usize = 4_096;
 
 /// Serves queries until `shutdown`, serving again after a broken connection.
 pub async fn run(ctx: Arc<QueryContext>, shutdown: CancellationToken) {
@@ -116,10 +124,12 @@ async fn answer(s: &QueryContext, body: &[u8]) -> Outcome {
         };
         (ErrorReply::new(e.code(), e.to_string()), Some(log))
     })?;
-    let collection_name = match &request.collection {
-        Some(name) => name.to_string(),
-        None => cfg.default_collection.clone(),
+    let names: Vec<String> = match (&request.collection, &request.collections) {
+        (_, Some(list)) => list.iter().map(ToString::to_string).collect(),
+        (Some(name), None) => vec![name.to_string()],
+        (None, None) => vec![cfg.default_collection.clone()],
     };
+    let collection_name = names.join(",");
     let top_k = request.top_k.unwrap_or(cfg.default_top_k);
     let mut log = QueryLogEntry {
         collection: collection_name.clone(),
@@ -130,7 +140,7 @@ async fn answer(s: &QueryContext, body: &[u8]) -> Outcome {
         error_code: None,
         latency_ms: 0,
     };
-    match retrieve(s, &request, &collection_name, top_k).await {
+    match retrieve(s, &request, &names, top_k).await {
         Ok(response) => {
             log.chunk_ids = response.chunks.iter().map(|c| c.chunk_id).collect();
             log.scores = response.chunks.iter().map(|c| c.score).collect();
@@ -146,7 +156,7 @@ async fn answer(s: &QueryContext, body: &[u8]) -> Outcome {
 async fn retrieve(
     s: &QueryContext,
     request: &QueryRequest,
-    collection_name: &str,
+    names: &[String],
     top_k: usize,
 ) -> Result<QueryResponse, ErrorReply> {
     let cfg = &s.settings;
@@ -164,28 +174,51 @@ async fn retrieve(
     if top_k == 0 || top_k > cfg.max_top_k {
         return Err(ErrorReply::new("invalid_request", format!("`top_k` must be between 1 and {}", cfg.max_top_k)));
     }
-    // The request's own collection was checked when it was decoded; the default is config.
-    messages::CollectionName::new(collection_name).map_err(|e| ErrorReply::new("invalid_collection", e.to_string()))?;
-    let collection = s
-        .store
-        .collection(collection_name)
-        .await
-        .map_err(|e| ErrorReply::new("unavailable", e.to_string()))?
-        .ok_or_else(|| ErrorReply::new("unknown_collection", format!("no collection named `{collection_name}`")))?;
+    if request.collection.is_some() && request.collections.is_some() {
+        return Err(ErrorReply::new("invalid_request", "give `collection` or `collections`, not both"));
+    }
+    if names.is_empty() || names.len() > MAX_COLLECTIONS {
+        return Err(ErrorReply::new(
+            "invalid_request",
+            format!("`collections` must name between 1 and {MAX_COLLECTIONS} collections"),
+        ));
+    }
+    let filter = Filter::parse(request.filters.as_ref()).map_err(|e| ErrorReply::new("invalid_request", e))?;
+    let mut collections = Vec::with_capacity(names.len());
+    for name in names {
+        // A request's own collections were checked when it was decoded; the default is config.
+        messages::CollectionName::new(name.as_str())
+            .map_err(|e| ErrorReply::new("invalid_collection", e.to_string()))?;
+        let collection = s
+            .store
+            .collection(name)
+            .await
+            .map_err(|e| ErrorReply::new("unavailable", e.to_string()))?
+            .ok_or_else(|| ErrorReply::new("unknown_collection", format!("no collection named `{name}`")))?;
+        if !collections.iter().any(|c: &Collection| c.id == collection.id) {
+            collections.push(collection);
+        }
+    }
 
-    // Results are keyed by the collection's change-log position and index generation (see
+    // Results are keyed by each collection's change-log position and index generation (see
     // `cache`): a new or deleted document changes the key.
     let t = Instant::now();
     let cache = QueryCache::new(s.cache.clone(), &s.cache_settings);
-    let log_seq =
-        s.store.last_log_seq(collection.id).await.map_err(|e| ErrorReply::new("unavailable", e.to_string()))?;
-    let (generation, applied) =
-        s.indexes.position(&collection).await.map_err(|e| ErrorReply::new("index_failed", e.to_string()))?;
+    let mut positions = Vec::with_capacity(collections.len());
+    // Only what indexes that had applied their logs up to the key's positions found is cached.
+    let mut cacheable = true;
+    for collection in &collections {
+        let log_seq =
+            s.store.last_log_seq(collection.id).await.map_err(|e| ErrorReply::new("unavailable", e.to_string()))?;
+        let (generation, applied) =
+            s.indexes.position(collection).await.map_err(|e| ErrorReply::new("index_failed", e.to_string()))?;
+        cacheable &= applied >= log_seq;
+        positions.push((collection.name.clone(), log_seq, generation));
+    }
+    let generation = positions[0].2;
     let embedder = s.embedding.embedder();
     let inputs = RetrievalInputs {
-        collection: &collection.name,
-        log_seq,
-        generation,
+        collections: &positions,
         model: embedder.model_id(),
         dimensions: embedder.dimensions(),
         query,
@@ -202,14 +235,13 @@ async fn retrieve(
     }
     let cached_chunks = cache.chunks(&keys).await;
     timings.insert("cache".to_owned(), ms(t));
-    // Only what an index that had applied the log up to the key's position found is cached.
-    let mut cacheable = applied >= log_seq;
     let from_cache = cached_chunks.is_some();
     let chunks = match cached_chunks {
         Some(chunks) => chunks,
         None => {
-            let (chunks, searched) = search(s, request, &collection, query, top_k, &mut timings).await?;
-            cacheable &= searched == generation;
+            let wanted = Wanted { top_k, min_score: request.min_score, filter: &filter };
+            let (chunks, searched) = search(s, &collections, query, &wanted, &mut timings).await?;
+            cacheable &= searched.iter().zip(&positions).all(|(g, p)| *g == p.2);
             if cacheable {
                 cache.put_chunks(&keys, &chunks).await;
             }
@@ -241,16 +273,24 @@ async fn retrieve(
     Ok(response)
 }
 
-/// Embeds the query, searches the index and fetches the live chunks: the `top_k` best, and the
-/// index generation searched.
+/// What a search must return.
+struct Wanted<'a> {
+    top_k: usize,
+    min_score: Option<f32>,
+    filter: &'a Filter,
+}
+
+/// Embeds the query, searches every collection's index and fetches the live chunks that match
+/// the filter: the `top_k` best across the collections, and the generations searched. When
+/// deleted chunks or the filter leave fewer than `top_k`, the search deepens (4× the candidates,
+/// up to [`MAX_CANDIDATES`] per collection) until enough are found or the indexes run out.
 async fn search(
     s: &QueryContext,
-    request: &QueryRequest,
-    collection: &crate::store::Collection,
+    collections: &[Collection],
     query: &str,
-    top_k: usize,
+    wanted: &Wanted<'_>,
     timings: &mut BTreeMap<String, f64>,
-) -> Result<(Vec<ResultChunk>, u64), ErrorReply> {
+) -> Result<(Vec<ResultChunk>, Vec<u64>), ErrorReply> {
     let cfg = &s.settings;
     let t = Instant::now();
     // Through the embedding cache: a repeated query costs no API call.
@@ -267,40 +307,62 @@ async fn search(
         .map_err(|e| ErrorReply::new("embedding_failed", e.to_string()))?;
     timings.insert("embed".to_owned(), ms(t));
 
-    let t = Instant::now();
-    let (hits, generation) = s
-        .indexes
-        .search(collection, vector, top_k * cfg.candidate_factor)
-        .await
-        .map_err(|e| ErrorReply::new("index_failed", e.to_string()))?;
-    timings.insert("search".to_owned(), ms(t));
+    let min_score = wanted.min_score.unwrap_or(f32::NEG_INFINITY);
+    let mut k = (wanted.top_k * cfg.candidate_factor).min(MAX_CANDIDATES);
+    let (mut search_ms, mut fetch_ms) = (0.0, 0.0);
+    loop {
+        let t = Instant::now();
+        let mut hits: Vec<(i64, f32, &str)> = Vec::new();
+        let mut generations = Vec::with_capacity(collections.len());
+        let mut exhausted = true;
+        for collection in collections {
+            let (found, generation) = s
+                .indexes
+                .search(collection, vector.clone(), k)
+                .await
+                .map_err(|e| ErrorReply::new("index_failed", e.to_string()))?;
+            exhausted &= found.len() < k;
+            generations.push(generation);
+            hits.extend(found.into_iter().map(|(id, score)| (id, score, collection.name.as_str())));
+        }
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+        search_ms += ms(t);
 
-    let t = Instant::now();
-    let ids: Vec<i64> = hits.iter().map(|(id, _)| *id).collect();
-    let rows = s.store.fetch_chunks(&ids).await.map_err(|e| ErrorReply::new("unavailable", e.to_string()))?;
-    timings.insert("fetch".to_owned(), ms(t));
-
-    let min_score = request.min_score.unwrap_or(f32::NEG_INFINITY);
-    let scores: std::collections::HashMap<i64, f32> = hits.into_iter().collect();
-    let chunks = rows
-        .into_iter()
-        .filter_map(|row| {
-            let score = *scores.get(&row.chunk_id)?;
-            (score >= min_score).then_some(ResultChunk {
-                chunk_id: row.chunk_id,
-                document_id: row.document_id,
-                filename: row.filename,
-                text: row.text,
-                score,
-                char_start: row.char_start,
-                char_end: row.char_end,
-                page: row.page,
-                heading_path: row.heading_path,
+        let t = Instant::now();
+        let ids: Vec<i64> = hits.iter().map(|(id, _, _)| *id).collect();
+        let rows = s.store.fetch_chunks(&ids).await.map_err(|e| ErrorReply::new("unavailable", e.to_string()))?;
+        fetch_ms += ms(t);
+        let found: std::collections::HashMap<i64, (f32, &str)> =
+            hits.iter().map(|(id, score, name)| (*id, (*score, *name))).collect();
+        let chunks: Vec<ResultChunk> = rows
+            .into_iter()
+            .filter(|row| wanted.filter.matches(&row.metadata))
+            .filter_map(|row| {
+                let (score, collection) = *found.get(&row.chunk_id)?;
+                (score >= min_score).then(|| ResultChunk {
+                    chunk_id: row.chunk_id,
+                    document_id: row.document_id,
+                    collection: collection.to_owned(),
+                    filename: row.filename,
+                    text: row.text,
+                    score,
+                    char_start: row.char_start,
+                    char_end: row.char_end,
+                    page: row.page,
+                    heading_path: row.heading_path,
+                })
             })
-        })
-        .take(top_k)
-        .collect::<Vec<_>>();
-    Ok((chunks, generation))
+            .take(wanted.top_k)
+            .collect();
+        // Deeper candidates score lower: past the score floor, more cannot help.
+        let below_floor = hits.last().is_some_and(|h| h.1 < min_score);
+        if chunks.len() >= wanted.top_k || exhausted || below_floor || k >= MAX_CANDIDATES {
+            timings.insert("search".to_owned(), search_ms);
+            timings.insert("fetch".to_owned(), fetch_ms);
+            return Ok((chunks, generations));
+        }
+        k = (k * 4).min(MAX_CANDIDATES);
+    }
 }
 
 /// The LLM's answer from the numbered context, its citations checked.

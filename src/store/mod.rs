@@ -257,6 +257,8 @@ pub struct ChunkHit {
     pub page: Option<i32>,
     /// Heading path.
     pub heading_path: Option<String>,
+    /// The document's upload metadata (what query filters match).
+    pub metadata: serde_json::Value,
 }
 
 /// One row of `ragpipe status`.

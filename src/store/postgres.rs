@@ -402,7 +402,7 @@ impl Store for PgStore {
         // One query for all chunks and their documents: no N+1.
         let rows = sqlx::query(
             "SELECT c.id, c.document_id, d.filename, c.text, c.char_start, c.char_end,
-                    c.page_start, c.heading_path
+                    c.page_start, c.heading_path, d.metadata
              FROM chunks c JOIN documents d ON d.id = c.document_id
              WHERE c.id = ANY($1) AND c.deleted_at IS NULL AND d.deleted_at IS NULL
                AND d.status = 'ingested'",
@@ -422,6 +422,7 @@ impl Store for PgStore {
                 char_end: i64::from(row.try_get::<i32, _>("char_end").map_err(map_err)?),
                 page: row.try_get("page_start").map_err(map_err)?,
                 heading_path: row.try_get("heading_path").map_err(map_err)?,
+                metadata: row.try_get("metadata").map_err(map_err)?,
             });
         }
         hits.sort_by_key(|hit| ids.iter().position(|id| *id == hit.chunk_id));

@@ -408,7 +408,7 @@ impl Store for SqliteStore {
         // One query for all chunks and their documents: no N+1.
         let rows = sqlx::query(
             "SELECT c.id, c.document_id, d.filename, c.text, c.char_start, c.char_end,
-                    c.page_start, c.heading_path
+                    c.page_start, c.heading_path, d.metadata
              FROM chunks c JOIN documents d ON d.id = c.document_id
              WHERE c.id IN (SELECT value FROM json_each(?1)) AND c.deleted_at IS NULL
                AND d.deleted_at IS NULL AND d.status = 'ingested'",
@@ -428,6 +428,8 @@ impl Store for SqliteStore {
                 char_end: row.try_get("char_end").map_err(map_err)?,
                 page: row.try_get("page_start").map_err(map_err)?,
                 heading_path: row.try_get("heading_path").map_err(map_err)?,
+                metadata: serde_json::from_str(&row.try_get::<String, _>("metadata").map_err(map_err)?)
+                    .unwrap_or_default(),
             });
         }
         hits.sort_by_key(|hit| ids.iter().position(|id| *id == hit.chunk_id));

@@ -12,6 +12,7 @@ use crate::embed::service::EmbeddingService;
 use crate::extract::Sandbox;
 use crate::fetch::FetchPolicy;
 use crate::index::Indexes;
+use crate::index::lexical::LexicalIndexes;
 use crate::llm::Llm;
 use crate::queue::{EventBus, Queue, RequestReply, UploadQueue};
 use crate::store::Store;
@@ -51,6 +52,8 @@ pub struct Services {
     pub embedding: Arc<EmbeddingService>,
     /// Vector indexes held by this process.
     pub indexes: Arc<Indexes>,
+    /// BM25 indexes of the lexical leg, built and followed from the store's change log.
+    pub lexical: Arc<LexicalIndexes>,
     /// The answering model (`None`: extractive answers).
     pub llm: Option<Arc<dyn Llm>>,
     /// Extraction sandbox.
@@ -125,6 +128,8 @@ pub struct QueryContext {
     pub embedding: Arc<EmbeddingService>,
     /// Vector indexes.
     pub indexes: Arc<Indexes>,
+    /// BM25 indexes (lexical and hybrid retrieval).
+    pub lexical: Arc<LexicalIndexes>,
     /// The answering model (`None`: extractive answers) and its prices.
     pub llm: Option<Arc<dyn Llm>>,
     /// `[llm]`, for the cost estimate and the tokenizer.
@@ -200,6 +205,7 @@ impl Services {
             requests: self.queue.requests.clone(),
             embedding: self.embedding.clone(),
             indexes: self.indexes.clone(),
+            lexical: self.lexical.clone(),
             llm: self.llm.clone(),
             llm_settings: self.settings.llm.clone(),
             cache: self.cache.clone(),

@@ -14,6 +14,7 @@ use crate::chunk::ChunkSettings;
 pub use crate::embed::settings::{AZURE_API_KEY_ENV, EmbedderKind, EmbedderSettings, LongInputs, OPENAI_API_KEY_ENV};
 use crate::extract::ExtractSettings;
 pub use crate::llm::{LlmKind, LlmSettings};
+use crate::messages::SearchMode;
 
 /// Environment variable that names the config file (default `workers.toml` if it exists).
 pub const CONFIG_ENV: &str = "RAGPIPE_CONFIG";
@@ -344,6 +345,10 @@ pub struct QuerySettings {
     /// Seconds a query may spend embedding its text (retries included) before it gets an
     /// `embedding_timeout` error reply; below `client_timeout_secs`, so clients hear why.
     pub embed_timeout_secs: u64,
+    /// Retrieval mode of requests that name none.
+    pub default_mode: SearchMode,
+    /// The `k` of reciprocal rank fusion in hybrid mode: a chunk scores Σ 1 / (k + rank).
+    pub rrf_k: u32,
     /// Token budget of an answer's numbered context (counted with the answering model's
     /// tokenizer).
     pub context_tokens: usize,
@@ -365,6 +370,8 @@ impl Default for QuerySettings {
             concurrency: 8,
             client_timeout_secs: 30,
             embed_timeout_secs: 20,
+            default_mode: SearchMode::Hybrid,
+            rrf_k: 60,
             context_tokens: 3_000,
             answer_sentences: 3,
             min_citation_support: 0.3,

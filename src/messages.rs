@@ -231,7 +231,12 @@ pub struct QueryRequest {
     /// Results wanted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
-    /// Drop results scoring below this (inner product of normalised vectors, so cosine).
+    /// How to retrieve; the worker's `[query] default_mode` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SearchMode>,
+    /// Drop results scoring below this: a cosine in dense mode (inner product of normalised
+    /// vectors), a BM25 score in lexical mode, and in hybrid mode a cosine floor on the dense leg
+    /// before fusion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_score: Option<f32>,
     /// Ask for an answer with citations (by the LLM if one is configured, else extractive).
@@ -253,9 +258,46 @@ impl QueryRequest {
             collection: Some(collection),
             collections: None,
             top_k: Some(top_k),
+            mode: None,
             min_score: None,
             answer: None,
             filters: None,
+        }
+    }
+}
+
+/// How chunks are retrieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    /// Nearest vectors (FAISS); scores are cosines.
+    Dense,
+    /// BM25 over the chunk texts; scores are BM25's.
+    Lexical,
+    /// Both, fused by reciprocal rank (`[query] rrf_k`); scores are the fused ones.
+    Hybrid,
+}
+
+impl std::str::FromStr for SearchMode {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "dense" => Ok(Self::Dense),
+            "lexical" => Ok(Self::Lexical),
+            "hybrid" => Ok(Self::Hybrid),
+            other => Err(format!("unknown mode `{other}`: dense, lexical or hybrid")),
+        }
+    }
+}
+
+impl SearchMode {
+    /// Its wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dense => "dense",
+            Self::Lexical => "lexical",
+            Self::Hybrid => "hybrid",
         }
     }
 }
@@ -274,7 +316,7 @@ pub struct ResultChunk {
     pub filename: String,
     /// The chunk's text.
     pub text: String,
-    /// Similarity (cosine).
+    /// Score in the request's mode: cosine (dense), BM25 (lexical) or fused (hybrid).
     pub score: f32,
     /// Start of the chunk in the extracted text, in characters.
     pub char_start: i64,

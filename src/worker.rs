@@ -18,6 +18,7 @@ use crate::embedded::LazyDatabase;
 use crate::extract::Sandbox;
 use crate::fetch::FetchPolicy;
 use crate::index::Indexes;
+use crate::index::lexical::LexicalIndexes;
 use crate::{cache, ingest, query, queue, scheduler, store};
 
 /// A failure to start or run a worker.
@@ -94,6 +95,7 @@ pub async fn connect_with(
     );
     Ok(Services {
         backends,
+        lexical: Arc::new(LexicalIndexes::new(connected.store.clone())),
         store: connected.store,
         queue,
         cache,

@@ -22,6 +22,7 @@ on_both_backends!(
     llm_answers_are_grounded_and_their_citations_checked,
     cached_results_follow_every_change_of_the_collection,
     filters_and_several_collections_select_before_ranking,
+    lexical_and_hybrid_modes_rank_by_bm25_and_fusion_and_follow_deletes,
 );
 
 /// Sends `body` to the query queue from a plain lapin client using direct reply-to and returns
@@ -67,14 +68,15 @@ async fn a_plain_amqp_client_gets_a_correlated_reply_over_direct_reply_to() {
     ingested(&outcomes[&upload.upload_id]);
 
     let queue = env.settings.broker.query_queue.clone();
-    let request = br#"{"v":1,"query":"How high do spring tides reach at Hollow Point?","collection":"rpc","top_k":2}"#;
+    let request =
+        br#"{"v":1,"query":"How high do spring tides reach at Hollow Point?","collection":"rpc","top_k":2,"mode":"dense"}"#;
     let (correlation, reply) = raw_request(&queue, request, "corr-42").await;
     assert_eq!(correlation.as_deref(), Some("corr-42"));
     assert_eq!(reply["v"], 1);
     let first = &reply["chunks"][0];
     assert_eq!(first["filename"], "tides.txt");
     assert!(first["text"].as_str().expect("text").contains("four metres"));
-    assert!(first["score"].as_f64().expect("score") > 0.3);
+    assert!(first["score"].as_f64().expect("score") > 0.3, "a cosine in dense mode: {reply}");
     assert!(reply["timings_ms"]["search"].is_number());
 
     worker.stop().await;
@@ -439,5 +441,64 @@ async fn filters_and_several_collections_select_before_ranking(env: TestEnv) {
         let reply = ask(body.clone()).await;
         assert_eq!(reply["error"]["code"], code, "{body}: {reply}");
     }
+    worker.stop().await;
+}
+
+async fn lexical_and_hybrid_modes_rank_by_bm25_and_fusion_and_follow_deletes(env: TestEnv) {
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let docs = [
+        ("arch.txt", "The zygomatic arch forms the prominence of the cheek."),
+        ("face.txt", "Cheek bones shape the face of mammals; the arch of the cheek varies."),
+        ("bread.txt", "Sourdough bread rises slowly overnight."),
+    ];
+    let mut uploads = Vec::new();
+    for (file, text) in &docs {
+        let path = env.write(file, text.as_bytes());
+        uploads.push(env.upload_file(&path, "modes"));
+    }
+    let outcomes = ingest(&queue, &uploads).await;
+    for upload in &uploads {
+        ingested(&outcomes[&upload.upload_id]);
+    }
+    let ask = |mode: &str, query: &str| {
+        let body = serde_json::json!({"v": 1, "query": query, "collection": "modes", "top_k": 3, "mode": mode});
+        let queue = &queue;
+        async move { request_raw(queue, body.to_string().as_bytes()).await }
+    };
+    let files = |reply: &serde_json::Value| -> Vec<String> {
+        reply["chunks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["filename"].as_str().map(String::from))
+            .collect()
+    };
+
+    // BM25: only chunks sharing a (stemmed) term, the rare term first.
+    let reply = ask("lexical", "zygomatic cheeks").await;
+    assert_eq!(files(&reply), vec!["arch.txt", "face.txt"], "{reply}");
+    assert!(reply["chunks"][0]["score"].as_f64().is_some_and(|s| s > 1.0), "BM25 scores: {reply}");
+    assert!(reply["timings_ms"].get("embed").is_none(), "lexical mode embeds nothing: {reply}");
+    // Hybrid: fused ranks, so scores are at most 2 / (60 + 1).
+    let reply = ask("hybrid", "zygomatic cheeks").await;
+    assert_eq!(files(&reply)[0], "arch.txt", "{reply}");
+    assert!(
+        reply["chunks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|c| c["score"].as_f64().is_some_and(|s| s <= 2.0 / 61.0 + 1e-6))
+    );
+    assert_eq!(ask("sideways", "x").await["error"]["code"], "malformed");
+
+    // A delete reaches the lexical index through the change log.
+    let store = env.store().await;
+    let target = ragpipe::store::DocumentRef::UploadId(uploads[0].upload_id.clone());
+    ragpipe::ingest::delete::delete_and_announce(store.as_ref(), queue.events.as_ref(), &target, None)
+        .await
+        .expect("delete");
+    assert_eq!(files(&ask("lexical", "zygomatic").await), Vec::<String>::new());
+    assert_eq!(files(&ask("lexical", "zygomatic cheeks").await), vec!["face.txt"]);
     worker.stop().await;
 }

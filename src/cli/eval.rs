@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{self, Outcome};
 use crate::config::Settings;
 use crate::eval::{self, Dataset, Scores};
-use crate::messages::{self, CollectionName, QueryRequest, UploadMessage, VERSION};
+use crate::messages::{self, CollectionName, QueryRequest, SearchMode, UploadMessage, VERSION};
 use crate::worker::{self, Role};
 
 /// Arguments of `ragpipe eval`.
@@ -33,6 +33,9 @@ pub struct Args {
     /// Collection the corpus goes into (keep it apart from real data).
     #[arg(long, short, default_value = "eval-scifact")]
     pub collection: String,
+    /// Retrieval mode: dense, lexical (BM25) or hybrid (default: query.default_mode).
+    #[arg(long, short)]
+    pub mode: Option<SearchMode>,
     /// Evaluate only the first N judged queries.
     #[arg(long)]
     pub queries: Option<usize>,
@@ -59,6 +62,7 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("loading the dataset in {}", args.dataset.display()))?;
     let collection = CollectionName::new(args.collection.as_str())?;
     let model = settings.embedder.model.clone();
+    let mode = args.mode.unwrap_or(settings.query.default_mode);
     let program = std::env::current_exe().context("locating the ragpipe binary")?;
     let services = Arc::new(worker::connect(settings, program).await.context("starting the pipeline")?);
     let shutdown = CancellationToken::new();
@@ -76,7 +80,7 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         "collection": collection.as_str(),
         "documents": data.documents.len(),
         "queries": asked,
-        "mode": "dense",
+        "mode": mode.as_str(),
         "embedder": model,
         "metrics": eval::report(&scores),
         "ingest_secs": ingest_secs,
@@ -86,11 +90,12 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} on {} ({} documents, {asked} queries, split {}), dense retrieval with {model}",
+            "{} on {} ({} documents, {asked} queries, split {}), {} retrieval with {model}",
             collection,
             args.dataset.display(),
             data.documents.len(),
-            args.split
+            args.split,
+            mode.as_str()
         );
         for (name, value) in eval::report(&scores) {
             println!("  {name:<11} {value:.4}");
@@ -160,7 +165,8 @@ async fn evaluate(
     let timeout = Duration::from_secs(services.settings.query.client_timeout_secs);
     let scores: Vec<anyhow::Result<Scores>> = futures::stream::iter(queries)
         .map(|query| async move {
-            let request = QueryRequest::new(&query.text, collection.clone(), args.top_k);
+            let mut request = QueryRequest::new(&query.text, collection.clone(), args.top_k);
+            request.mode = args.mode;
             let reply = client::query(services.queue.requests.as_ref(), &request, timeout).await?;
             if let Some(error) = reply.get("error") {
                 anyhow::bail!("query {} failed: {error}", query.id);

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client;
 use crate::config::Settings;
 use crate::embedded::LazyDatabase;
-use crate::messages::{Answer, AnswerKind, CollectionName, QueryRequest, QueryResponse, VERSION};
+use crate::messages::{Answer, AnswerKind, CollectionName, QueryRequest, QueryResponse, SearchMode, VERSION};
 use crate::queue::{self, QueueKind};
 
 /// Arguments of `ragpipe query`.
@@ -28,6 +28,9 @@ pub struct Args {
     /// Metadata filter `key=value` (repeat a key for any of several values; every key must match).
     #[arg(long = "filter", short = 'f', value_name = "KEY=VALUE")]
     pub filters: Vec<String>,
+    /// Retrieval mode: dense, lexical (BM25) or hybrid (default: query.default_mode).
+    #[arg(long, short)]
+    pub mode: Option<SearchMode>,
     /// Passages to return.
     #[arg(long, short = 'k')]
     pub top_k: Option<usize>,
@@ -60,6 +63,7 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         collection,
         collections,
         top_k: args.top_k,
+        mode: args.mode,
         min_score: args.min_score,
         answer: args.answer.then_some(true),
         filters: parse_filters(&args.filters)?,

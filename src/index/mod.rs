@@ -8,6 +8,7 @@
 //! the `scheduler`'s.) FAISS is derived data; the store stays the source of truth.
 
 pub mod build;
+pub mod lexical;
 pub mod serving;
 pub mod snapshot;
 pub mod vectors;

@@ -40,6 +40,10 @@ pub struct RetrievalInputs<'a> {
     pub min_score: Option<u32>,
     /// Metadata filters.
     pub filters: &'a Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// Retrieval mode.
+    pub mode: &'a str,
+    /// Fusion constant (hybrid).
+    pub rrf_k: u32,
 }
 
 /// What an answer depends on beyond its retrieval.
@@ -172,6 +176,8 @@ mod tests {
             candidate_factor: 2,
             min_score: None,
             filters,
+            mode: "dense",
+            rrf_k: 60,
         }
     }
 

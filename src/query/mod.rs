@@ -32,7 +32,7 @@ use crate::embed::EmbedError;
 use crate::llm::{self, Llm};
 use crate::messages::{
     self, Answer, AnswerKind, Citation, CitationsRemoved, DOCUMENT_DELETED, DOCUMENT_INGESTED, ErrorReply,
-    INDEX_REBUILT, IndexRebuilt, QueryRequest, QueryResponse, ResultChunk, TokenUsage, VERSION,
+    INDEX_REBUILT, IndexRebuilt, QueryRequest, QueryResponse, ResultChunk, SearchMode, TokenUsage, VERSION,
 };
 use crate::queue::Request;
 use crate::store::Collection;
@@ -184,6 +184,7 @@ async fn retrieve(
         ));
     }
     let filter = Filter::parse(request.filters.as_ref()).map_err(|e| ErrorReply::new("invalid_request", e))?;
+    let mode = request.mode.unwrap_or(cfg.default_mode);
     let mut collections = Vec::with_capacity(names.len());
     for name in names {
         // A request's own collections were checked when it was decoded; the default is config.
@@ -226,6 +227,8 @@ async fn retrieve(
         candidate_factor: cfg.candidate_factor,
         min_score: request.min_score.map(f32::to_bits),
         filters: &request.filters,
+        mode: mode.as_str(),
+        rrf_k: cfg.rrf_k,
     };
     let keys = Keys::new(&inputs, request, cfg, &s.llm_settings);
     if let Some(mut response) = cache.response(&keys).await {
@@ -239,7 +242,7 @@ async fn retrieve(
     let chunks = match cached_chunks {
         Some(chunks) => chunks,
         None => {
-            let wanted = Wanted { top_k, min_score: request.min_score, filter: &filter };
+            let wanted = Wanted { mode, top_k, min_score: request.min_score, filter: &filter };
             let (chunks, searched) = search(s, &collections, query, &wanted, &mut timings).await?;
             cacheable &= searched.iter().zip(&positions).all(|(g, p)| *g == p.2);
             if cacheable {
@@ -275,6 +278,7 @@ async fn retrieve(
 
 /// What a search must return.
 struct Wanted<'a> {
+    mode: SearchMode,
     top_k: usize,
     min_score: Option<f32>,
     filter: &'a Filter,
@@ -292,22 +296,31 @@ async fn search(
     timings: &mut BTreeMap<String, f64>,
 ) -> Result<(Vec<ResultChunk>, Vec<u64>), ErrorReply> {
     let cfg = &s.settings;
-    let t = Instant::now();
-    // Through the embedding cache: a repeated query costs no API call.
-    // Bounded well below ingest's retry deadline: nobody waits minutes for a query.
-    let limit = std::time::Duration::from_secs(cfg.embed_timeout_secs);
-    let vector = tokio::time::timeout(limit, s.embedding.embed_one(query))
-        .await
-        .map_err(|_| {
-            ErrorReply::new(
-                "embedding_timeout",
-                format!("the embedding provider did not answer within {} s; try again later", limit.as_secs()),
-            )
-        })?
-        .map_err(|e| ErrorReply::new("embedding_failed", e.to_string()))?;
-    timings.insert("embed".to_owned(), ms(t));
+    let vector = if wanted.mode == SearchMode::Lexical {
+        None
+    } else {
+        let t = Instant::now();
+        // Through the embedding cache: a repeated query costs no API call.
+        // Bounded well below ingest's retry deadline: nobody waits minutes for a query.
+        let limit = std::time::Duration::from_secs(cfg.embed_timeout_secs);
+        let vector = tokio::time::timeout(limit, s.embedding.embed_one(query))
+            .await
+            .map_err(|_| {
+                ErrorReply::new(
+                    "embedding_timeout",
+                    format!("the embedding provider did not answer within {} s; try again later", limit.as_secs()),
+                )
+            })?
+            .map_err(|e| ErrorReply::new("embedding_failed", e.to_string()))?;
+        timings.insert("embed".to_owned(), ms(t));
+        Some(vector)
+    };
 
+    // `min_score` is a floor on the mode's own score; in hybrid mode, on the dense leg's cosine
+    // before fusion (fused scores are ranks, not similarities).
     let min_score = wanted.min_score.unwrap_or(f32::NEG_INFINITY);
+    let (leg_floor, final_floor) =
+        if wanted.mode == SearchMode::Hybrid { (min_score, f32::NEG_INFINITY) } else { (f32::NEG_INFINITY, min_score) };
     let mut k = (wanted.top_k * cfg.candidate_factor).min(MAX_CANDIDATES);
     let (mut search_ms, mut fetch_ms) = (0.0, 0.0);
     loop {
@@ -316,13 +329,38 @@ async fn search(
         let mut generations = Vec::with_capacity(collections.len());
         let mut exhausted = true;
         for collection in collections {
-            let (found, generation) = s
-                .indexes
-                .search(collection, vector.clone(), k)
-                .await
-                .map_err(|e| ErrorReply::new("index_failed", e.to_string()))?;
-            exhausted &= found.len() < k;
-            generations.push(generation);
+            let dense = match &vector {
+                Some(vector) => {
+                    let (found, generation) = s
+                        .indexes
+                        .search(collection, vector.clone(), k)
+                        .await
+                        .map_err(|e| ErrorReply::new("index_failed", e.to_string()))?;
+                    generations.push(generation);
+                    found
+                }
+                None => {
+                    generations.push(s.indexes.position(collection).await.map_or(0, |p| p.0));
+                    Vec::new()
+                }
+            };
+            let lexical = if wanted.mode == SearchMode::Dense {
+                Vec::new()
+            } else {
+                s.lexical
+                    .search(collection, query, k)
+                    .await
+                    .map_err(|e| ErrorReply::new("unavailable", e.to_string()))?
+            };
+            exhausted &= dense.len() < k && lexical.len() < k;
+            let found = match wanted.mode {
+                SearchMode::Dense => dense,
+                SearchMode::Lexical => lexical,
+                SearchMode::Hybrid => {
+                    let dense: Vec<(i64, f32)> = dense.into_iter().filter(|h| h.1 >= leg_floor).collect();
+                    fuse(&[&dense, &lexical], cfg.rrf_k)
+                }
+            };
             hits.extend(found.into_iter().map(|(id, score)| (id, score, collection.name.as_str())));
         }
         hits.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -339,7 +377,7 @@ async fn search(
             .filter(|row| wanted.filter.matches(&row.metadata))
             .filter_map(|row| {
                 let (score, collection) = *found.get(&row.chunk_id)?;
-                (score >= min_score).then(|| ResultChunk {
+                (score >= final_floor).then(|| ResultChunk {
                     chunk_id: row.chunk_id,
                     document_id: row.document_id,
                     collection: collection.to_owned(),
@@ -355,7 +393,7 @@ async fn search(
             .take(wanted.top_k)
             .collect();
         // Deeper candidates score lower: past the score floor, more cannot help.
-        let below_floor = hits.last().is_some_and(|h| h.1 < min_score);
+        let below_floor = hits.last().is_some_and(|h| h.1 < final_floor);
         if chunks.len() >= wanted.top_k || exhausted || below_floor || k >= MAX_CANDIDATES {
             timings.insert("search".to_owned(), search_ms);
             timings.insert("fetch".to_owned(), fetch_ms);
@@ -473,6 +511,20 @@ fn cite(context: &context::Context, cited: &[usize]) -> Vec<Citation> {
         .collect()
 }
 
+/// Reciprocal rank fusion of ranked lists: each id scores Σ 1 / (k + rank), rank from 1, over
+/// the lists it appears in; best first (ties by id).
+fn fuse(lists: &[&[(i64, f32)]], k: u32) -> Vec<(i64, f32)> {
+    let mut scores: std::collections::HashMap<i64, f32> = std::collections::HashMap::new();
+    for list in lists {
+        for (rank, (id, _)) in list.iter().enumerate() {
+            *scores.entry(*id).or_default() += 1.0 / (k as f32 + rank as f32 + 1.0);
+        }
+    }
+    let mut fused: Vec<(i64, f32)> = scores.into_iter().collect();
+    fused.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    fused
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
@@ -537,5 +589,20 @@ pub async fn follow(ctx: Arc<IndexContext>, shutdown: CancellationToken) {
                 None => events = None,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fusion_rewards_agreement_between_the_legs() {
+        let dense = [(1, 0.9), (2, 0.8), (3, 0.7)];
+        let lexical = [(3, 12.0), (4, 9.0), (1, 3.0)];
+        let fused = fuse(&[&dense, &lexical], 60);
+        let ids: Vec<i64> = fused.iter().map(|f| f.0).collect();
+        assert_eq!(ids, vec![1, 3, 2, 4], "1 and 3 are in both lists; 1 ranks higher on average");
+        assert!((fused[0].1 - (1.0 / 61.0 + 1.0 / 63.0)).abs() < 1e-7);
     }
 }

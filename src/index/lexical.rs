@@ -45,10 +45,14 @@ pub fn analyze(text: &str) -> Vec<String> {
 #[derive(Default)]
 pub struct Bm25 {
     terms: HashMap<String, u32>,
-    /// Per term: (chunk, term frequency). Entries of removed chunks stay until they are skipped.
-    postings: Vec<Vec<(i64, u32)>>,
+    /// Per term: (chunk, term frequency, the chunk's epoch when added). Entries of removed chunks
+    /// stay and are skipped.
+    postings: Vec<Vec<(i64, u32, u32)>>,
     /// Live chunks and their lengths in terms.
     lengths: HashMap<i64, u32>,
+    /// How many times each chunk was added: a chunk restored after a delete (a re-upload brings
+    /// back the same ids) gets new postings, and its old ones no longer count.
+    epochs: HashMap<i64, u32>,
     total_length: u64,
     /// The last log entry applied.
     applied: i64,
@@ -61,6 +65,11 @@ impl Bm25 {
             return;
         }
         let words = analyze(text);
+        let epoch = {
+            let epoch = self.epochs.entry(id).or_default();
+            *epoch += 1;
+            *epoch
+        };
         let mut counts: HashMap<&str, u32> = HashMap::new();
         for word in &words {
             *counts.entry(word).or_default() += 1;
@@ -71,7 +80,7 @@ impl Bm25 {
             if term as usize == self.postings.len() {
                 self.postings.push(Vec::new());
             }
-            self.postings[term as usize].push((id, tf));
+            self.postings[term as usize].push((id, tf, epoch));
         }
         self.lengths.insert(id, words.len() as u32);
         self.total_length += words.len() as u64;
@@ -106,8 +115,11 @@ impl Bm25 {
         for word in unique {
             let Some(&term) = self.terms.get(&word) else { continue };
             let postings = &self.postings[term as usize];
-            let live: Vec<(i64, u32, u32)> =
-                postings.iter().filter_map(|&(id, tf)| self.lengths.get(&id).map(|&length| (id, tf, length))).collect();
+            let live: Vec<(i64, u32, u32)> = postings
+                .iter()
+                .filter(|&&(id, _, epoch)| self.epochs.get(&id) == Some(&epoch))
+                .filter_map(|&(id, tf, _)| self.lengths.get(&id).map(|&length| (id, tf, length)))
+                .collect();
             let df = live.len() as f32;
             let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
             for (id, tf, length) in live {
@@ -228,6 +240,17 @@ mod tests {
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
         index.remove(1);
         assert_eq!(index.search("heron", 3).iter().map(|h| h.0).collect::<Vec<_>>(), vec![3]);
+        // Restored (same id, same text): scored as if it had never left, its old postings ignored.
+        let before = index.search("lake", 3);
+        index.add(1, "grey herons nest in tall trees by the lake");
+        index.remove(1);
+        assert_eq!(index.search("lake", 3), before);
+        index.add(1, "grey herons nest in tall trees by the lake");
+        let mut fresh = Bm25::default();
+        fresh.add(2, "the lake is cold; the lake is deep; the lake is wide and the lake is old");
+        fresh.add(3, "herons and egrets");
+        fresh.add(1, "grey herons nest in tall trees by the lake");
+        assert_eq!(index.search("heron lake", 3), fresh.search("heron lake", 3));
         assert!(index.search("unknownword", 3).is_empty());
     }
 }

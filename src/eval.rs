@@ -61,17 +61,29 @@ fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec
 }
 
 impl Dataset {
-    /// Loads `dir` with the judgements of `split` (`qrels/<split>.tsv`, header row optional).
+    /// Loads `dir` with the judgements of `split` (`qrels/<split>.tsv`).
     ///
     /// # Errors
     /// A file is missing or malformed.
     pub fn load(dir: &Path, split: &str) -> anyhow::Result<Self> {
-        let documents: Vec<Document> = read_jsonl(&dir.join("corpus.jsonl"))?;
-        let qrels_path = dir.join("qrels").join(format!("{split}.tsv"));
-        let tsv = std::fs::read_to_string(&qrels_path).with_context(|| format!("reading {}", qrels_path.display()))?;
+        Self::load_files(
+            &dir.join("corpus.jsonl"),
+            &dir.join("queries.jsonl"),
+            &dir.join("qrels").join(format!("{split}.tsv")),
+        )
+    }
+
+    /// Loads the three BEIR files (qrels: tab-separated `query-id corpus-id score`, header row
+    /// and CRLF line ends allowed).
+    ///
+    /// # Errors
+    /// A file is missing or malformed.
+    pub fn load_files(corpus: &Path, queries: &Path, qrels_path: &Path) -> anyhow::Result<Self> {
+        let documents: Vec<Document> = read_jsonl(corpus)?;
+        let tsv = std::fs::read_to_string(qrels_path).with_context(|| format!("reading {}", qrels_path.display()))?;
         let mut qrels: HashMap<String, HashMap<String, u32>> = HashMap::new();
         for (i, line) in tsv.lines().enumerate() {
-            let fields: Vec<&str> = line.split('\t').collect();
+            let fields: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
             if fields.len() < 3 || (i == 0 && fields[2].trim().parse::<u32>().is_err()) {
                 continue;
             }
@@ -81,7 +93,7 @@ impl Dataset {
                 .with_context(|| format!("{} line {}: bad relevance `{}`", qrels_path.display(), i + 1, fields[2]))?;
             qrels.entry(fields[0].to_owned()).or_default().insert(fields[1].to_owned(), grade);
         }
-        let queries = read_jsonl::<Query>(&dir.join("queries.jsonl"))?
+        let queries = read_jsonl::<Query>(queries)?
             .into_iter()
             .filter(|q| qrels.get(&q.id).is_some_and(|judged| judged.values().any(|&g| g > 0)))
             .collect();
@@ -183,6 +195,26 @@ mod tests {
     #[test]
     fn documents_rank_by_their_best_chunk() {
         assert_eq!(rank_documents(["7", "3", "7", "9", "3"]), ids(&["7", "3", "9"]));
+    }
+
+    #[test]
+    fn qrels_with_a_header_and_crlf_line_ends_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        };
+        let corpus = file("c.jsonl", "{\"_id\": \"d1\", \"text\": \"x\"}\r\n");
+        let queries = file("q.jsonl", "{\"_id\": \"q1\", \"text\": \"x\"}\r\n{\"_id\": \"q2\", \"text\": \"y\"}\r\n");
+        let qrels = file("r.tsv", "query-id\tcorpus-id\tscore\r\nq1\td1\t2\r\nq2\td1\t0\r\n");
+        let data = Dataset::load_files(&corpus, &queries, &qrels).expect("load");
+        assert_eq!(data.qrels["q1"]["d1"], 2);
+        assert_eq!(
+            data.queries.iter().map(|q| q.id.as_str()).collect::<Vec<_>>(),
+            vec!["q1"],
+            "q2 has no relevant document"
+        );
     }
 
     #[test]

@@ -411,8 +411,12 @@ pub struct QueryResponse {
     pub answer: Option<Answer>,
     /// Retrieved chunks, best first.
     pub chunks: Vec<ResultChunk>,
-    /// Whether the reply came from the response cache.
+    /// Whether the results came from a cache (`cache_layer` says which).
     pub cached: bool,
+    /// The cache layer that answered: `response` (the whole reply) or `retrieval` (the chunks;
+    /// an answer asked for was still made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_layer: Option<String>,
     /// Index generation the results came from.
     pub generation: u64,
     /// Time spent per step, in milliseconds.

@@ -216,29 +216,43 @@ async fn eval_scores_a_beir_dataset_through_the_pipeline_and_reruns_on_the_same_
         ("q1", "where do grey herons build their nests?"),
         ("q2", "what does a sourdough starter ferment?"),
         ("q3", "when are spring tides?"),
+        ("q4", "sourdough starter"),
         ("q9", "unjudged query"),
     ];
     let queries: String =
         queries.iter().map(|(id, text)| format!("{}\n", serde_json::json!({"_id": id, "text": text}))).collect();
     std::fs::write(dataset.join("queries.jsonl"), queries).expect("queries");
-    std::fs::write(dataset.join("qrels/test.tsv"), "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\n")
-        .expect("qrels");
+    // q4's second relevant document (d4) shares no word with it: BM25 cannot find it.
+    std::fs::write(
+        dataset.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\r\nq1\td1\t1\r\nq2\td2\t1\r\nq3\td3\t1\r\nq4\td2\t1\r\nq4\td4\t1\r\n",
+    )
+    .expect("qrels");
+    // By hand: q1–q3 are perfect; q4 ranks [d2] alone: nDCG@10 = 1 / (1 + 1/log2 3), recall 1/2.
+    let q4_ndcg = 1.0 / (1.0 + 1.0 / 3f64.log2());
+    let want =
+        [("ndcg@10", (3.0 + q4_ndcg) / 4.0), ("recall@10", 3.5 / 4.0), ("recall@100", 3.5 / 4.0), ("mrr@10", 1.0)];
     for run in 0..2 {
-        let output = Command::new(bin())
-            .args(["eval", "--split", "test", "--collection", "evaltest", "--json", "--dataset"])
-            .arg(&dataset)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run ragpipe eval");
+        let mut command = Command::new(bin());
+        command.args(["eval", "--mode", "lexical", "--collection", "evaltest", "--json"]);
+        if run == 0 {
+            command.arg("--split").arg("test").arg("--dataset").arg(&dataset);
+        } else {
+            // The files named one by one, the way other BEIR sets are laid out.
+            command.arg("--corpus").arg(dataset.join("corpus.jsonl"));
+            command.arg("--queries").arg(dataset.join("queries.jsonl"));
+            command.arg("--qrels").arg(dataset.join("qrels/test.tsv"));
+        }
+        let output = command.arg("--config").arg(&config).env("RUST_LOG", "warn").output().expect("run ragpipe eval");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "run {run}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
         let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
         assert_eq!(report["documents"], 4, "{report}");
-        assert_eq!(report["queries"], 3, "only judged queries: {report}");
-        for metric in ["ndcg@10", "recall@10", "recall@100", "mrr@10"] {
-            assert_eq!(report["metrics"][metric], 1.0, "run {run}, {metric}: {report}");
+        assert_eq!(report["queries"], 4, "only judged queries: {report}");
+        assert_eq!(report["mode"], "lexical");
+        for (metric, value) in want {
+            let got = report["metrics"][metric].as_f64().unwrap_or(f64::NAN);
+            assert!((got - value).abs() < 1e-9, "run {run}, {metric}: {got} vs {value}: {report}");
         }
     }
 }

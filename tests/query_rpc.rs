@@ -20,6 +20,7 @@ on_both_backends!(
     a_query_worker_in_another_process_role_sees_new_documents_through_events,
     answers_without_an_llm_quote_the_passages_with_checked_citations,
     llm_answers_are_grounded_and_their_citations_checked,
+    llm_rate_limits_are_waited_out_and_quota_errors_get_a_clear_code,
     cached_results_follow_every_change_of_the_collection,
     filters_and_several_collections_select_before_ranking,
     lexical_and_hybrid_modes_rank_by_bm25_and_fusion_and_follow_deletes,
@@ -217,9 +218,22 @@ async fn answers_without_an_llm_quote_the_passages_with_checked_citations(env: T
     worker.stop().await;
 }
 
+type ChatLog = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
 /// A fake OpenAI chat server (wiremock): the first request gets a 503 with `Retry-After: 0`
 /// (the retry path), then every request gets `answer`; requests are recorded.
-async fn fake_chat(answer: &str) -> (wiremock::MockServer, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+async fn fake_chat(answer: &str) -> (wiremock::MockServer, ChatLog) {
+    fake_chat_scripted(answer, |n| {
+        (n == 1).then(|| wiremock::ResponseTemplate::new(503).insert_header("retry-after", "0"))
+    })
+    .await
+}
+
+/// A fake chat server whose `script` may fail request `n` (1-based) with a response of its own.
+async fn fake_chat_scripted(
+    answer: &str,
+    script: impl Fn(usize) -> Option<wiremock::ResponseTemplate> + Send + Sync + 'static,
+) -> (wiremock::MockServer, ChatLog) {
     use wiremock::{Mock, ResponseTemplate, matchers};
     let server = wiremock::MockServer::start().await;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -234,8 +248,8 @@ async fn fake_chat(answer: &str) -> (wiremock::MockServer, std::sync::Arc<std::s
                 log.push(body);
                 log.len()
             };
-            if n == 1 {
-                return ResponseTemplate::new(503).insert_header("retry-after", "0");
+            if let Some(failure) = script(n) {
+                return failure;
             }
             ResponseTemplate::new(200).set_body_json(serde_json::json!({
                 "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
@@ -309,6 +323,7 @@ async fn llm_answers_are_grounded_and_their_citations_checked(mut env: TestEnv) 
     // The same question again: the whole response comes from the cache, with no model call.
     let again = request_raw(&queue, body).await;
     assert_eq!(again["cached"], true, "{again}");
+    assert_eq!(again["cache_layer"], "response", "{again}");
     assert_eq!(again["answer"], reply["answer"]);
     assert_eq!(seen_count(&seen_log), 2, "no second model call");
     worker.stop().await;
@@ -340,6 +355,7 @@ async fn cached_results_follow_every_change_of_the_collection(env: TestEnv) {
     assert_eq!((fresh["cached"].as_bool(), files(&fresh)), (Some(false), vec!["heron.txt".to_owned()]), "{fresh}");
     let again = request_raw(&queue, body).await;
     assert_eq!(again["cached"], true, "{again}");
+    assert_eq!(again["cache_layer"], "retrieval", "{again}");
     assert_eq!(again["chunks"], fresh["chunks"]);
 
     // A new document moves the log: the next query misses and sees it.
@@ -500,5 +516,54 @@ async fn lexical_and_hybrid_modes_rank_by_bm25_and_fusion_and_follow_deletes(env
         .expect("delete");
     assert_eq!(files(&ask("lexical", "zygomatic").await), Vec::<String>::new());
     assert_eq!(files(&ask("lexical", "zygomatic cheeks").await), vec!["face.txt"]);
+    worker.stop().await;
+}
+
+fn llm_settings(server: &wiremock::MockServer) -> ragpipe::config::LlmSettings {
+    ragpipe::config::LlmSettings {
+        kind: ragpipe::config::LlmKind::OpenAi,
+        base_url: format!("{}/v1", server.uri()),
+        initial_backoff_ms: 1,
+        max_backoff_ms: 5,
+        api_key: Some(secrecy::SecretString::from("test-key")),
+        ..Default::default()
+    }
+}
+
+fn openai_error(status: u16, kind: &str, code: &str) -> wiremock::ResponseTemplate {
+    wiremock::ResponseTemplate::new(status).insert_header("retry-after", "0").set_body_json(serde_json::json!({
+        "error": {"message": format!("fake {code}"), "type": kind, "param": null, "code": code}
+    }))
+}
+
+async fn llm_rate_limits_are_waited_out_and_quota_errors_get_a_clear_code(mut env: TestEnv) {
+    // Five 429s in a row, then an answer.
+    let (storm, storm_log) = fake_chat_scripted("Spring tides reach four metres [1].", |n| {
+        (n <= 5).then(|| openai_error(429, "requests", "rate_limit_exceeded"))
+    })
+    .await;
+    env.settings.llm = llm_settings(&storm);
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let tides = env.write("tides.txt", b"Spring tides at Hollow Point reach four metres.");
+    let upload = env.upload_file(&tides, "storm");
+    ingested(&ingest(&queue, std::slice::from_ref(&upload)).await[&upload.upload_id]);
+    let body = br#"{"v":1,"query":"How high are the spring tides?","collection":"storm","answer":true}"#;
+    let reply = request_raw(&queue, body).await;
+    assert_eq!(reply["answer"]["text"], "Spring tides reach four metres [1].", "{reply}");
+    assert_eq!(seen_count(&storm_log), 6, "five 429s waited out, then answered");
+    worker.stop().await;
+
+    // An exhausted quota is not retried: the client hears why at once.
+    let (broke, broke_log) =
+        fake_chat_scripted("never", |_| Some(openai_error(429, "insufficient_quota", "insufficient_quota"))).await;
+    env.settings.llm = llm_settings(&broke);
+    let worker = env.start_worker(&[Role::Query]).await;
+    let queue = worker.queue().await;
+    // (Another question: the first one's answer is in the response cache, shared through Redis.)
+    let body = br#"{"v":1,"query":"What reaches four metres?","collection":"storm","answer":true}"#;
+    let reply = request_raw(&queue, body).await;
+    assert_eq!(reply["error"]["code"], "llm_quota", "{reply}");
+    assert_eq!(seen_count(&broke_log), 1, "a quota error is not retried");
     worker.stop().await;
 }

@@ -27,9 +27,18 @@ pub struct Args {
     /// BEIR-format dataset directory (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`).
     #[arg(long, default_value = "../shared/eval/scifact-train")]
     pub dataset: PathBuf,
-    /// Judgements to score against.
+    /// Judgements to score against (`qrels/<split>.tsv` of the dataset).
     #[arg(long, default_value = "train")]
     pub split: String,
+    /// The corpus file, instead of the dataset's (give all three of --corpus, --queries, --qrels).
+    #[arg(long, requires_all = ["queries", "qrels"])]
+    pub corpus: Option<PathBuf>,
+    /// The queries file, instead of the dataset's.
+    #[arg(long, requires_all = ["corpus", "qrels"])]
+    pub queries: Option<PathBuf>,
+    /// The judgements file, instead of the dataset's.
+    #[arg(long, requires_all = ["corpus", "queries"])]
+    pub qrels: Option<PathBuf>,
     /// Collection the corpus goes into (keep it apart from real data).
     #[arg(long, short, default_value = "eval-scifact")]
     pub collection: String,
@@ -38,7 +47,7 @@ pub struct Args {
     pub mode: Option<SearchMode>,
     /// Evaluate only the first N judged queries.
     #[arg(long)]
-    pub queries: Option<usize>,
+    pub limit: Option<usize>,
     /// Chunks asked per query (documents are ranked by their best chunk; recall@100 needs 100).
     #[arg(long, default_value_t = 100)]
     pub top_k: usize,
@@ -58,8 +67,16 @@ pub struct Args {
 /// # Errors
 /// The dataset cannot be read, the services cannot start, or a document failed to ingest.
 pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
-    let data = Dataset::load(&args.dataset, &args.split)
-        .with_context(|| format!("loading the dataset in {}", args.dataset.display()))?;
+    let (data, source) = match (&args.corpus, &args.queries, &args.qrels) {
+        (Some(corpus), Some(queries), Some(qrels)) => {
+            (Dataset::load_files(corpus, queries, qrels)?, corpus.display().to_string())
+        }
+        _ => (
+            Dataset::load(&args.dataset, &args.split)
+                .with_context(|| format!("loading the dataset in {}", args.dataset.display()))?,
+            args.dataset.display().to_string(),
+        ),
+    };
     let collection = CollectionName::new(args.collection.as_str())?;
     let model = settings.embedder.model.clone();
     let mode = args.mode.unwrap_or(settings.query.default_mode);
@@ -75,7 +92,7 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     running.await.context("the worker task")?.context("running the roles")?;
     let (scores, ingest_secs, query_secs, asked) = result?;
     let report = serde_json::json!({
-        "dataset": args.dataset.display().to_string(),
+        "dataset": source,
         "split": args.split,
         "collection": collection.as_str(),
         "documents": data.documents.len(),
@@ -92,7 +109,7 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         println!(
             "{} on {} ({} documents, {asked} queries, split {}), {} retrieval with {model}",
             collection,
-            args.dataset.display(),
+            source,
             data.documents.len(),
             args.split,
             mode.as_str()
@@ -161,7 +178,7 @@ async fn evaluate(
     }
 
     let started = Instant::now();
-    let queries = &data.queries[..args.queries.unwrap_or(usize::MAX).min(data.queries.len())];
+    let queries = &data.queries[..args.limit.unwrap_or(usize::MAX).min(data.queries.len())];
     let timeout = Duration::from_secs(services.settings.query.client_timeout_secs);
     let scores: Vec<anyhow::Result<Scores>> = futures::stream::iter(queries)
         .map(|query| async move {

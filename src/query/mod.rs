@@ -233,6 +233,7 @@ async fn retrieve(
     let keys = Keys::new(&inputs, request, cfg, &s.llm_settings);
     if let Some(mut response) = cache.response(&keys).await {
         response.cached = true;
+        response.cache_layer = Some("response".into());
         response.timings_ms = BTreeMap::from([("cache".to_owned(), ms(t))]);
         return Ok(response);
     }
@@ -266,7 +267,8 @@ async fn retrieve(
         v: VERSION,
         answer,
         chunks,
-        cached: from_cache && request.answer != Some(true),
+        cached: from_cache,
+        cache_layer: from_cache.then(|| "retrieval".to_owned()),
         generation,
         timings_ms: timings,
     };

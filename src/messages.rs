@@ -330,6 +330,41 @@ pub struct ResultChunk {
     pub heading_path: Option<String>,
 }
 
+/// A rating of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rating {
+    /// Helpful.
+    Up,
+    /// Not helpful.
+    Down,
+}
+
+/// A client's feedback on a reply, sent to the query queue like a query: `{v: 1, feedback:
+/// {query_id, rating: "up" | "down", comment?}}`. Stored beside the query log; with `reply_to`,
+/// acknowledged with `{v: 1, ok: true}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackMessage {
+    /// Wire version, always [`VERSION`].
+    pub v: u32,
+    /// The rating.
+    pub feedback: Feedback,
+}
+
+/// The body of a [`FeedbackMessage`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feedback {
+    /// The `query_id` of the reply rated.
+    pub query_id: String,
+    /// Up or down.
+    pub rating: Rating,
+    /// Optional words (at most 2,000 characters are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
 /// How an answer was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -406,6 +441,9 @@ pub struct Answer {
 pub struct QueryResponse {
     /// Wire version, always [`VERSION`].
     pub v: u32,
+    /// The query's id in the query log: what feedback refers to.
+    #[serde(default)]
+    pub query_id: String,
     /// The answer, when `answer: true` was asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<Answer>,
@@ -430,6 +468,9 @@ pub struct ErrorReply {
     pub v: u32,
     /// What went wrong.
     pub error: ErrorBody,
+    /// The query's id in the query log (query replies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_id: Option<String>,
 }
 
 /// Body of an [`ErrorReply`].
@@ -444,7 +485,7 @@ pub struct ErrorBody {
 impl ErrorReply {
     /// Builds an error reply.
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        Self { v: VERSION, error: ErrorBody { code: code.into(), message: message.into() } }
+        Self { v: VERSION, error: ErrorBody { code: code.into(), message: message.into() }, query_id: None }
     }
 }
 

@@ -66,6 +66,11 @@ pub mod metrics {
     pub static QUERIES: LazyLock<IntCounterVec> =
         LazyLock::new(|| counter_vec("ragpipe_queries_total", "Queries answered", &["outcome"]));
 
+    /// Ratings of answers received, by rating (`up`, `down`): the satisfaction rate is
+    /// up / (up + down).
+    pub static FEEDBACK: LazyLock<IntCounterVec> =
+        LazyLock::new(|| counter_vec("ragpipe_feedback_total", "Answer ratings received", &["rating"]));
+
     /// Seconds per query, from receipt to reply.
     pub static QUERY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
         let opts = HistogramOpts::new("ragpipe_query_seconds", "Query latency")

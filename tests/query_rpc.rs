@@ -21,6 +21,7 @@ on_both_backends!(
     answers_without_an_llm_quote_the_passages_with_checked_citations,
     llm_answers_are_grounded_and_their_citations_checked,
     llm_rate_limits_are_waited_out_and_quota_errors_get_a_clear_code,
+    replies_carry_query_ids_and_feedback_is_stored_beside_the_log,
     cached_results_follow_every_change_of_the_collection,
     filters_and_several_collections_select_before_ranking,
     lexical_and_hybrid_modes_rank_by_bm25_and_fusion_and_follow_deletes,
@@ -565,5 +566,31 @@ async fn llm_rate_limits_are_waited_out_and_quota_errors_get_a_clear_code(mut en
     let reply = request_raw(&queue, body).await;
     assert_eq!(reply["error"]["code"], "llm_quota", "{reply}");
     assert_eq!(seen_count(&broke_log), 1, "a quota error is not retried");
+    worker.stop().await;
+}
+
+async fn replies_carry_query_ids_and_feedback_is_stored_beside_the_log(env: TestEnv) {
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let path = env.write("tides.txt", b"Spring tides at Hollow Point reach four metres.");
+    let upload = env.upload_file(&path, "rated");
+    ingested(&ingest(&queue, std::slice::from_ref(&upload)).await[&upload.upload_id]);
+    let reply = request_raw(&queue, br#"{"v":1,"query":"spring tides","collection":"rated","mode":"lexical"}"#).await;
+    let query_id = reply["query_id"].as_str().expect("a query id").to_owned();
+    let error = request_raw(&queue, br#"{"v":1,"query":"x","collection":"missing"}"#).await;
+    let error_id = error["query_id"].as_str().expect("errors have one too").to_owned();
+    assert_ne!(query_id, error_id);
+    let logged = format!("SELECT count(*) FROM query_log WHERE query_id = '{query_id}' AND mode = 'lexical'");
+    assert_eq!(wait_for_count(&env, &logged, 1).await, 1, "the log row carries the id and mode");
+
+    for rating in ["up", "down", "up"] {
+        let body = serde_json::json!({"v": 1, "feedback": {"query_id": query_id, "rating": rating, "comment": "ok"}});
+        let ack = request_raw(&queue, body.to_string().as_bytes()).await;
+        assert_eq!(ack, serde_json::json!({"v": 1, "ok": true}));
+    }
+    let ups = format!("SELECT count(*) FROM query_feedback WHERE query_id = '{query_id}' AND rating = 'up'");
+    assert_eq!(env.count(&ups).await, 2);
+    let bad = request_raw(&queue, br#"{"v":1,"feedback":{"query_id":"x","rating":"sideways"}}"#).await;
+    assert_eq!(bad["error"]["code"], "malformed", "{bad}");
     worker.stop().await;
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::TestEnv;
 use ragpipe::store::{
-    Claim, DocumentRef, DocumentStatus, LogOp, NewChunk, NewDocument, QueryLogEntry, Store, StoreError,
+    Claim, DocumentRef, DocumentStatus, FeedbackEntry, LogOp, NewChunk, NewDocument, QueryLogEntry, Store, StoreError,
 };
 
 on_both_backends!(
@@ -235,6 +235,7 @@ async fn status_counts_documents_and_queries_are_logged(env: TestEnv) {
 
     store
         .log_query(&QueryLogEntry {
+            query_id: "q-1".into(),
             collection: "status".into(),
             query: "how many?".into(),
             top_k: 2,
@@ -242,10 +243,25 @@ async fn status_counts_documents_and_queries_are_logged(env: TestEnv) {
             scores: vec![0.9, 0.5],
             error_code: None,
             latency_ms: 12,
+            mode: Some("hybrid".into()),
+            cache_layer: None,
+            input_tokens: Some(1200),
+            output_tokens: Some(40),
+            cost_usd: Some(0.68),
         })
         .await
         .expect("log");
-    assert_eq!(env.count("SELECT count(*) FROM query_log WHERE top_k = 2").await, 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM query_log WHERE top_k = 2 AND query_id = 'q-1' AND mode = 'hybrid' AND output_tokens = 40").await,
+        1
+    );
+    for rating in ["up", "down", "up"] {
+        let feedback = FeedbackEntry { query_id: "q-1".into(), rating: rating.into(), comment: Some("thanks".into()) };
+        store.record_feedback(&feedback).await.expect("feedback");
+    }
+    assert_eq!(env.count("SELECT count(*) FROM query_feedback WHERE query_id = 'q-1' AND rating = 'up'").await, 2);
+    let bad = FeedbackEntry { query_id: "q-1".into(), rating: "meh".into(), comment: None };
+    assert!(store.record_feedback(&bad).await.is_err(), "ratings are up or down");
     store.ping().await.expect("ping");
 }
 

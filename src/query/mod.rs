@@ -32,11 +32,12 @@ use crate::embed::EmbedError;
 use crate::llm::{self, Llm};
 use crate::messages::{
     self, Answer, AnswerKind, Citation, CitationsRemoved, DOCUMENT_DELETED, DOCUMENT_INGESTED, ErrorReply,
-    INDEX_REBUILT, IndexRebuilt, QueryRequest, QueryResponse, ResultChunk, SearchMode, TokenUsage, VERSION,
+    FeedbackMessage, INDEX_REBUILT, IndexRebuilt, QueryRequest, QueryResponse, Rating, ResultChunk, SearchMode,
+    TokenUsage, VERSION,
 };
 use crate::queue::Request;
 use crate::store::Collection;
-use crate::store::QueryLogEntry;
+use crate::store::{FeedbackEntry, QueryLogEntry};
 use crate::telemetry::metrics;
 
 /// Collections one request may search at once.
@@ -76,15 +77,24 @@ pub async fn run(ctx: Arc<QueryContext>, shutdown: CancellationToken) {
     }
 }
 
-/// Answers one request. Queries are never retried here: a client that got no reply retries on
-/// its own terms.
+/// Answers one request (or stores a feedback message). Queries are never retried here: a client
+/// that got no reply retries on its own terms.
 async fn handle(s: &Arc<QueryContext>, request: Request) {
+    if is_feedback(&request.body) {
+        let body = feedback(s, &request.body).await;
+        if let Some(reply) = &request.reply
+            && let Err(error) = reply.send(&body).await
+        {
+            tracing::warn!(%error, "could not acknowledge feedback");
+        }
+        return;
+    }
     let started = Instant::now();
     let (body, log) = match answer(s, &request.body).await {
         Ok((response, log)) => (messages::encode(&response), log),
         Err((error, log)) => (messages::encode(&error), log),
     };
-    let outcome = if log.as_ref().is_some_and(|l| l.error_code.is_some()) { "error" } else { "ok" };
+    let outcome = if log.error_code.is_some() { "error" } else { "ok" };
     match &request.reply {
         Some(reply) => {
             if let Err(error) = reply.send(&body).await {
@@ -95,60 +105,103 @@ async fn handle(s: &Arc<QueryContext>, request: Request) {
     }
     metrics::QUERIES.with_label_values(&[outcome]).inc();
     metrics::QUERY_SECONDS.observe(started.elapsed().as_secs_f64());
-    if let Some(mut entry) = log {
-        entry.latency_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
-        let store = s.store.clone();
-        // The log is for analytics: never delay or fail the reply for it.
-        tokio::spawn(async move {
-            if let Err(error) = store.log_query(&entry).await {
-                tracing::warn!(%error, "query log write failed");
-            }
-        });
+    let mut entry = log;
+    entry.latency_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
+    let store = s.store.clone();
+    // The log is for analytics: never delay or fail the reply for it.
+    tokio::spawn(async move {
+        if let Err(error) = store.log_query(&entry).await {
+            tracing::warn!(%error, "query log write failed");
+        }
+    });
+}
+
+/// Whether `body` is a feedback message (a JSON object with a `feedback` key).
+fn is_feedback(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("feedback").is_some())
+}
+
+/// Stores a rating; the reply body (an acknowledgement or an error).
+async fn feedback(s: &QueryContext, body: &[u8]) -> Vec<u8> {
+    let message: FeedbackMessage = match messages::decode(body) {
+        Ok(message) => message,
+        Err(e) => return messages::encode(&ErrorReply::new(e.code(), e.to_string())),
+    };
+    let rating = match message.feedback.rating {
+        Rating::Up => "up",
+        Rating::Down => "down",
+    };
+    let entry = FeedbackEntry {
+        query_id: message.feedback.query_id.chars().take(64).collect(),
+        rating: rating.to_owned(),
+        comment: message.feedback.comment.map(|c| c.chars().take(2_000).collect()),
+    };
+    match s.store.record_feedback(&entry).await {
+        Ok(()) => {
+            metrics::FEEDBACK.with_label_values(&[rating]).inc();
+            messages::encode(&serde_json::json!({"v": VERSION, "ok": true}))
+        }
+        Err(error) => messages::encode(&ErrorReply::new("unavailable", error.to_string())),
     }
 }
 
-type Outcome = Result<(QueryResponse, Option<QueryLogEntry>), (ErrorReply, Option<QueryLogEntry>)>;
+type Outcome = Result<(QueryResponse, QueryLogEntry), (ErrorReply, QueryLogEntry)>;
 
 async fn answer(s: &QueryContext, body: &[u8]) -> Outcome {
     let cfg = &s.settings;
-    let request: QueryRequest = messages::decode(body).map_err(|e| {
-        // Logged too: bad requests are what an operator most needs to see.
-        let log = QueryLogEntry {
-            collection: String::new(),
-            query: String::from_utf8_lossy(body).chars().take(cfg.max_query_chars).collect(),
-            top_k: 0,
-            chunk_ids: Vec::new(),
-            scores: Vec::new(),
-            error_code: Some(e.code().to_owned()),
-            latency_ms: 0,
-        };
-        (ErrorReply::new(e.code(), e.to_string()), Some(log))
-    })?;
+    let query_id = uuid::Uuid::new_v4().to_string();
+    let mut log = QueryLogEntry {
+        query_id: query_id.clone(),
+        collection: String::new(),
+        query: String::from_utf8_lossy(body).chars().take(cfg.max_query_chars).collect(),
+        top_k: 0,
+        chunk_ids: Vec::new(),
+        scores: Vec::new(),
+        error_code: None,
+        latency_ms: 0,
+        mode: None,
+        cache_layer: None,
+        input_tokens: None,
+        output_tokens: None,
+        cost_usd: None,
+    };
+    let request: QueryRequest = match messages::decode(body) {
+        Ok(request) => request,
+        Err(e) => {
+            // Logged too: bad requests are what an operator most needs to see.
+            log.error_code = Some(e.code().to_owned());
+            let mut error = ErrorReply::new(e.code(), e.to_string());
+            error.query_id = Some(query_id);
+            return Err((error, log));
+        }
+    };
     let names: Vec<String> = match (&request.collection, &request.collections) {
         (_, Some(list)) => list.iter().map(ToString::to_string).collect(),
         (Some(name), None) => vec![name.to_string()],
         (None, None) => vec![cfg.default_collection.clone()],
     };
-    let collection_name = names.join(",");
     let top_k = request.top_k.unwrap_or(cfg.default_top_k);
-    let mut log = QueryLogEntry {
-        collection: collection_name.clone(),
-        query: request.query.chars().take(cfg.max_query_chars).collect(),
-        top_k: top_k.min(i32::MAX as usize) as i32,
-        chunk_ids: Vec::new(),
-        scores: Vec::new(),
-        error_code: None,
-        latency_ms: 0,
-    };
+    log.collection = names.join(",");
+    log.query = request.query.chars().take(cfg.max_query_chars).collect();
+    log.top_k = top_k.min(i32::MAX as usize) as i32;
+    log.mode = Some(request.mode.unwrap_or(cfg.default_mode).as_str().to_owned());
     match retrieve(s, &request, &names, top_k).await {
-        Ok(response) => {
+        Ok(mut response) => {
+            response.query_id = query_id;
             log.chunk_ids = response.chunks.iter().map(|c| c.chunk_id).collect();
             log.scores = response.chunks.iter().map(|c| c.score).collect();
-            Ok((response, Some(log)))
+            log.cache_layer = response.cache_layer.clone();
+            if let Some(usage) = response.answer.as_ref().and_then(|a| a.usage).filter(|_| !response.cached) {
+                log.input_tokens = Some(usage.input_tokens as i64);
+                log.output_tokens = Some(usage.output_tokens as i64);
+                log.cost_usd = Some(usage.cost_usd);
+            }
+            Ok((response, log))
         }
-        Err(error) => {
+        Err(mut error) => {
             log.error_code = Some(error.error.code.clone());
-            Err((error, Some(log)))
+            error.query_id = Some(query_id);
+            Err((error, log))
         }
     }
 }
@@ -265,6 +318,7 @@ async fn retrieve(
     };
     let response = QueryResponse {
         v: VERSION,
+        query_id: String::new(),
         answer,
         chunks,
         cached: from_cache,

@@ -304,6 +304,8 @@ pub struct GenerationRecord {
 /// A query log entry.
 #[derive(Debug, Clone)]
 pub struct QueryLogEntry {
+    /// The id the reply carried (feedback refers to it).
+    pub query_id: String,
     /// Collection searched.
     pub collection: String,
     /// Query text.
@@ -318,6 +320,27 @@ pub struct QueryLogEntry {
     pub error_code: Option<String>,
     /// Time to answer.
     pub latency_ms: i32,
+    /// Retrieval mode.
+    pub mode: Option<String>,
+    /// The cache layer that answered, if any.
+    pub cache_layer: Option<String>,
+    /// LLM prompt tokens of the answer.
+    pub input_tokens: Option<i64>,
+    /// LLM generated tokens.
+    pub output_tokens: Option<i64>,
+    /// Estimated LLM cost in US dollars.
+    pub cost_usd: Option<f64>,
+}
+
+/// A client's rating of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackEntry {
+    /// The reply's query id.
+    pub query_id: String,
+    /// `up` or `down`.
+    pub rating: String,
+    /// Optional words.
+    pub comment: Option<String>,
 }
 
 /// The relational store the pipeline and the query worker use.
@@ -413,6 +436,8 @@ pub trait Store: Send + Sync {
     async fn fetch_chunks(&self, ids: &[i64]) -> Result<Vec<ChunkHit>, StoreError>;
     /// Appends to the query log.
     async fn log_query(&self, entry: &QueryLogEntry) -> Result<(), StoreError>;
+    /// Stores a rating beside the query log (the query's row may not be written yet).
+    async fn record_feedback(&self, feedback: &FeedbackEntry) -> Result<(), StoreError>;
     /// Document and chunk counts per collection and status.
     async fn status(&self) -> Result<Vec<StatusRow>, StoreError>;
     /// Cheap liveness check for `/ready`.

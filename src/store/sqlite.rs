@@ -11,9 +11,9 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    ChunkHit, Claim, Collection, Deleted, DocumentRef, DocumentStatus, GenerationRecord, LogEntry, LogOp, NewChunk,
-    NewDocument, Persisted, QueryLogEntry, StatusRow, Store, StoreError, StoredModel, StoredVectors, admit_model,
-    claim_existing, decode_vector_into, encode_vector, log_op,
+    ChunkHit, Claim, Collection, Deleted, DocumentRef, DocumentStatus, FeedbackEntry, GenerationRecord, LogEntry,
+    LogOp, NewChunk, NewDocument, Persisted, QueryLogEntry, StatusRow, Store, StoreError, StoredModel, StoredVectors,
+    admit_model, claim_existing, decode_vector_into, encode_vector, log_op,
 };
 use crate::embedded::Database;
 
@@ -438,8 +438,9 @@ impl Store for SqliteStore {
 
     async fn log_query(&self, entry: &QueryLogEntry) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO query_log (collection, query, top_k, result_chunk_ids, scores, error_code, latency_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO query_log (collection, query, top_k, result_chunk_ids, scores, error_code, latency_ms,
+                 query_id, mode, cache_layer, input_tokens, output_tokens, cost_usd)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )
         .bind(&entry.collection)
         .bind(&entry.query)
@@ -448,9 +449,26 @@ impl Store for SqliteStore {
         .bind(serde_json::to_string(&entry.scores).unwrap_or_else(|_| "[]".into()))
         .bind(&entry.error_code)
         .bind(entry.latency_ms)
+        .bind(&entry.query_id)
+        .bind(&entry.mode)
+        .bind(&entry.cache_layer)
+        .bind(entry.input_tokens)
+        .bind(entry.output_tokens)
+        .bind(entry.cost_usd)
         .execute(self.db.writer())
         .await
         .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn record_feedback(&self, feedback: &FeedbackEntry) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO query_feedback (query_id, rating, comment) VALUES (?1, ?2, ?3)")
+            .bind(&feedback.query_id)
+            .bind(&feedback.rating)
+            .bind(&feedback.comment)
+            .execute(self.db.writer())
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 

@@ -41,96 +41,115 @@ pub fn analyze(text: &str) -> Vec<String> {
     })
 }
 
-/// One collection's inverted index.
+/// One collection's inverted index. Chunks live in dense slots (a re-added chunk gets a new one),
+/// so a search accumulates scores in an array instead of a map.
 #[derive(Default)]
 pub struct Bm25 {
     terms: HashMap<String, u32>,
-    /// Per term: (chunk, term frequency, the chunk's epoch when added). Entries of removed chunks
-    /// stay and are skipped.
-    postings: Vec<Vec<(i64, u32, u32)>>,
-    /// Live chunks and their lengths in terms.
-    lengths: HashMap<i64, u32>,
-    /// How many times each chunk was added: a chunk restored after a delete (a re-upload brings
-    /// back the same ids) gets new postings, and its old ones no longer count.
-    epochs: HashMap<i64, u32>,
+    /// Per term: (slot, term frequency), for live and dead slots alike (dead ones are skipped).
+    postings: Vec<Vec<(u32, u32)>>,
+    /// Per term: live chunks containing it.
+    df: Vec<u32>,
+    /// Per slot: the chunk id, its length in terms, and its distinct terms (empty once dead).
+    slots: Vec<ChunkSlot>,
+    /// Live chunk id → slot.
+    slot_of: HashMap<i64, u32>,
     total_length: u64,
     /// The last log entry applied.
     applied: i64,
 }
 
+struct ChunkSlot {
+    id: i64,
+    length: u32,
+    live: bool,
+    terms: Vec<u32>,
+}
+
 impl Bm25 {
     /// Indexes a chunk (a no-op if it is indexed already).
     pub fn add(&mut self, id: i64, text: &str) {
-        if self.lengths.contains_key(&id) {
+        if self.slot_of.contains_key(&id) {
             return;
         }
         let words = analyze(text);
-        let epoch = {
-            let epoch = self.epochs.entry(id).or_default();
-            *epoch += 1;
-            *epoch
-        };
         let mut counts: HashMap<&str, u32> = HashMap::new();
         for word in &words {
             *counts.entry(word).or_default() += 1;
         }
+        let slot = self.slots.len() as u32;
+        let mut terms = Vec::with_capacity(counts.len());
         for (word, tf) in counts {
             let next = self.terms.len() as u32;
             let term = *self.terms.entry(word.to_owned()).or_insert(next);
             if term as usize == self.postings.len() {
                 self.postings.push(Vec::new());
+                self.df.push(0);
             }
-            self.postings[term as usize].push((id, tf, epoch));
+            self.postings[term as usize].push((slot, tf));
+            self.df[term as usize] += 1;
+            terms.push(term);
         }
-        self.lengths.insert(id, words.len() as u32);
+        self.slots.push(ChunkSlot { id, length: words.len() as u32, live: true, terms });
+        self.slot_of.insert(id, slot);
         self.total_length += words.len() as u64;
     }
 
-    /// Forgets a chunk.
+    /// Forgets a chunk (its slot stays, dead, until the index is rebuilt at the next start).
     pub fn remove(&mut self, id: i64) {
-        if let Some(length) = self.lengths.remove(&id) {
-            self.total_length -= u64::from(length);
+        let Some(slot) = self.slot_of.remove(&id) else { return };
+        let slot = &mut self.slots[slot as usize];
+        slot.live = false;
+        for term in std::mem::take(&mut slot.terms) {
+            self.df[term as usize] -= 1;
         }
+        self.total_length -= u64::from(slot.length);
     }
 
     /// Live chunks.
     pub fn len(&self) -> usize {
-        self.lengths.len()
+        self.slot_of.len()
     }
 
     /// Whether no chunk is indexed.
     pub fn is_empty(&self) -> bool {
-        self.lengths.is_empty()
+        self.slot_of.is_empty()
     }
 
     /// The `k` best chunks for `query` with their BM25 scores, best first (ties by id).
     pub fn search(&self, query: &str, k: usize) -> Vec<(i64, f32)> {
-        let n = self.lengths.len() as f32;
+        let n = self.slot_of.len() as f32;
         if n == 0.0 || k == 0 {
             return Vec::new();
         }
         let average = self.total_length as f32 / n;
-        let mut scores: HashMap<i64, f32> = HashMap::new();
+        let mut scores = vec![0f32; self.slots.len()];
         let unique: HashSet<String> = analyze(query).into_iter().collect();
         for word in unique {
             let Some(&term) = self.terms.get(&word) else { continue };
-            let postings = &self.postings[term as usize];
-            let live: Vec<(i64, u32, u32)> = postings
-                .iter()
-                .filter(|&&(id, _, epoch)| self.epochs.get(&id) == Some(&epoch))
-                .filter_map(|&(id, tf, _)| self.lengths.get(&id).map(|&length| (id, tf, length)))
-                .collect();
-            let df = live.len() as f32;
+            let df = self.df[term as usize] as f32;
             let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-            for (id, tf, length) in live {
-                let tf = tf as f32;
-                let norm = K1 * (1.0 - B + B * length as f32 / average);
-                *scores.entry(id).or_default() += idf * tf * (K1 + 1.0) / (tf + norm);
+            for &(slot, tf) in &self.postings[term as usize] {
+                let doc = &self.slots[slot as usize];
+                if doc.live {
+                    let tf = tf as f32;
+                    let norm = K1 * (1.0 - B + B * doc.length as f32 / average);
+                    scores[slot as usize] += idf * tf * (K1 + 1.0) / (tf + norm);
+                }
             }
         }
-        let mut ranked: Vec<(i64, f32)> = scores.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        ranked.truncate(k);
+        let mut ranked: Vec<(i64, f32)> = scores
+            .iter()
+            .enumerate()
+            .filter(|(_, score)| **score > 0.0)
+            .map(|(slot, score)| (self.slots[slot].id, *score))
+            .collect();
+        let order = |a: &(i64, f32), b: &(i64, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if ranked.len() > k {
+            ranked.select_nth_unstable_by(k, order);
+            ranked.truncate(k);
+        }
+        ranked.sort_by(order);
         ranked
     }
 }
@@ -232,7 +251,7 @@ mod tests {
         // Both terms beat one; four "lake"s in a longer chunk beat one "heron" in a short one.
         assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1, 2, 3], "{hits:?}");
         // Lucene's formula on chunk 3 ("heron egret": 2 terms):
-        assert_eq!(index.lengths[&3], 2);
+        assert_eq!(index.slots[index.slot_of[&3] as usize].length, 2);
         let (n, df, avg) = (3.0f32, 2.0f32, index.total_length as f32 / 3.0);
         let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
         let want = idf * 1.0 * (K1 + 1.0) / (1.0 + K1 * (1.0 - B + B * 2.0 / avg));

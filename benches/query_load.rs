@@ -1,0 +1,150 @@
+//! Query round trips under load, distributed: RabbitMQ request/reply (direct reply-to) →
+//! the query role → PostgreSQL + FAISS (+ BM25 in hybrid mode) → reply, with the hash embedder.
+//!
+//! A collection of `BENCH_CHUNKS` chunks (100,000; synthetic text, so BM25 has real postings) is
+//! ingested, then `BENCH_CLIENTS` clients (50) each send queries one after another for
+//! `BENCH_SECS` (10) per row: every query new (cache misses) or all the same (cache hits), in dense
+//! and hybrid mode, after the collection's rebuild (`auto`: IVF at this size; `BENCH_NO_REBUILD=1`
+//! measures the Flat index the adds built). Reported: queries/s and round-trip p50 / p99 as the
+//! clients see them. Clients and the query role share this process, and the machine's cores with
+//! PostgreSQL and RabbitMQ.
+//!
+//! Run: `cargo bench --bench query_load` (needs the test services). Under `cargo test
+//! --all-targets` (no `--bench`) it runs small as a smoke test.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ragpipe::messages::{CollectionName, QueryRequest, SearchMode};
+use ragpipe::worker::Role;
+
+const WORDS: &[&str] = &[
+    "river", "harbour", "tide", "granite", "lantern", "orchard", "quince", "heron", "compiler", "register", "kernel",
+    "lattice", "protein", "enzyme", "glacier", "meadow", "copper", "signal", "vector", "cipher", "ledger", "falcon",
+    "canyon", "spruce", "amber", "basalt", "cobalt", "delta", "ember", "fjord", "gossamer", "hollow", "iris",
+    "juniper", "kestrel", "lichen", "marrow", "nimbus", "onyx", "pylon", "quartz", "rosin", "saffron", "thistle",
+    "umber", "vellum", "willow", "xylem", "yarrow", "zephyr",
+];
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
+}
+
+/// Deterministic text: `sentences` sentences of 12 words drawn from [`WORDS`] by `seed`.
+fn text(seed: u64, sentences: usize) -> String {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        WORDS[(state % WORDS.len() as u64) as usize]
+    };
+    (0..sentences)
+        .map(|_| format!("{}.", (0..12).map(|_| next()).collect::<Vec<_>>().join(" ")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Query `n` (one sentence of the same vocabulary) in `mode`, for the 5 best chunks.
+fn ask(n: usize, mode: SearchMode, collection: &CollectionName) -> QueryRequest {
+    let mut request = QueryRequest::new(text(n as u64 + 7, 1), collection.clone(), 5);
+    request.mode = Some(mode);
+    request
+}
+
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info.lines().find_map(|l| l.strip_prefix("model name")).and_then(|l| l.split(':').nth(1));
+    format!("{}, {} cores", model.unwrap_or("?").trim(), std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let chunks = env_usize("BENCH_CHUNKS", if full { 100_000 } else { 2_000 });
+    let clients = env_usize("BENCH_CLIENTS", if full { 50 } else { 4 });
+    let secs = env_usize("BENCH_SECS", if full { 10 } else { 1 }) as f64;
+    println!("CPU: {}", cpu_model());
+    let mut env = common::TestEnv::new().await;
+    env.settings.chunk.max_tokens = 256;
+    env.settings.query.concurrency = clients.max(1);
+    // Files of ~400 chunks each (documents of 256-token chunks of 12-word sentences).
+    let per_file = 400;
+    let files: Vec<_> = (0..chunks.div_ceil(per_file))
+        .map(|f| env.write(&format!("load-{f}.txt"), text(f as u64 + 1, per_file * 18).as_bytes()))
+        .collect();
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let uploads: Vec<_> = files.iter().map(|f| env.upload_file(f, "load")).collect();
+    let started = Instant::now();
+    let outcomes = common::ingest(&queue, &uploads).await;
+    let stored: i64 = uploads.iter().map(|u| common::ingested(&outcomes[&u.upload_id]).chunks).sum();
+    println!("{stored} chunks in {} documents ingested in {:.1} s", uploads.len(), started.elapsed().as_secs_f64());
+    worker.services.indexes.catch_up("load").await.expect("catch up");
+    if std::env::var_os("BENCH_NO_REBUILD").is_none() {
+        // A collection that grew past `[index] auto_threshold` by adds stays Flat until its
+        // (nightly) rebuild; measure what it serves after one, as `auto` builds it.
+        let row = worker.services.store.collection("load").await.expect("store").expect("collection");
+        let report = worker.services.indexes.rebuild(&row).await.expect("rebuild");
+        let t = &report.timings;
+        println!("rebuilt as {} in {:.1} s", report.kind.describe(), t.fetch + t.train + t.add + t.replay + t.tune);
+    }
+
+    println!("| mode | queries | clients | queries/s | p50 ms | p99 ms |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let collection = CollectionName::new("load").expect("name");
+    let requests = Arc::new(queue);
+    for mode in [SearchMode::Dense, SearchMode::Hybrid] {
+        for repeated in [false, true] {
+            // Warm the caches (and BM25) first for the cached row; a fresh seed for the other.
+            let sequence = Arc::new(AtomicUsize::new(if repeated { 0 } else { 1_000_000 * (mode as usize + 1) }));
+            // Warm up: the first lexical query of a process builds the BM25 index, and the cached
+            // row's query must be in the cache.
+            let warm = ask(if repeated { 0 } else { usize::MAX / 2 }, mode, &collection);
+            ragpipe::client::query(requests.requests.as_ref(), &warm, Duration::from_secs(120)).await.expect("warm");
+            let deadline = Instant::now() + Duration::from_secs_f64(secs);
+            let tasks: Vec<_> = (0..clients)
+                .map(|_| {
+                    let (requests, sequence, collection) = (requests.clone(), sequence.clone(), collection.clone());
+                    tokio::spawn(async move {
+                        let mut latencies = Vec::new();
+                        while Instant::now() < deadline {
+                            let n = if repeated { 0 } else { sequence.fetch_add(1, Ordering::Relaxed) };
+                            let started = Instant::now();
+                            let request = ask(n, mode, &collection);
+                            let reply =
+                                ragpipe::client::query(requests.requests.as_ref(), &request, Duration::from_secs(30))
+                                    .await
+                                    .expect("reply");
+                            assert!(reply.get("error").is_none(), "{reply}");
+                            latencies.push(started.elapsed());
+                        }
+                        latencies
+                    })
+                })
+                .collect();
+            let mut latencies = Vec::new();
+            for task in tasks {
+                latencies.extend(task.await.expect("client"));
+            }
+            latencies.sort();
+            println!(
+                "| {} | {} | {clients} | {:.0} | {:.2} | {:.2} |",
+                mode.as_str(),
+                if repeated { "the same (cache hits)" } else { "all different (cache misses)" },
+                latencies.len() as f64 / secs,
+                percentile(&latencies, 0.5),
+                percentile(&latencies, 0.99),
+            );
+        }
+    }
+    worker.stop().await;
+}

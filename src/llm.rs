@@ -13,13 +13,13 @@ use async_openai::types::chat::{
     CreateChatCompletionRequestArgs, CreateChatCompletionResponse,
 };
 use async_trait::async_trait;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use tiktoken_rs::CoreBPE;
 
 use crate::config::{AZURE_API_KEY_ENV, OPENAI_API_KEY_ENV, check_url};
 use crate::embed::EmbedError;
-use crate::embed::http::{PlainHttp, Provider, classify};
+use crate::embed::http::{PlainHttp, Provider, classify, read_api_key, usable_api_key};
 use crate::embed::retry::RetryPolicy;
 
 /// Version of [`SYSTEM_PROMPT`]: part of every response cache key.
@@ -117,12 +117,7 @@ impl LlmSettings {
 
     /// Reads the API key from the environment.
     pub fn load_api_key(&mut self) {
-        self.api_key = self
-            .api_key_env()
-            .and_then(|name| std::env::var(name).ok())
-            .map(|key| key.trim().to_owned())
-            .filter(|key| !key.is_empty())
-            .map(SecretString::from);
+        self.api_key = read_api_key(self.api_key_env());
     }
 
     /// Problems with these settings, for [`crate::config::Settings::validate`].
@@ -225,21 +220,8 @@ impl ChatModel {
         let config_error = |reason: String| EmbedError::permanent("llm_config", reason);
         let key_env =
             settings.api_key_env().ok_or_else(|| config_error("[llm] kind = \"none\" has no client".into()))?;
-        let key = settings
-            .api_key
-            .as_ref()
-            .ok_or_else(|| config_error(format!("no API key for [llm]: set the {key_env} environment variable")))?
-            .expose_secret()
-            .to_owned();
-        if !key.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(config_error(format!("{key_env} contains characters that cannot be sent in an HTTP header")));
-        }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(settings.request_timeout_secs))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| config_error(format!("cannot build the HTTP client: {e}")))?;
-        let transport = PlainHttp::new(http.clone());
+        let key = usable_api_key(settings.api_key.as_ref(), key_env, "[llm]").map_err(config_error)?;
+        let (http, transport) = PlainHttp::with_timeout(settings.request_timeout_secs).map_err(config_error)?;
         let (api, provider) = match settings.kind {
             LlmKind::Azure => {
                 let endpoint = settings.azure_endpoint.trim_end_matches('/');

@@ -84,6 +84,11 @@ async fn a_plain_amqp_client_gets_a_correlated_reply_over_direct_reply_to() {
     worker.stop().await;
 }
 
+/// The file names of a reply's chunks, in order.
+fn files(reply: &serde_json::Value) -> Vec<String> {
+    reply["chunks"].as_array().into_iter().flatten().filter_map(|c| c["filename"].as_str().map(String::from)).collect()
+}
+
 /// Sends `body` as a request and decodes the reply.
 async fn request_raw(queue: &ragpipe::queue::Queue, body: &[u8]) -> serde_json::Value {
     let reply = queue.requests.request(body, Duration::from_secs(30)).await.expect("a reply");
@@ -344,14 +349,6 @@ async fn cached_results_follow_every_change_of_the_collection(env: TestEnv) {
     ingested(&ingest(&queue, std::slice::from_ref(&upload)).await[&upload.upload_id]);
     caught_up(&worker, "cached").await;
     let body = br#"{"v":1,"query":"where does the heron nest?","collection":"cached","top_k":5}"#;
-    let files = |reply: &serde_json::Value| -> Vec<String> {
-        reply["chunks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["filename"].as_str().map(String::from))
-            .collect()
-    };
     let fresh = request_raw(&queue, body).await;
     assert_eq!((fresh["cached"].as_bool(), files(&fresh)), (Some(false), vec!["heron.txt".to_owned()]), "{fresh}");
     let again = request_raw(&queue, body).await;
@@ -414,14 +411,6 @@ async fn filters_and_several_collections_select_before_ranking(env: TestEnv) {
         let queue = &queue;
         async move { request_raw(queue, body.to_string().as_bytes()).await }
     };
-    let files = |reply: &serde_json::Value| -> Vec<String> {
-        reply["chunks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["filename"].as_str().map(String::from))
-            .collect()
-    };
     let query = "rotate the signing keys";
 
     // The filter excludes the two best matches: the search deepens until it finds one that passes.
@@ -482,14 +471,6 @@ async fn lexical_and_hybrid_modes_rank_by_bm25_and_fusion_and_follow_deletes(env
         let body = serde_json::json!({"v": 1, "query": query, "collection": "modes", "top_k": 3, "mode": mode});
         let queue = &queue;
         async move { request_raw(queue, body.to_string().as_bytes()).await }
-    };
-    let files = |reply: &serde_json::Value| -> Vec<String> {
-        reply["chunks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["filename"].as_str().map(String::from))
-            .collect()
     };
 
     // BM25: only chunks sharing a (stemmed) term, the rare term first.

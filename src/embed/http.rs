@@ -41,6 +41,44 @@ impl PlainHttp {
     pub fn new(client: reqwest::Client) -> Self {
         Self { client }
     }
+
+    /// A transport over a new client whose requests time out after `timeout_secs` (connections
+    /// after 10 s), with the client itself for async-openai's `Client::build`.
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built.
+    pub fn with_timeout(timeout_secs: u64) -> Result<(reqwest::Client, Self), String> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(timeout_secs))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok((client.clone(), Self::new(client)))
+    }
+}
+
+/// The API key from `key_env` (surrounding whitespace, such as the newline of `$(cat keyfile)`,
+/// dropped; empty means absent).
+pub fn read_api_key(key_env: Option<&str>) -> Option<secrecy::SecretString> {
+    key_env
+        .and_then(|name| std::env::var(name).ok())
+        .map(|key| key.trim().to_owned())
+        .filter(|key| !key.is_empty())
+        .map(secrecy::SecretString::from)
+}
+
+/// The key as a header value, or why it cannot be used (`what` names the setting's section).
+///
+/// # Errors
+/// No key, or one async-openai would panic on (not a valid header value).
+pub fn usable_api_key(key: Option<&secrecy::SecretString>, key_env: &str, what: &str) -> Result<String, String> {
+    use secrecy::ExposeSecret;
+    let key = key.ok_or_else(|| format!("no API key for {what}: set the {key_env} environment variable"))?;
+    let key = key.expose_secret();
+    if !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!("{key_env} contains characters that cannot be sent in an HTTP header"));
+    }
+    Ok(key.to_owned())
 }
 
 impl tower::Service<HttpRequestFactory> for PlainHttp {

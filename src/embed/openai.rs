@@ -8,15 +8,11 @@ use async_openai::Client;
 use async_openai::config::{AzureConfig, Config, OpenAIConfig};
 use async_openai::types::embeddings::{CreateEmbeddingRequest, CreateEmbeddingResponse, EmbeddingInput};
 use async_trait::async_trait;
-use secrecy::ExposeSecret;
 use tiktoken_rs::CoreBPE;
 
-use super::http::{PlainHttp, Provider, classify};
+use super::http::{PlainHttp, Provider, classify, usable_api_key};
 use super::{EmbedError, Embedder, normalize, tokens};
 use crate::config::{EmbedderKind, EmbedderSettings};
-
-/// Seconds to wait for a TCP/TLS connection (the request timeout covers the whole call).
-const CONNECT_TIMEOUT_SECS: u64 = 10;
 
 enum Api {
     OpenAi(Client<OpenAIConfig>),
@@ -42,22 +38,9 @@ impl RemoteEmbedder {
         let config_error = |reason: String| EmbedError::permanent("embedding_config", reason);
         let key_env =
             settings.api_key_env().ok_or_else(|| config_error("the hash embedder is not a remote API".into()))?;
-        let key = settings
-            .api_key
-            .as_ref()
-            .ok_or_else(|| config_error(format!("no API key: set the {key_env} environment variable")))?
-            .expose_secret()
-            .to_owned();
         // async-openai panics on a key that is not a valid header value; refuse it here instead.
-        if !key.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(config_error(format!("{key_env} contains characters that cannot be sent in an HTTP header")));
-        }
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(settings.request_timeout_secs))
-            .connect_timeout(std::time::Duration::from_secs(CONNECT_TIMEOUT_SECS))
-            .build()
-            .map_err(|e| config_error(format!("cannot build the HTTP client: {e}")))?;
-        let transport = PlainHttp::new(http.clone());
+        let key = usable_api_key(settings.api_key.as_ref(), key_env, "[embedder]").map_err(config_error)?;
+        let (http, transport) = PlainHttp::with_timeout(settings.request_timeout_secs).map_err(config_error)?;
         let (api, provider) = match settings.kind {
             EmbedderKind::Azure => {
                 let endpoint = settings.azure_endpoint.trim_end_matches('/');

@@ -136,12 +136,7 @@ impl EmbedderSettings {
     /// Reads the API key for this `kind` from the environment (surrounding whitespace, such as
     /// the newline of `$(cat keyfile)`, is dropped).
     pub fn load_api_key(&mut self) {
-        self.api_key = self
-            .api_key_env()
-            .and_then(|name| std::env::var(name).ok())
-            .map(|key| key.trim().to_owned())
-            .filter(|key| !key.is_empty())
-            .map(SecretString::from);
+        self.api_key = super::http::read_api_key(self.api_key_env());
     }
 
     /// Checks the values, pushing one message per problem, each naming its key.

@@ -133,28 +133,7 @@ pub fn check(answer: &str, context: &Context, min_support: f64) -> Checked {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::ResultChunk;
-    use crate::query::context;
-
-    fn context_of(texts: &[&str]) -> Context {
-        let chunks: Vec<ResultChunk> = texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| ResultChunk {
-                chunk_id: i as i64 + 1,
-                document_id: 1,
-                collection: "c".into(),
-                filename: "f.txt".into(),
-                text: (*t).into(),
-                score: 0.9,
-                char_start: 0,
-                char_end: 1,
-                page: None,
-                heading_path: None,
-            })
-            .collect();
-        context::build(&chunks, 10_000, &|t| t.len())
-    }
+    use crate::query::context::context_of;
 
     #[test]
     fn keeps_supported_citations_and_removes_unknown_and_unsupported_ones() {

@@ -123,6 +123,29 @@ fn truncate(
     (count(&cut) >= MIN_TRUNCATED_TOKENS).then_some(cut)
 }
 
+/// A context of `texts` (chunks 1, 2, … of one file `f.txt`) within a budget nothing exceeds,
+/// counting bytes: for the tests of the modules that read contexts.
+#[cfg(test)]
+pub(crate) fn context_of(texts: &[&str]) -> Context {
+    let chunks: Vec<ResultChunk> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ResultChunk {
+            chunk_id: i as i64 + 1,
+            document_id: 1,
+            collection: "c".into(),
+            filename: "f.txt".into(),
+            text: (*t).into(),
+            score: 0.9,
+            char_start: 0,
+            char_end: 1,
+            page: None,
+            heading_path: None,
+        })
+        .collect();
+    build(&chunks, 10_000, &|t| t.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

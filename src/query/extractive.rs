@@ -125,28 +125,7 @@ fn cite(sentence: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::ResultChunk;
-    use crate::query::context;
-
-    fn context_of(texts: &[&str]) -> Context {
-        let chunks: Vec<ResultChunk> = texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| ResultChunk {
-                chunk_id: i as i64 + 1,
-                document_id: 1,
-                collection: "c".into(),
-                filename: "alice.txt".into(),
-                text: (*t).into(),
-                score: 0.9,
-                char_start: 0,
-                char_end: 1,
-                page: None,
-                heading_path: None,
-            })
-            .collect();
-        context::build(&chunks, 10_000, &|t| t.len())
-    }
+    use crate::query::context::context_of;
 
     #[test]
     fn quotes_the_sentences_that_match_the_question_with_their_sources() {

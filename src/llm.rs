@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use async_openai::Client;
-use async_openai::config::{AzureConfig, OpenAIConfig};
 use async_openai::types::chat::{
     ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequest,
     CreateChatCompletionRequestArgs, CreateChatCompletionResponse,
@@ -19,7 +17,7 @@ use tiktoken_rs::CoreBPE;
 
 use crate::config::{AZURE_API_KEY_ENV, OPENAI_API_KEY_ENV, check_url};
 use crate::embed::EmbedError;
-use crate::embed::http::{PlainHttp, Provider, classify, read_api_key, usable_api_key};
+use crate::embed::http::{ApiClient, Endpoint, Provider, classify, read_api_key, usable_api_key};
 use crate::embed::retry::RetryPolicy;
 
 /// Version of [`SYSTEM_PROMPT`]: part of every response cache key.
@@ -187,14 +185,9 @@ pub trait Llm: Send + Sync {
     async fn complete(&self, system: &str, user: &str) -> Result<Completion, EmbedError>;
 }
 
-enum Api {
-    OpenAi(Client<OpenAIConfig>),
-    Azure(Client<AzureConfig>),
-}
-
 /// A chat model behind an OpenAI-compatible or Azure OpenAI API.
 pub struct ChatModel {
-    api: Api,
+    api: ApiClient,
     settings: LlmSettings,
     provider: Provider,
     retry: RetryPolicy,
@@ -221,33 +214,27 @@ impl ChatModel {
         let key_env =
             settings.api_key_env().ok_or_else(|| config_error("[llm] kind = \"none\" has no client".into()))?;
         let key = usable_api_key(settings.api_key.as_ref(), key_env, "[llm]").map_err(config_error)?;
-        let (http, transport) = PlainHttp::with_timeout(settings.request_timeout_secs).map_err(config_error)?;
-        let (api, provider) = match settings.kind {
-            LlmKind::Azure => {
-                let endpoint = settings.azure_endpoint.trim_end_matches('/');
-                let config = AzureConfig::new()
-                    .with_api_base(endpoint)
-                    .with_deployment_id(&settings.deployment)
-                    .with_api_version(&settings.api_version)
-                    .with_api_key(key);
-                let provider = Provider {
+        let endpoint = settings.azure_endpoint.trim_end_matches('/');
+        let base = settings.base_url.trim_end_matches('/');
+        let (target, provider) = match settings.kind {
+            LlmKind::Azure => (
+                Endpoint::Azure { endpoint, deployment: &settings.deployment, api_version: &settings.api_version },
+                Provider {
                     key_env,
                     target: format!("[llm] deployment `{}` at {endpoint}", settings.deployment),
                     target_keys: "[llm] azure_endpoint, deployment and api_version",
-                };
-                (Api::Azure(Client::build(http, config).with_http_service(transport)), provider)
-            }
-            _ => {
-                let base = settings.base_url.trim_end_matches('/');
-                let config = OpenAIConfig::new().with_api_base(base).with_api_key(key);
-                let provider = Provider {
+                },
+            ),
+            _ => (
+                Endpoint::OpenAi { base_url: base },
+                Provider {
                     key_env,
                     target: format!("[llm] model `{}` at {base}", settings.model),
                     target_keys: "[llm] model and base_url",
-                };
-                (Api::OpenAi(Client::build(http, config).with_http_service(transport)), provider)
-            }
+                },
+            ),
         };
+        let api = ApiClient::new(target, key, settings.request_timeout_secs).map_err(config_error)?;
         let retry = RetryPolicy {
             initial: Duration::from_millis(settings.initial_backoff_ms),
             max: Duration::from_millis(settings.max_backoff_ms),
@@ -272,8 +259,8 @@ impl ChatModel {
 
     async fn attempt(&self, request: CreateChatCompletionRequest) -> Result<CreateChatCompletionResponse, EmbedError> {
         let response = match &self.api {
-            Api::OpenAi(client) => client.chat().create(request).await,
-            Api::Azure(client) => client.chat().create(request).await,
+            ApiClient::OpenAi(client) => client.chat().create(request).await,
+            ApiClient::Azure(client) => client.chat().create(request).await,
         };
         response.map_err(|e| classify(e, &self.provider))
     }

@@ -57,6 +57,60 @@ impl PlainHttp {
     }
 }
 
+/// Where an OpenAI-style API lives.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint<'a> {
+    /// An OpenAI-compatible API, up to and including `/v1`.
+    OpenAi {
+        /// Its base URL.
+        base_url: &'a str,
+    },
+    /// Azure OpenAI.
+    Azure {
+        /// `https://<resource>.openai.azure.com`.
+        endpoint: &'a str,
+        /// The deployment.
+        deployment: &'a str,
+        /// The `api-version` query parameter.
+        api_version: &'a str,
+    },
+}
+
+/// An async-openai client of either flavour, over [`PlainHttp`] (one attempt per call: retries
+/// are the caller's).
+pub enum ApiClient {
+    /// OpenAI-compatible.
+    OpenAi(async_openai::Client<async_openai::config::OpenAIConfig>),
+    /// Azure OpenAI.
+    Azure(async_openai::Client<async_openai::config::AzureConfig>),
+}
+
+impl ApiClient {
+    /// A client of `endpoint` sending `key`, whose requests time out after `timeout_secs`.
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built.
+    pub fn new(endpoint: Endpoint<'_>, key: String, timeout_secs: u64) -> Result<Self, String> {
+        use async_openai::Client;
+        use async_openai::config::{AzureConfig, OpenAIConfig};
+        let (http, transport) = PlainHttp::with_timeout(timeout_secs)?;
+        Ok(match endpoint {
+            Endpoint::Azure { endpoint, deployment, api_version } => {
+                let config = AzureConfig::new()
+                    .with_api_base(endpoint.trim_end_matches('/'))
+                    .with_deployment_id(deployment)
+                    .with_api_version(api_version)
+                    .with_api_key(key);
+                Self::Azure(Client::build(http, config).with_http_service(transport))
+            }
+            Endpoint::OpenAi { base_url } => {
+                let config = OpenAIConfig::new().with_api_base(base_url.trim_end_matches('/')).with_api_key(key);
+                Self::OpenAi(Client::build(http, config).with_http_service(transport))
+            }
+        })
+    }
+}
+
 /// The API key from `key_env` (surrounding whitespace, such as the newline of `$(cat keyfile)`,
 /// dropped; empty means absent).
 pub fn read_api_key(key_env: Option<&str>) -> Option<secrecy::SecretString> {

@@ -5,23 +5,18 @@
 //! models it is an approximation, so give `max_input_tokens` some margin there.
 
 use async_openai::Client;
-use async_openai::config::{AzureConfig, Config, OpenAIConfig};
+use async_openai::config::Config;
 use async_openai::types::embeddings::{CreateEmbeddingRequest, CreateEmbeddingResponse, EmbeddingInput};
 use async_trait::async_trait;
 use tiktoken_rs::CoreBPE;
 
-use super::http::{PlainHttp, Provider, classify, usable_api_key};
+use super::http::{ApiClient, Endpoint, Provider, classify, usable_api_key};
 use super::{EmbedError, Embedder, normalize, tokens};
 use crate::config::{EmbedderKind, EmbedderSettings};
 
-enum Api {
-    OpenAi(Client<OpenAIConfig>),
-    Azure(Client<AzureConfig>),
-}
-
 /// An embedder calling a remote `/embeddings` endpoint.
 pub struct RemoteEmbedder {
-    api: Api,
+    api: ApiClient,
     model: String,
     dimensions: usize,
     send_dimensions: bool,
@@ -40,36 +35,30 @@ impl RemoteEmbedder {
             settings.api_key_env().ok_or_else(|| config_error("the hash embedder is not a remote API".into()))?;
         // async-openai panics on a key that is not a valid header value; refuse it here instead.
         let key = usable_api_key(settings.api_key.as_ref(), key_env, "[embedder]").map_err(config_error)?;
-        let (http, transport) = PlainHttp::with_timeout(settings.request_timeout_secs).map_err(config_error)?;
-        let (api, provider) = match settings.kind {
-            EmbedderKind::Azure => {
-                let endpoint = settings.azure_endpoint.trim_end_matches('/');
-                let config = AzureConfig::new()
-                    .with_api_base(endpoint)
-                    .with_deployment_id(&settings.deployment)
-                    .with_api_version(&settings.api_version)
-                    .with_api_key(key);
-                let provider = Provider {
+        let endpoint = settings.azure_endpoint.trim_end_matches('/');
+        let base = settings.base_url.trim_end_matches('/');
+        let (target, provider) = match settings.kind {
+            EmbedderKind::Azure => (
+                Endpoint::Azure { endpoint, deployment: &settings.deployment, api_version: &settings.api_version },
+                Provider {
                     key_env,
                     target: format!(
                         "deployment `{}` at {endpoint} (api-version {})",
                         settings.deployment, settings.api_version
                     ),
                     target_keys: "azure_endpoint, deployment and api_version",
-                };
-                (Api::Azure(Client::build(http, config).with_http_service(transport)), provider)
-            }
-            _ => {
-                let base = settings.base_url.trim_end_matches('/');
-                let config = OpenAIConfig::new().with_api_base(base).with_api_key(key);
-                let provider = Provider {
+                },
+            ),
+            _ => (
+                Endpoint::OpenAi { base_url: base },
+                Provider {
                     key_env,
                     target: format!("model `{}` at {base}", settings.model),
                     target_keys: "model and base_url",
-                };
-                (Api::OpenAi(Client::build(http, config).with_http_service(transport)), provider)
-            }
+                },
+            ),
         };
+        let api = ApiClient::new(target, key, settings.request_timeout_secs).map_err(config_error)?;
         Ok(Self {
             api,
             model: settings.model.clone(),
@@ -151,8 +140,8 @@ impl Embedder for RemoteEmbedder {
             dimensions: self.send_dimensions.then(|| u32::try_from(self.dimensions).unwrap_or(u32::MAX)),
         };
         let response = match &self.api {
-            Api::OpenAi(client) => create(client, request).await,
-            Api::Azure(client) => create(client, request).await,
+            ApiClient::OpenAi(client) => create(client, request).await,
+            ApiClient::Azure(client) => create(client, request).await,
         }
         .map_err(|e| classify(e, &self.provider))?;
         self.vectors(response, texts.len())

@@ -103,6 +103,17 @@ impl Default for LlmSettings {
     }
 }
 
+impl LlmKind {
+    /// Its config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::OpenAi => "openai",
+            Self::Azure => "azure",
+        }
+    }
+}
+
 impl LlmSettings {
     /// The environment variable the API key comes from, if this kind needs one.
     pub fn api_key_env(&self) -> Option<&'static str> {

@@ -75,7 +75,7 @@ impl Keys {
         let response = (request.answer == Some(true)).then(|| {
             let answer = AnswerInputs {
                 retrieval: &retrieval,
-                llm: llm_kind(llm),
+                llm: llm.kind.as_str(),
                 model: &llm.model,
                 prompt_version: crate::llm::PROMPT_VERSION,
                 max_tokens: llm.max_tokens,
@@ -87,14 +87,6 @@ impl Keys {
             format!("response:{FORMAT}:{}", digest(&answer))
         });
         Self { retrieval, response }
-    }
-}
-
-fn llm_kind(llm: &LlmSettings) -> &'static str {
-    match llm.kind {
-        crate::llm::LlmKind::None => "none",
-        crate::llm::LlmKind::OpenAi => "openai",
-        crate::llm::LlmKind::Azure => "azure",
     }
 }
 

@@ -118,7 +118,9 @@ async fn handle(s: &Arc<QueryContext>, request: Request) {
 
 /// Whether `body` is a feedback message (a JSON object with a `feedback` key).
 fn is_feedback(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("feedback").is_some())
+    // Queries are parsed once, by `answer`: only a body that mentions the key is parsed here.
+    body.windows(10).any(|w| w == b"\"feedback\"")
+        && serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("feedback").is_some())
 }
 
 /// Stores a rating; the reply body (an acknowledgement or an error).
@@ -298,6 +300,7 @@ async fn retrieve(
         None => {
             let wanted = Wanted { mode, top_k, min_score: request.min_score, filter: &filter };
             let (chunks, searched) = search(s, &collections, query, &wanted, &mut timings).await?;
+            // (Lexical mode searches no vector index: `searched` is empty.)
             cacheable &= searched.iter().zip(&positions).all(|(g, p)| *g == p.2);
             if cacheable {
                 cache.put_chunks(&keys, &chunks).await;
@@ -341,7 +344,8 @@ struct Wanted<'a> {
 }
 
 /// Embeds the query, searches every collection's index and fetches the live chunks that match
-/// the filter: the `top_k` best across the collections, and the generations searched. When
+/// the filter: the `top_k` best across the collections, and the vector index generations
+/// searched (none in lexical mode). When
 /// deleted chunks or the filter leave fewer than `top_k`, the search deepens (4× the candidates,
 /// up to [`MAX_CANDIDATES`] per collection) until enough are found or the indexes run out.
 async fn search(
@@ -395,10 +399,7 @@ async fn search(
                     generations.push(generation);
                     found
                 }
-                None => {
-                    generations.push(s.indexes.position(collection).await.map_or(0, |p| p.0));
-                    Vec::new()
-                }
+                None => Vec::new(),
             };
             let lexical = if wanted.mode == SearchMode::Dense {
                 Vec::new()

@@ -191,3 +191,38 @@ pub async fn query(
     let reply = requests.request(&messages::encode(request), timeout).await?;
     serde_json::from_slice(&reply).map_err(|e| ClientError::BadReply(e.to_string()))
 }
+
+/// Sends a query with `stream: true`, handing each streamed piece of the answer to `on_part` in
+/// order as it arrives, and decodes the final reply.
+///
+/// # Errors
+/// As [`query`]; also a part that is missing or out of order.
+pub async fn query_streaming(
+    requests: &dyn RequestReply,
+    request: &QueryRequest,
+    timeout: Duration,
+    mut on_part: impl FnMut(&str),
+) -> Result<serde_json::Value, ClientError> {
+    let mut request = request.clone();
+    request.stream = Some(true);
+    let mut messages = requests.request_parts(&messages::encode(&request), timeout).await?;
+    let mut next_seq = 0;
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&message.body).map_err(|e| ClientError::BadReply(e.to_string()))?;
+        let seq = value.get("seq").and_then(serde_json::Value::as_u64);
+        // (A request rejected before it was understood gets a plain, unnumbered error reply.)
+        if seq != Some(next_seq) && !(message.last && seq.is_none()) {
+            return Err(ClientError::BadReply(format!("reply part {seq:?} arrived where {next_seq} was due")));
+        }
+        next_seq += 1;
+        if message.last {
+            return Ok(value);
+        }
+        let part: messages::AnswerPart =
+            serde_json::from_value(value).map_err(|e| ClientError::BadReply(e.to_string()))?;
+        on_part(&part.delta);
+    }
+    Err(ClientError::BadReply("the reply ended before its final message".into()))
+}

@@ -357,6 +357,12 @@ pub struct QuerySettings {
     /// Share of a cited sentence's content words that must occur in the chunk it cites for the
     /// citation to stay (0 keeps every citation to a source in the context).
     pub min_citation_support: f64,
+    /// Milliseconds a request may take from its receipt when it brings no deadline of its own
+    /// (`deadline_ms`, AMQP `expiration`); work still running then is abandoned with a `timeout`
+    /// error reply.
+    pub deadline_ms: u64,
+    /// Documents `mode: hierarchical` takes its chunks from.
+    pub hierarchical_documents: usize,
 }
 
 impl Default for QuerySettings {
@@ -375,6 +381,8 @@ impl Default for QuerySettings {
             context_tokens: 3_000,
             answer_sentences: 3,
             min_citation_support: 0.3,
+            deadline_ms: 30_000,
+            hierarchical_documents: 3,
         }
     }
 }
@@ -479,6 +487,8 @@ impl Settings {
         positive("query.embed_timeout_secs", self.query.embed_timeout_secs);
         positive("query.context_tokens", self.query.context_tokens as u64);
         positive("query.answer_sentences", self.query.answer_sentences as u64);
+        positive("query.deadline_ms", self.query.deadline_ms);
+        positive("query.hierarchical_documents", self.query.hierarchical_documents as u64);
         if !(0.0..=1.0).contains(&self.query.min_citation_support) {
             problems.push(format!(
                 "query.min_citation_support ({}) must be between 0 and 1",

@@ -7,16 +7,19 @@
 use std::time::Duration;
 
 use async_openai::types::chat::{
-    ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequest,
-    CreateChatCompletionRequestArgs, CreateChatCompletionResponse,
+    ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs, ChatCompletionResponseStream,
+    ChatCompletionStreamOptions, CreateChatCompletionRequest, CreateChatCompletionRequestArgs,
+    CreateChatCompletionResponse,
 };
 use async_trait::async_trait;
+use futures::StreamExt;
 use secrecy::SecretString;
 use serde::Deserialize;
 use tiktoken_rs::CoreBPE;
 
-use crate::config::{AZURE_API_KEY_ENV, OPENAI_API_KEY_ENV, check_url};
+use crate::config::{AZURE_API_KEY_ENV, CacheSettings, OPENAI_API_KEY_ENV, check_url};
 use crate::embed::EmbedError;
+use crate::embed::governor::{self, Budgets, Governor};
 use crate::embed::http::{ApiClient, Endpoint, Provider, classify, read_api_key, usable_api_key};
 use crate::embed::retry::RetryPolicy;
 
@@ -76,6 +79,10 @@ pub struct LlmSettings {
     /// Seconds an answer may take, retries included (the query then gets an `llm_timeout` error
     /// reply).
     pub max_elapsed_secs: u64,
+    /// Requests per minute for all workers together (shared through Redis; 0 = unlimited).
+    pub requests_per_minute: u64,
+    /// Tokens per minute (prompt plus `max_tokens`) for all workers together (0 = unlimited).
+    pub tokens_per_minute: u64,
     /// The API key, from `OPENAI_API_KEY` / `AZURE_OPENAI_API_KEY`; never from a file.
     #[serde(skip)]
     pub api_key: Option<SecretString>,
@@ -98,6 +105,8 @@ impl Default for LlmSettings {
             initial_backoff_ms: 500,
             max_backoff_ms: 8_000,
             max_elapsed_secs: 20,
+            requests_per_minute: 0,
+            tokens_per_minute: 0,
             api_key: None,
         }
     }
@@ -194,6 +203,22 @@ pub trait Llm: Send + Sync {
     /// # Errors
     /// The service failed, after retries where retrying can help.
     async fn complete(&self, system: &str, user: &str) -> Result<Completion, EmbedError>;
+
+    /// The model's answer, its text also sent to `pieces` as it is written (the pieces add up to
+    /// the completion's text). This default sends the whole text as one piece.
+    ///
+    /// # Errors
+    /// As [`Llm::complete`]; a stream that breaks after its first piece is not retried.
+    async fn complete_streaming(
+        &self,
+        system: &str,
+        user: &str,
+        pieces: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<Completion, EmbedError> {
+        let completion = self.complete(system, user).await?;
+        let _ = pieces.send(completion.text.clone());
+        Ok(completion)
+    }
 }
 
 /// A chat model behind an OpenAI-compatible or Azure OpenAI API.
@@ -202,25 +227,31 @@ pub struct ChatModel {
     settings: LlmSettings,
     provider: Provider,
     retry: RetryPolicy,
+    governor: Governor,
 }
 
-/// The configured model, or `None` for `kind = "none"`.
+/// The configured model, or `None` for `kind = "none"`; its rate budget is shared through
+/// `cache`'s Redis when there is one.
 ///
 /// # Errors
 /// The API key is missing or the HTTP client cannot be built.
-pub fn from_settings(settings: &LlmSettings) -> Result<Option<std::sync::Arc<dyn Llm>>, EmbedError> {
+pub fn from_settings(
+    settings: &LlmSettings,
+    cache: &CacheSettings,
+) -> Result<Option<std::sync::Arc<dyn Llm>>, EmbedError> {
     Ok(match settings.kind {
         LlmKind::None => None,
-        _ => Some(std::sync::Arc::new(ChatModel::new(settings)?)),
+        _ => Some(std::sync::Arc::new(ChatModel::new(settings, cache)?)),
     })
 }
 
 impl ChatModel {
-    /// A client for `settings` (`kind` must not be `none`).
+    /// A client for `settings` (`kind` must not be `none`), its rate budget shared through
+    /// `cache`'s Redis when there is one.
     ///
     /// # Errors
     /// The API key is missing or unusable, or the HTTP client cannot be built.
-    pub fn new(settings: &LlmSettings) -> Result<Self, EmbedError> {
+    pub fn new(settings: &LlmSettings, cache: &CacheSettings) -> Result<Self, EmbedError> {
         let config_error = |reason: String| EmbedError::permanent("llm_config", reason);
         let key_env =
             settings.api_key_env().ok_or_else(|| config_error("[llm] kind = \"none\" has no client".into()))?;
@@ -251,7 +282,20 @@ impl ChatModel {
             max: Duration::from_millis(settings.max_backoff_ms),
             max_elapsed: Duration::from_secs(settings.max_elapsed_secs),
         };
-        Ok(Self { api, settings: settings.clone(), provider, retry })
+        let budgets = Budgets {
+            requests_per_minute: settings.requests_per_minute,
+            tokens_per_minute: settings.tokens_per_minute,
+        };
+        let governor = Governor::new(budgets, governor::LLM, &settings.model, cache);
+        Ok(Self { api, settings: settings.clone(), provider, retry, governor })
+    }
+
+    /// Waits for the fleet's rate budget: one request of the prompt's tokens plus the longest
+    /// answer.
+    async fn acquire(&self, system: &str, user: &str) {
+        let bpe = tokenizer(&self.settings.model);
+        let prompt = bpe.encode_ordinary(system).len() + bpe.encode_ordinary(user).len();
+        self.governor.acquire(prompt as u64 + u64::from(self.settings.max_tokens)).await;
     }
 
     fn request(&self, system: &str, user: &str) -> Result<CreateChatCompletionRequest, EmbedError> {
@@ -275,6 +319,18 @@ impl ChatModel {
         };
         response.map_err(|e| classify(e, &self.provider))
     }
+
+    /// Opens a streamed completion (the HTTP status is known once this returns).
+    async fn open_stream(
+        &self,
+        request: CreateChatCompletionRequest,
+    ) -> Result<ChatCompletionResponseStream, EmbedError> {
+        let stream = match &self.api {
+            ApiClient::OpenAi(client) => client.chat().create_stream(request).await,
+            ApiClient::Azure(client) => client.chat().create_stream(request).await,
+        };
+        stream.map_err(|e| classify(e, &self.provider))
+    }
 }
 
 #[async_trait]
@@ -285,6 +341,7 @@ impl Llm for ChatModel {
 
     async fn complete(&self, system: &str, user: &str) -> Result<Completion, EmbedError> {
         let request = self.request(system, user)?;
+        self.acquire(system, user).await;
         let response = self.retry.run(|| self.attempt(request.clone())).await?;
         let text = response
             .choices
@@ -294,6 +351,44 @@ impl Llm for ChatModel {
             .ok_or_else(|| EmbedError::transient(format!("{} returned no answer text", self.provider.target)))?;
         let (input_tokens, output_tokens) =
             response.usage.map_or((0, 0), |u| (u64::from(u.prompt_tokens), u64::from(u.completion_tokens)));
+        Ok(Completion { text, input_tokens, output_tokens })
+    }
+
+    async fn complete_streaming(
+        &self,
+        system: &str,
+        user: &str,
+        pieces: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<Completion, EmbedError> {
+        let mut request = self.request(system, user)?;
+        request.stream_options =
+            Some(ChatCompletionStreamOptions { include_usage: Some(true), include_obfuscation: None });
+        self.acquire(system, user).await;
+        // Opening is retried like any call (429, 5xx, Retry-After); once text flows, a broken
+        // stream is an error: the requester already holds part of an answer.
+        let mut stream = self.retry.run(|| self.open_stream(request.clone())).await?;
+        let (mut text, mut usage) = (String::new(), None);
+        while let Some(event) = stream.next().await {
+            let event = event.map_err(|e| classify(e, &self.provider))?;
+            if let Some(u) = event.usage {
+                usage = Some((u64::from(u.prompt_tokens), u64::from(u.completion_tokens)));
+            }
+            for choice in event.choices.into_iter().filter(|c| c.index == 0) {
+                if let Some(piece) = choice.delta.content.filter(|p| !p.is_empty()) {
+                    text.push_str(&piece);
+                    let _ = pieces.send(piece);
+                }
+            }
+        }
+        if text.is_empty() {
+            return Err(EmbedError::transient(format!("{} returned no answer text", self.provider.target)));
+        }
+        // A server that does not report usage on streams: count as it would.
+        let (input_tokens, output_tokens) = usage.unwrap_or_else(|| {
+            let bpe = tokenizer(&self.settings.model);
+            let prompt = bpe.encode_ordinary(system).len() + bpe.encode_ordinary(user).len();
+            (prompt as u64, bpe.encode_ordinary(&text).len() as u64)
+        });
         Ok(Completion { text, input_tokens, output_tokens })
     }
 }

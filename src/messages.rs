@@ -246,6 +246,14 @@ pub struct QueryRequest {
     /// or `{"key": {"in": [a, b]}}` (any of); every key must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filters: Option<BTreeMap<String, serde_json::Value>>,
+    /// Stream the answer: [`AnswerPart`]s as it is written, then the final reply (with
+    /// `answer: true`; without an answer there is only the final reply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// When the requester stops waiting, in Unix milliseconds: a request past it is not worked
+    /// on (and gets no reply), work that outlives it is abandoned with a `timeout` error reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 impl QueryRequest {
@@ -262,6 +270,8 @@ impl QueryRequest {
             min_score: None,
             answer: None,
             filters: None,
+            stream: None,
+            deadline_ms: None,
         }
     }
 }
@@ -276,6 +286,9 @@ pub enum SearchMode {
     Lexical,
     /// Both, fused by reciprocal rank (`[query] rrf_k`); scores are the fused ones.
     Hybrid,
+    /// Documents first, then passages: documents rank by their best hybrid chunk, and the
+    /// results are the best chunks of the top `[query] hierarchical_documents` documents.
+    Hierarchical,
 }
 
 impl std::str::FromStr for SearchMode {
@@ -286,7 +299,8 @@ impl std::str::FromStr for SearchMode {
             "dense" => Ok(Self::Dense),
             "lexical" => Ok(Self::Lexical),
             "hybrid" => Ok(Self::Hybrid),
-            other => Err(format!("unknown mode `{other}`: dense, lexical or hybrid")),
+            "hierarchical" => Ok(Self::Hierarchical),
+            other => Err(format!("unknown mode `{other}`: dense, lexical, hybrid or hierarchical")),
         }
     }
 }
@@ -298,6 +312,7 @@ impl SearchMode {
             Self::Dense => "dense",
             Self::Lexical => "lexical",
             Self::Hybrid => "hybrid",
+            Self::Hierarchical => "hierarchical",
         }
     }
 }
@@ -459,6 +474,38 @@ pub struct QueryResponse {
     pub generation: u64,
     /// Time spent per step, in milliseconds.
     pub timings_ms: BTreeMap<String, f64>,
+}
+
+/// One streamed part of an answer (`stream: true`), sent to `reply_to` with the request's
+/// `correlation_id` (AMQP `type` `ragpipe.reply.part`): `{v, query_id, seq, final: false, delta}`.
+/// Parts carry the answer's text as it is written, `seq` counting from 0; the final reply (a
+/// [`QueryResponse`] or [`ErrorReply`], AMQP `type` `ragpipe.reply`) follows with the next `seq`
+/// and `final: true`, and its `answer.text` is the checked text (citations the check removed are
+/// gone from it), which replaces the parts' concatenation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerPart {
+    /// Wire version, always [`VERSION`].
+    pub v: u32,
+    /// The query's id (the same in every message of the reply).
+    pub query_id: String,
+    /// Position in the reply, from 0.
+    pub seq: u32,
+    /// Always `false` for a part.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// The next piece of the answer's text.
+    pub delta: String,
+}
+
+/// `reply` (an encoded [`QueryResponse`] or [`ErrorReply`]) marked as the final message of a
+/// streamed reply: `seq` and `final: true` added.
+pub fn streamed_final(reply: &impl Serialize, seq: u32) -> Vec<u8> {
+    let mut value = serde_json::to_value(reply).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(object) = value.as_object_mut() {
+        object.insert("seq".into(), seq.into());
+        object.insert("final".into(), true.into());
+    }
+    encode(&value)
 }
 
 /// A failed query reply: `{v:1, error:{code, message}}`.

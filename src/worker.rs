@@ -79,7 +79,7 @@ pub async fn connect_with(
             .map_err(|e| setup("embedder")(e.to_string()))?,
     );
     let embedder = embedding.embedder().clone();
-    let llm = crate::llm::from_settings(&settings.llm).map_err(|e| setup("llm")(e.to_string()))?;
+    let llm = crate::llm::from_settings(&settings.llm, &settings.cache).map_err(|e| setup("llm")(e.to_string()))?;
     let chunker = Chunker::new(&settings.chunk).map_err(|e| setup("chunker")(e.to_string()))?;
     let indexes = Arc::new(Indexes::new(
         settings.index_dir(),

@@ -25,6 +25,9 @@ on_both_backends!(
     cached_results_follow_every_change_of_the_collection,
     filters_and_several_collections_select_before_ranking,
     lexical_and_hybrid_modes_rank_by_bm25_and_fusion_and_follow_deletes,
+    streamed_answers_arrive_in_order_and_reassemble,
+    deadlines_skip_expired_requests_and_abandon_slow_answers,
+    hierarchical_mode_takes_its_chunks_from_the_best_documents,
 );
 
 /// Sends `body` to the query queue from a plain lapin client using direct reply-to and returns
@@ -249,6 +252,7 @@ async fn fake_chat_scripted(
         .and(matchers::path("/v1/chat/completions"))
         .respond_with(move |request: &wiremock::Request| {
             let body: serde_json::Value = serde_json::from_slice(&request.body).expect("JSON request");
+            let stream = body["stream"] == true;
             let n = {
                 let mut log = log.lock().expect("log");
                 log.push(body);
@@ -256,6 +260,9 @@ async fn fake_chat_scripted(
             };
             if let Some(failure) = script(n) {
                 return failure;
+            }
+            if stream {
+                return ResponseTemplate::new(200).set_body_raw(sse_chat(&answer), "text/event-stream");
             }
             ResponseTemplate::new(200).set_body_json(serde_json::json!({
                 "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
@@ -267,6 +274,30 @@ async fn fake_chat_scripted(
         .mount(&server)
         .await;
     (server, seen)
+}
+
+/// `answer` as an OpenAI chat completion stream: a chunk per word, then the usage, then `[DONE]`.
+fn sse_chat(answer: &str) -> String {
+    let chunk = |choices: serde_json::Value, usage: serde_json::Value| {
+        let event = serde_json::json!({
+            "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+            "choices": choices, "usage": usage,
+        });
+        format!("data: {event}\n\n")
+    };
+    let mut body = String::new();
+    for piece in answer.split_inclusive(' ') {
+        body += &chunk(
+            serde_json::json!([{"index": 0, "delta": {"content": piece}, "finish_reason": null}]),
+            serde_json::Value::Null,
+        );
+    }
+    body += &chunk(serde_json::json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]), serde_json::Value::Null);
+    body += &chunk(
+        serde_json::json!([]),
+        serde_json::json!({"prompt_tokens": 1200, "completion_tokens": 40, "total_tokens": 1240}),
+    );
+    body + "data: [DONE]\n\n"
 }
 
 async fn llm_answers_are_grounded_and_their_citations_checked(mut env: TestEnv) {
@@ -573,5 +604,326 @@ async fn replies_carry_query_ids_and_feedback_is_stored_beside_the_log(env: Test
     assert_eq!(env.count(&ups).await, 2);
     let bad = request_raw(&queue, br#"{"v":1,"feedback":{"query_id":"x","rating":"sideways"}}"#).await;
     assert_eq!(bad["error"]["code"], "malformed", "{bad}");
+    worker.stop().await;
+}
+
+/// A plain AMQP client (lapin, nothing of ragpipe's): publishes requests with direct reply-to
+/// and reads every reply message on one channel, as a pika consumer would.
+struct PlainClient {
+    conn: Connection,
+    channel: lapin::Channel,
+    replies: lapin::Consumer,
+    queue: String,
+}
+
+/// One reply message: its correlation id, AMQP `type`, and JSON body.
+struct PlainReply {
+    correlation_id: String,
+    kind: Option<String>,
+    body: serde_json::Value,
+}
+
+impl PlainClient {
+    async fn new(queue: &str) -> Self {
+        let conn = Connection::connect(&common::amqp_url(), ConnectionProperties::default()).await.expect("connect");
+        let channel = conn.create_channel().await.expect("channel");
+        let replies = channel
+            .basic_consume(
+                "amq.rabbitmq.reply-to".into(),
+                "".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume direct reply-to");
+        Self { conn, channel, replies, queue: queue.to_owned() }
+    }
+
+    async fn send(&self, correlation_id: &str, body: &[u8], expiration_ms: Option<u32>) {
+        let mut properties = BasicProperties::default()
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_correlation_id(correlation_id.into())
+            .with_content_type("application/json".into());
+        if let Some(ms) = expiration_ms {
+            properties = properties.with_expiration(ms.to_string().as_str().into());
+        }
+        self.channel
+            .basic_publish("".into(), self.queue.as_str().into(), BasicPublishOptions::default(), body, properties)
+            .await
+            .expect("publish");
+    }
+
+    async fn next(&mut self) -> PlainReply {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), self.replies.next())
+            .await
+            .expect("a reply message within 30 s")
+            .expect("stream open")
+            .expect("delivery");
+        PlainReply {
+            correlation_id: delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str().to_owned())
+                .unwrap_or_default(),
+            kind: delivery.properties.kind().as_ref().map(|k| k.as_str().to_owned()),
+            body: serde_json::from_slice(&delivery.data).expect("reply is JSON"),
+        }
+    }
+
+    async fn close(self) {
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
+/// The messages of one streamed reply, parts then the final one: over RabbitMQ read by a
+/// [`PlainClient`], embedded through the request/reply port.
+async fn streamed(env: &TestEnv, queue: &ragpipe::queue::Queue, body: &[u8]) -> Vec<serde_json::Value> {
+    let mut messages = Vec::new();
+    if env.settings.broker.url.is_some() {
+        let mut client = PlainClient::new(&env.settings.broker.query_queue).await;
+        client.send("stream-1", body, None).await;
+        loop {
+            let reply = client.next().await;
+            assert_eq!(reply.correlation_id, "stream-1");
+            let last = reply.body["final"] == true;
+            assert_eq!(
+                reply.kind.as_deref(),
+                Some(if last { "ragpipe.reply" } else { "ragpipe.reply.part" }),
+                "{}",
+                reply.body
+            );
+            messages.push(reply.body);
+            if last {
+                break;
+            }
+        }
+        client.close().await;
+    } else {
+        let mut replies = queue.requests.request_parts(body, Duration::from_secs(30)).await.expect("sent");
+        while let Some(message) = replies.next().await {
+            let message = message.expect("a reply message");
+            messages.push(serde_json::from_slice(&message.body).expect("JSON"));
+            if message.last {
+                break;
+            }
+        }
+    }
+    messages
+}
+
+async fn streamed_answers_arrive_in_order_and_reassemble(mut env: TestEnv) {
+    let raw = "Spring tides at Hollow Point reach four metres [1]. Quinces are a citrus fruit [1].";
+    let (server, seen) = fake_chat(raw).await;
+    env.settings.llm = llm_settings(&server);
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let tides = env.write("tides.txt", b"Spring tides at Hollow Point reach four metres.");
+    let upload = env.upload_file(&tides, "streams");
+    ingested(&ingest(&queue, std::slice::from_ref(&upload)).await[&upload.upload_id]);
+    caught_up(&worker, "streams").await;
+
+    let body =
+        br#"{"v":1,"query":"How high are the spring tides?","collection":"streams","answer":true,"stream":true}"#;
+    let messages = streamed(&env, &queue, body).await;
+    let (last, parts) = messages.split_last().expect("a final message");
+    assert!(parts.len() >= 10, "a part per word of the model's answer: {messages:?}");
+    let mut text = String::new();
+    for (seq, part) in parts.iter().enumerate() {
+        assert_eq!(part["seq"], seq, "{part}");
+        assert_eq!(part["final"], false);
+        assert_eq!(part["query_id"], last["query_id"], "every message names the query");
+        text += part["delta"].as_str().expect("delta");
+    }
+    assert_eq!(text, raw, "the parts add up to what the model wrote");
+    assert_eq!(last["seq"], parts.len());
+    assert_eq!(last["final"], true);
+    assert_eq!(
+        last["answer"]["text"], "Spring tides at Hollow Point reach four metres [1]. Quinces are a citrus fruit.",
+        "the final message carries the checked text: {last}"
+    );
+    assert_eq!(last["answer"]["citations_removed"]["unsupported"], 1);
+    assert_eq!(last["answer"]["usage"]["input_tokens"], 1200, "usage from the stream's last event: {last}");
+    assert_eq!(last["answer"]["sources"][0]["filename"], "tides.txt");
+    let requests = seen.lock().expect("log").clone();
+    let streamed_request = requests.last().expect("the model was asked");
+    assert_eq!(streamed_request["stream"], true);
+    assert_eq!(streamed_request["stream_options"]["include_usage"], true);
+
+    // The CLI's client reassembles the same way.
+    let mut pieces = String::new();
+    let request =
+        QueryRequest { answer: Some(true), ..QueryRequest::new("How high do spring tides reach?", name("streams"), 3) };
+    let reply = client::query_streaming(queue.requests.as_ref(), &request, Duration::from_secs(30), |p| pieces += p)
+        .await
+        .expect("a streamed reply");
+    assert_eq!(pieces, raw);
+    assert_eq!(reply["final"], true, "{reply}");
+    worker.stop().await;
+}
+
+/// A fake chat server that answers `answer` after `delay`.
+async fn slow_chat(answer: &str, delay: Duration) -> wiremock::MockServer {
+    use wiremock::{Mock, ResponseTemplate, matchers};
+    let server = wiremock::MockServer::start().await;
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_delay(delay).set_body_json(serde_json::json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": answer}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        })))
+        .mount(&server)
+        .await;
+    server
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64
+}
+
+async fn deadlines_skip_expired_requests_and_abandon_slow_answers(mut env: TestEnv) {
+    let server = slow_chat("Four metres [1].", Duration::from_secs(3)).await;
+    env.settings.llm = llm_settings(&server);
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let tides = env.write("tides.txt", b"Spring tides at Hollow Point reach four metres.");
+    let upload = env.upload_file(&tides, "deadlines");
+    ingested(&ingest(&queue, std::slice::from_ref(&upload)).await[&upload.upload_id]);
+
+    // Past its deadline on arrival: not worked on, no reply; the log says why.
+    let past = unix_ms() - 1_000;
+    let body = format!(r#"{{"v":1,"query":"spring tides","collection":"deadlines","deadline_ms":{past}}}"#);
+    let unanswered = queue.requests.request(body.as_bytes(), Duration::from_secs(2)).await;
+    assert!(unanswered.is_err(), "an expired request gets no reply: {unanswered:?}");
+    wait_for_count(&env, "SELECT count(*) FROM query_log WHERE error_code = 'expired'", 1).await;
+
+    // Work that outlives the deadline is abandoned and answered with `timeout`, at the deadline.
+    let soon = unix_ms() + 700;
+    let body = format!(
+        r#"{{"v":1,"query":"How high are the spring tides?","collection":"deadlines","answer":true,"deadline_ms":{soon}}}"#
+    );
+    let started = std::time::Instant::now();
+    let reply = request_raw(&queue, body.as_bytes()).await;
+    assert_eq!(reply["error"]["code"], "timeout", "{reply}");
+    assert!(reply["query_id"].is_string());
+    assert!(started.elapsed() < Duration::from_millis(2_500), "answered at the deadline, not after the model");
+
+    // Without `answer` the same deadline is met.
+    let soon = unix_ms() + 5_000;
+    let body = format!(r#"{{"v":1,"query":"spring tides","collection":"deadlines","deadline_ms":{soon}}}"#);
+    assert_eq!(files(&request_raw(&queue, body.as_bytes()).await), vec!["tides.txt"]);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqp_request_that_expires_while_waiting_for_a_slot_is_not_answered() {
+    let mut env = TestEnv::new().await;
+    let server = slow_chat("Four metres [1].", Duration::from_millis(1_500)).await;
+    env.settings.llm = llm_settings(&server);
+    env.settings.query.concurrency = 1;
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let tides = env.write("tides.txt", b"Spring tides at Hollow Point reach four metres.");
+    let upload = env.upload_file(&tides, "expiry");
+    ingested(&ingest(&queue, std::slice::from_ref(&upload)).await[&upload.upload_id]);
+
+    // One slot: `slow` holds it for 1.5 s while `expiring` (300 ms to live) waits in the worker's
+    // prefetch, delivered but not yet taken; `plain` comes after both.
+    let mut client = PlainClient::new(&env.settings.broker.query_queue).await;
+    client
+        .send("slow", br#"{"v":1,"query":"How high are the spring tides?","collection":"expiry","answer":true}"#, None)
+        .await;
+    client.send("expiring", br#"{"v":1,"query":"spring tides","collection":"expiry"}"#, Some(300)).await;
+    client.send("plain", br#"{"v":1,"query":"spring tides","collection":"expiry"}"#, None).await;
+    let mut answered = Vec::new();
+    while !answered.contains(&"plain".to_owned()) {
+        answered.push(client.next().await.correlation_id);
+    }
+    assert_eq!(answered, vec!["slow", "plain"], "the expired request got no reply");
+    wait_for_count(&env, "SELECT count(*) FROM query_log WHERE error_code = 'expired'", 1).await;
+    client.close().await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_rpcs_over_direct_reply_to_are_each_answered_once() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let tides = env.write("tides.txt", b"Spring tides at Hollow Point reach four metres.");
+    let upload = env.upload_file(&tides, "fifty");
+    ingested(&ingest(&queue, std::slice::from_ref(&upload)).await[&upload.upload_id]);
+
+    let oversized = format!(r#"{{"v":1,"query":"{}","collection":"fifty"}}"#, "tide ".repeat(4_000));
+    let mut client = PlainClient::new(&env.settings.broker.query_queue).await;
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..50 {
+        let (body, outcome) = match i % 10 {
+            3 => (b"{not json".to_vec(), "malformed"),
+            5 => (br#"{"v":1,"query":42,"collection":"fifty"}"#.to_vec(), "malformed"),
+            7 => (oversized.clone().into_bytes(), "invalid_request"),
+            _ => (format!(r#"{{"v":1,"query":"spring tides {i}","collection":"fifty"}}"#).into_bytes(), "ok"),
+        };
+        let id = format!("rpc-{i}");
+        client.send(&id, &body, None).await;
+        expected.insert(id, outcome);
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < expected.len() {
+        let reply = client.next().await;
+        let outcome = reply.body["error"]["code"].as_str().unwrap_or("ok").to_owned();
+        if reply.body.get("error").is_none() {
+            assert_eq!(files(&reply.body), vec!["tides.txt"], "{}", reply.body);
+        }
+        assert!(
+            seen.insert(reply.correlation_id.clone(), outcome).is_none(),
+            "{} answered twice",
+            reply.correlation_id
+        );
+    }
+    let expected: std::collections::BTreeMap<String, String> =
+        expected.into_iter().map(|(id, outcome)| (id, outcome.to_owned())).collect();
+    assert_eq!(seen, expected, "every correlation id answered once, with the right outcome");
+    // Nothing more arrives for any of them: a last request's reply is the next message.
+    client.send("last", br#"{"v":1,"query":"tides","collection":"fifty"}"#, None).await;
+    assert_eq!(client.next().await.correlation_id, "last");
+    client.close().await;
+    worker.stop().await;
+}
+
+async fn hierarchical_mode_takes_its_chunks_from_the_best_documents(mut env: TestEnv) {
+    env.settings.chunk.max_tokens = 16;
+    env.settings.chunk.min_tokens = 4;
+    env.settings.query.hierarchical_documents = 1;
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let queue = worker.queue().await;
+    let tides = env.write(
+        "tides.txt",
+        b"Spring tides at Hollow Point reach four metres in March.\n\n\
+          Neap tides at Hollow Point stay under two metres all summer.\n\n\
+          The tide tables for Hollow Point are posted at the harbour office.\n\n\
+          Fishing boats leave Hollow Point two hours before high tide.",
+    );
+    let mill =
+        env.write("mill.txt", b"The mill pond rises with the spring tides too.\n\nThe quince trees flower in April.");
+    let uploads = [env.upload_file(&tides, "levels"), env.upload_file(&mill, "levels")];
+    let outcomes = ingest(&queue, &uploads).await;
+    for upload in &uploads {
+        ingested(&outcomes[&upload.upload_id]);
+    }
+    caught_up(&worker, "levels").await;
+    let ask = |mode: &str| {
+        let body = format!(r#"{{"v":1,"query":"Hollow Point tides","collection":"levels","top_k":6,"mode":"{mode}"}}"#);
+        let queue = queue.clone();
+        async move { request_raw(&queue, body.as_bytes()).await }
+    };
+    let hybrid = ask("hybrid").await;
+    assert!(files(&hybrid).contains(&"mill.txt".to_owned()), "hybrid ranks chunks of both: {hybrid}");
+    let hierarchical = ask("hierarchical").await;
+    let found = files(&hierarchical);
+    assert!(found.len() >= 3, "several chunks of the best document: {hierarchical}");
+    assert!(found.iter().all(|f| f == "tides.txt"), "only the best document's chunks: {hierarchical}");
     worker.stop().await;
 }

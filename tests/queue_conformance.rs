@@ -17,6 +17,7 @@ on_both_backends!(
     an_upload_returned_beyond_the_delivery_limit_is_dead_lettered,
     subscribers_see_matching_events_published_after_they_subscribed,
     a_request_gets_its_reply,
+    a_reply_streams_its_parts_in_order_and_a_discarded_request_gets_none,
 );
 
 async fn next(deliveries: &mut Deliveries) -> Delivery {
@@ -144,5 +145,38 @@ async fn a_request_gets_its_reply(env: TestEnv) {
     );
     assert_eq!(a.expect("reply a"), b"echo: ping", "replies reach their own requester");
     assert_eq!(b.expect("reply b"), b"echo: pong");
+    server.await.expect("server");
+}
+
+async fn a_reply_streams_its_parts_in_order_and_a_discarded_request_gets_none(env: TestEnv) {
+    let queue: Queue = env.queue().await;
+    let mut requests = queue.requests.serve().await.expect("serve");
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let request = requests.next().await.expect("open").expect("request");
+            let reply = request.reply.expect("a reply address");
+            if request.body == b"never mind" {
+                reply.discard().await.expect("settled without a reply");
+                continue;
+            }
+            assert!(request.deadline.is_some(), "the requester's timeout reaches the server as a deadline");
+            for n in 0..20 {
+                reply.send_part(format!("part {n}").as_bytes()).await.expect("part");
+            }
+            reply.send(b"done").await.expect("reply");
+        }
+    });
+    let mut messages = queue.requests.request_parts(b"stream", Duration::from_secs(30)).await.expect("sent");
+    let mut got = Vec::new();
+    while let Some(message) = messages.next().await {
+        let message = message.expect("a message");
+        got.push((String::from_utf8(message.body).expect("utf-8"), message.last));
+    }
+    let mut want: Vec<(String, bool)> = (0..20).map(|n| (format!("part {n}"), false)).collect();
+    want.push(("done".into(), true));
+    assert_eq!(got, want, "every part in order, then the final reply, then the end");
+
+    let unanswered = queue.requests.request(b"never mind", Duration::from_secs(2)).await;
+    assert!(unanswered.is_err(), "a discarded request gets no reply: {unanswered:?}");
     server.await.expect("server");
 }

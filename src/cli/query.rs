@@ -28,7 +28,8 @@ pub struct Args {
     /// Metadata filter `key=value` (repeat a key for any of several values; every key must match).
     #[arg(long = "filter", short = 'f', value_name = "KEY=VALUE")]
     pub filters: Vec<String>,
-    /// Retrieval mode: dense, lexical (BM25) or hybrid (default: query.default_mode).
+    /// Retrieval mode: dense, lexical (BM25), hybrid or hierarchical (default:
+    /// query.default_mode).
     #[arg(long, short)]
     pub mode: Option<SearchMode>,
     /// Passages to return.
@@ -41,6 +42,9 @@ pub struct Args {
     /// from the best passages), above the passages.
     #[arg(long, short)]
     pub answer: bool,
+    /// Print the answer as it is written (with `--answer`): the reply is streamed.
+    #[arg(long, requires = "answer")]
+    pub stream: bool,
     /// Print the raw JSON reply.
     #[arg(long)]
     pub json: bool,
@@ -67,17 +71,20 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         min_score: args.min_score,
         answer: args.answer.then_some(true),
         filters: parse_filters(&args.filters)?,
+        stream: None,
+        deadline_ms: None,
     };
     let timeout = Duration::from_secs(settings.query.client_timeout_secs);
+    let stream = args.stream && !args.json;
     let reply = if settings.broker.url.is_some() {
         let queue = queue::connect(&settings.broker, &LazyDatabase::new(settings.storage.database_file()))
             .await
             .context("connecting to the queue")?;
-        client::query(queue.requests.as_ref(), &request, timeout)
+        ask(queue.requests.as_ref(), &request, timeout, stream)
             .await
             .context("waiting for the query reply (is a worker with the query role running?)")?
     } else {
-        answer_here(settings, &request, timeout).await?
+        answer_here(settings, &request, timeout, stream).await?
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
@@ -93,7 +100,7 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     }
     let response: QueryResponse = serde_json::from_value(reply).context("decoding the reply")?;
     if let Some(answer) = &response.answer {
-        print_answer(answer);
+        print_answer(answer, stream);
     }
     if response.chunks.is_empty() {
         println!("no matching passages");
@@ -141,10 +148,42 @@ fn parse_filters(pairs: &[String]) -> anyhow::Result<Option<BTreeMap<String, ser
     }))
 }
 
-fn print_answer(answer: &Answer) {
-    match answer.kind {
-        AnswerKind::Generated => println!("Answer:"),
-        AnswerKind::Extractive => println!("Answer (quoted from the passages; configure [llm] for a written answer):"),
+/// Sends the request; streamed, the answer is printed as it is written.
+async fn ask(
+    requests: &dyn queue::RequestReply,
+    request: &QueryRequest,
+    timeout: Duration,
+    stream: bool,
+) -> Result<serde_json::Value, client::ClientError> {
+    if !stream {
+        return client::query(requests, request, timeout).await;
+    }
+    let mut started = false;
+    let reply = client::query_streaming(requests, request, timeout, |piece| {
+        use std::io::Write;
+        if !started {
+            println!("Answer (as it is written):");
+            started = true;
+        }
+        print!("{piece}");
+        let _ = std::io::stdout().flush();
+    })
+    .await;
+    if started {
+        println!("\n");
+    }
+    reply
+}
+
+/// Prints the answer (after a streamed one: only what the citation check changed) and its
+/// sources.
+fn print_answer(answer: &Answer, streamed: bool) {
+    match (answer.kind, streamed) {
+        (_, true) => println!("Answer, citations checked:"),
+        (AnswerKind::Generated, false) => println!("Answer:"),
+        (AnswerKind::Extractive, false) => {
+            println!("Answer (quoted from the passages; configure [llm] for a written answer):");
+        }
     }
     if answer.text.is_empty() {
         println!("    (the passages found do not answer it)");
@@ -180,13 +219,14 @@ async fn answer_here(
     settings: Settings,
     request: &QueryRequest,
     timeout: Duration,
+    stream: bool,
 ) -> anyhow::Result<serde_json::Value> {
     let program = std::env::current_exe().context("locating the ragpipe binary")?;
     let services = crate::worker::connect(settings, program).await.context("opening the embedded store")?;
     debug_assert!(matches!(services.queue.kind, QueueKind::Embedded(_)));
     let shutdown = CancellationToken::new();
     let role = tokio::spawn(crate::query::run(Arc::new(services.query()), shutdown.clone()));
-    let reply = client::query(services.queue.requests.as_ref(), request, timeout).await.context("answering the query");
+    let reply = ask(services.queue.requests.as_ref(), request, timeout, stream).await.context("answering the query");
     shutdown.cancel();
     let _ = role.await;
     // Catch-up from the store may have moved the index past its snapshot: keep that work.

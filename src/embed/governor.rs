@@ -1,5 +1,5 @@
 //! The rate governor: requests/min and tokens/min budgets for **all** workers together, so a
-//! fleet never stampedes the API.
+//! fleet never stampedes the API. The embedding provider has one, the answering model another.
 //!
 //! Each budget is a token bucket holding at most one second's worth (a fleet starts at the
 //! sustained rate rather than bursting a minute's budget at once) and refilling continuously.
@@ -52,6 +52,11 @@ for i = 1, 2 do
 end
 return 0
 ";
+
+/// [`Governor::new`]'s `what` for the embedding provider.
+pub const EMBEDDING: &str = "embedding";
+/// [`Governor::new`]'s `what` for the answering model.
+pub const LLM: &str = "LLM";
 
 /// Per-minute budgets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,14 +139,17 @@ struct Shared {
 /// Requests/min and tokens/min for every worker sharing a Redis prefix, or for this process.
 pub struct Governor {
     budgets: Budgets,
+    /// What the budget is for, in log lines (`embedding`, `LLM`).
+    what: &'static str,
     local: Mutex<Local>,
     shared: Option<Shared>,
 }
 
 impl Governor {
-    /// A governor with `budgets`, shared through Redis if `cache.url` is set. Buckets are per
-    /// `model`, so workers of different models do not share a budget.
-    pub fn new(budgets: Budgets, model: &str, cache: &CacheSettings) -> Self {
+    /// A governor with `budgets` for `what` (`embedding`, `LLM`), shared through Redis if
+    /// `cache.url` is set. Buckets are per `what` and `model`, so workers of different models do
+    /// not share a budget.
+    pub fn new(budgets: Budgets, what: &'static str, model: &str, cache: &CacheSettings) -> Self {
         let now = Instant::now();
         let local = Local {
             requests: Bucket::new(budgets.requests_per_minute, now),
@@ -150,11 +158,15 @@ impl Governor {
         let shared = cache.url.as_ref().map(|url| Shared {
             link: RedisLink::new(url, Duration::from_millis(cache.timeout_ms.max(1))),
             // One hash tag, so both keys share a Redis Cluster slot (a script may only touch one).
-            keys: ["requests", "tokens"].map(|b| format!("{}embed-governor:{{{model}}}:{b}", cache.key_prefix)),
+            keys: ["requests", "tokens"].map(|b| {
+                // (The embedding keys kept their original name, so a rolling upgrade shares them.)
+                let scope = if what == EMBEDDING { "embed" } else { "llm" };
+                format!("{}{scope}-governor:{{{model}}}:{b}", cache.key_prefix)
+            }),
             script: redis::Script::new(SCRIPT),
             degraded: AtomicBool::new(false),
         });
-        Self { budgets, local: Mutex::new(local), shared }
+        Self { budgets, what, local: Mutex::new(local), shared }
     }
 
     /// The governor of `[embedder]` budgets and `[cache]`.
@@ -163,7 +175,7 @@ impl Governor {
             requests_per_minute: embedder.requests_per_minute,
             tokens_per_minute: embedder.tokens_per_minute,
         };
-        Self::new(budgets, &embedder.model, cache)
+        Self::new(budgets, EMBEDDING, &embedder.model, cache)
     }
 
     /// Waits until one request of `tokens` tokens fits both budgets, and takes it.
@@ -173,7 +185,7 @@ impl Governor {
         }
         loop {
             let wait = match &self.shared {
-                Some(shared) => match shared.try_take(self.budgets, tokens).await {
+                Some(shared) => match shared.try_take(self.budgets, tokens, self.what).await {
                     Ok(wait) => wait,
                     Err(()) => self.try_local(tokens),
                 },
@@ -196,12 +208,12 @@ impl Governor {
 
 impl Shared {
     /// The wait the shared buckets ask for, or `Err` if Redis cannot answer (use local ones).
-    async fn try_take(&self, budgets: Budgets, tokens: u64) -> Result<Duration, ()> {
+    async fn try_take(&self, budgets: Budgets, tokens: u64, what: &str) -> Result<Duration, ()> {
         let mut manager = match self.link.manager().await {
             Ok(manager) => manager,
             Err(reason) => {
                 if let Some(reason) = reason {
-                    self.degrade(&reason);
+                    self.degrade(&reason, what);
                 }
                 return Err(());
             }
@@ -215,24 +227,24 @@ impl Shared {
         match tokio::time::timeout(self.link.timeout(), call.invoke_async::<u64>(&mut manager)).await {
             Ok(Ok(wait_ms)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
-                    tracing::info!("redis is back: the embedding rate budget is shared again");
+                    tracing::info!("redis is back: the {what} rate budget is shared again");
                 }
                 Ok(Duration::from_millis(wait_ms))
             }
             Ok(Err(error)) => {
-                self.degrade(&error);
+                self.degrade(&error, what);
                 Err(())
             }
             Err(_) => {
-                self.degrade(&"timed out");
+                self.degrade(&"timed out", what);
                 Err(())
             }
         }
     }
 
-    fn degrade(&self, error: &dyn std::fmt::Display) {
+    fn degrade(&self, error: &dyn std::fmt::Display, what: &str) {
         if !self.degraded.swap(true, Ordering::Relaxed) {
-            tracing::warn!(%error, "redis unavailable: the embedding rate budget is enforced per worker until it is back");
+            tracing::warn!(%error, "redis unavailable: the {what} rate budget is enforced per worker until it is back");
         }
     }
 }
@@ -242,7 +254,12 @@ mod tests {
     use super::*;
 
     fn local(rpm: u64, tpm: u64) -> Governor {
-        Governor::new(Budgets { requests_per_minute: rpm, tokens_per_minute: tpm }, "m", &CacheSettings::default())
+        Governor::new(
+            Budgets { requests_per_minute: rpm, tokens_per_minute: tpm },
+            EMBEDDING,
+            "m",
+            &CacheSettings::default(),
+        )
     }
 
     #[tokio::test(start_paused = true)]

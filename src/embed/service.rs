@@ -386,8 +386,12 @@ mod tests {
             inflight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         });
-        let governor =
-            Governor::new(Budgets { requests_per_minute: 0, tokens_per_minute: 0 }, "m", &CacheSettings::default());
+        let governor = Governor::new(
+            Budgets { requests_per_minute: 0, tokens_per_minute: 0 },
+            "embedding",
+            "m",
+            &CacheSettings::default(),
+        );
         let cache = Arc::new(MemoryCache::new(1000));
         let service = EmbeddingService::new(recording.clone(), cache, governor, settings, Duration::from_secs(60));
         (recording, service)

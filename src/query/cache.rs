@@ -44,6 +44,8 @@ pub struct RetrievalInputs<'a> {
     pub mode: &'a str,
     /// Fusion constant (hybrid).
     pub rrf_k: u32,
+    /// Documents the chunks come from (hierarchical mode; 0 in the others).
+    pub documents: usize,
 }
 
 /// What an answer depends on beyond its retrieval.
@@ -170,6 +172,7 @@ mod tests {
             filters,
             mode: "dense",
             rrf_k: 60,
+            documents: 0,
         }
     }
 

@@ -31,7 +31,7 @@ use crate::config::QuerySettings;
 use crate::embed::EmbedError;
 use crate::llm::{self, Llm};
 use crate::messages::{
-    self, Answer, AnswerKind, Citation, CitationsRemoved, DOCUMENT_DELETED, DOCUMENT_INGESTED, ErrorReply,
+    self, Answer, AnswerKind, AnswerPart, Citation, CitationsRemoved, DOCUMENT_DELETED, DOCUMENT_INGESTED, ErrorReply,
     FeedbackMessage, INDEX_REBUILT, IndexRebuilt, QueryRequest, QueryResponse, Rating, ResultChunk, SearchMode,
     TokenUsage, VERSION,
 };
@@ -90,11 +90,57 @@ async fn handle(s: &Arc<QueryContext>, request: Request) {
         return;
     }
     let started = Instant::now();
-    let (body, log) = match answer(s, &request.body).await {
-        Ok((response, log)) => (messages::encode(&response), log),
-        Err((error, log)) => (messages::encode(&error), log),
+    let query_id = uuid::Uuid::new_v4().to_string();
+    let mut log = log_entry(&query_id, &request.body, s.settings.max_query_chars);
+    let decoded: Result<QueryRequest, _> = messages::decode(&request.body);
+    let deadline = deadline(&s.settings, request.deadline, decoded.as_ref().ok());
+    if deadline <= tokio::time::Instant::now() {
+        // The requester has stopped waiting: answering would only spend what others wait for.
+        tracing::info!(%query_id, "query past its deadline before work began: not answered");
+        metrics::QUERIES.with_label_values(&["expired"]).inc();
+        if let Some(reply) = &request.reply
+            && let Err(error) = reply.discard().await
+        {
+            tracing::warn!(%error, "could not settle an expired query");
+        }
+        log.error_code = Some("expired".into());
+        write_log(s, log, started);
+        return;
+    }
+    let streaming = decoded.as_ref().is_ok_and(|r| r.stream == Some(true));
+    let mut parts = match (&request.reply, streaming) {
+        (Some(reply), true) => Some(Parts { reply: reply.as_ref(), query_id: &query_id, seq: 0 }),
+        _ => None,
     };
-    let outcome = if log.error_code.is_some() { "error" } else { "ok" };
+    let outcome = tokio::time::timeout_at(deadline, answer(s, decoded, &mut log, parts.as_mut())).await;
+    let reply: Result<QueryResponse, ErrorReply> = match outcome {
+        Ok(Ok(mut response)) => {
+            response.query_id.clone_from(&query_id);
+            Ok(response)
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => {
+            tracing::info!(%query_id, "query abandoned at its deadline");
+            Err(ErrorReply::new(
+                "timeout",
+                "the request's deadline passed before its answer was ready; the work was abandoned \
+                 (ask again with a later deadline, or without `answer`)",
+            ))
+        }
+    };
+    let reply = reply.map_err(|mut error| {
+        log.error_code = Some(error.error.code.clone());
+        error.query_id = Some(query_id.clone());
+        error
+    });
+    let outcome = if reply.is_ok() { "ok" } else { "error" };
+    let seq = parts.as_ref().map(|p| p.seq);
+    let body = match (&reply, seq) {
+        (Ok(response), None) => messages::encode(response),
+        (Err(error), None) => messages::encode(error),
+        (Ok(response), Some(seq)) => messages::streamed_final(response, seq),
+        (Err(error), Some(seq)) => messages::streamed_final(error, seq),
+    };
     match &request.reply {
         Some(reply) => {
             if let Err(error) = reply.send(&body).await {
@@ -105,15 +151,84 @@ async fn handle(s: &Arc<QueryContext>, request: Request) {
     }
     metrics::QUERIES.with_label_values(&[outcome]).inc();
     metrics::QUERY_SECONDS.observe(started.elapsed().as_secs_f64());
-    let mut entry = log;
+    write_log(s, log, started);
+}
+
+/// When work on a request stops: the earliest of the transport's deadline, the request's
+/// `deadline_ms` and `[query] deadline_ms` from now.
+fn deadline(
+    cfg: &QuerySettings,
+    transport: Option<tokio::time::Instant>,
+    request: Option<&QueryRequest>,
+) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let mut deadline = now + Duration::from_millis(cfg.deadline_ms);
+    if let Some(transport) = transport {
+        deadline = deadline.min(transport);
+    }
+    if let Some(at) = request.and_then(|r| r.deadline_ms) {
+        let unix_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let left = Duration::from_millis(at).saturating_sub(unix_now);
+        deadline = deadline.min(now + left);
+    }
+    deadline
+}
+
+/// The query log entry of a request, before it is understood (bad requests are logged too).
+fn log_entry(query_id: &str, body: &[u8], max_chars: usize) -> QueryLogEntry {
+    QueryLogEntry {
+        query_id: query_id.to_owned(),
+        collection: String::new(),
+        query: String::from_utf8_lossy(body).chars().take(max_chars).collect(),
+        top_k: 0,
+        chunk_ids: Vec::new(),
+        scores: Vec::new(),
+        error_code: None,
+        latency_ms: 0,
+        mode: None,
+        cache_layer: None,
+        input_tokens: None,
+        output_tokens: None,
+        cost_usd: None,
+    }
+}
+
+/// Writes the query log in the background: it is for analytics, never a reason to delay or
+/// fail a reply.
+fn write_log(s: &QueryContext, mut entry: QueryLogEntry, started: Instant) {
     entry.latency_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
     let store = s.store.clone();
-    // The log is for analytics: never delay or fail the reply for it.
     tokio::spawn(async move {
         if let Err(error) = store.log_query(&entry).await {
             tracing::warn!(%error, "query log write failed");
         }
     });
+}
+
+/// Where the parts of a streamed answer go (`stream: true`), numbered from 0; the final reply
+/// takes the next number.
+struct Parts<'a> {
+    reply: &'a dyn crate::queue::Reply,
+    query_id: &'a str,
+    seq: u32,
+}
+
+impl Parts<'_> {
+    /// Sends the next piece of the answer's text. A requester that left is no reason to stop:
+    /// the answer is still cached and logged.
+    async fn send(&mut self, delta: &str) {
+        let part = AnswerPart {
+            v: VERSION,
+            query_id: self.query_id.to_owned(),
+            seq: self.seq,
+            is_final: false,
+            delta: delta.to_owned(),
+        };
+        self.seq += 1;
+        if let Err(error) = self.reply.send_part(&messages::encode(&part)).await {
+            tracing::debug!(%error, "could not send an answer part");
+        }
+    }
 }
 
 /// Whether `body` is a feedback message (a JSON object with a `feedback` key).
@@ -147,36 +262,16 @@ async fn feedback(s: &QueryContext, body: &[u8]) -> Vec<u8> {
     }
 }
 
-type Outcome = Result<(QueryResponse, QueryLogEntry), (ErrorReply, QueryLogEntry)>;
-
-async fn answer(s: &QueryContext, body: &[u8]) -> Outcome {
+/// The response to a decoded request (its `query_id` still empty), filling in `log`.
+async fn answer(
+    s: &QueryContext,
+    decoded: Result<QueryRequest, messages::DecodeError>,
+    log: &mut QueryLogEntry,
+    parts: Option<&mut Parts<'_>>,
+) -> Result<QueryResponse, ErrorReply> {
     let cfg = &s.settings;
-    let query_id = uuid::Uuid::new_v4().to_string();
-    let mut log = QueryLogEntry {
-        query_id: query_id.clone(),
-        collection: String::new(),
-        query: String::from_utf8_lossy(body).chars().take(cfg.max_query_chars).collect(),
-        top_k: 0,
-        chunk_ids: Vec::new(),
-        scores: Vec::new(),
-        error_code: None,
-        latency_ms: 0,
-        mode: None,
-        cache_layer: None,
-        input_tokens: None,
-        output_tokens: None,
-        cost_usd: None,
-    };
-    let request: QueryRequest = match messages::decode(body) {
-        Ok(request) => request,
-        Err(e) => {
-            // Logged too: bad requests are what an operator most needs to see.
-            log.error_code = Some(e.code().to_owned());
-            let mut error = ErrorReply::new(e.code(), e.to_string());
-            error.query_id = Some(query_id);
-            return Err((error, log));
-        }
-    };
+    // Bad requests are logged too: they are what an operator most needs to see.
+    let request = decoded.map_err(|e| ErrorReply::new(e.code(), e.to_string()))?;
     let names: Vec<String> = match (&request.collection, &request.collections) {
         (_, Some(list)) => list.iter().map(ToString::to_string).collect(),
         (Some(name), None) => vec![name.to_string()],
@@ -187,25 +282,16 @@ async fn answer(s: &QueryContext, body: &[u8]) -> Outcome {
     log.query = request.query.chars().take(cfg.max_query_chars).collect();
     log.top_k = top_k.min(i32::MAX as usize) as i32;
     log.mode = Some(request.mode.unwrap_or(cfg.default_mode).as_str().to_owned());
-    match retrieve(s, &request, &names, top_k).await {
-        Ok(mut response) => {
-            response.query_id = query_id;
-            log.chunk_ids = response.chunks.iter().map(|c| c.chunk_id).collect();
-            log.scores = response.chunks.iter().map(|c| c.score).collect();
-            log.cache_layer = response.cache_layer.clone();
-            if let Some(usage) = response.answer.as_ref().and_then(|a| a.usage).filter(|_| !response.cached) {
-                log.input_tokens = Some(usage.input_tokens as i64);
-                log.output_tokens = Some(usage.output_tokens as i64);
-                log.cost_usd = Some(usage.cost_usd);
-            }
-            Ok((response, log))
-        }
-        Err(mut error) => {
-            log.error_code = Some(error.error.code.clone());
-            error.query_id = Some(query_id);
-            Err((error, log))
-        }
+    let response = retrieve(s, &request, &names, top_k, parts).await?;
+    log.chunk_ids = response.chunks.iter().map(|c| c.chunk_id).collect();
+    log.scores = response.chunks.iter().map(|c| c.score).collect();
+    log.cache_layer = response.cache_layer.clone();
+    if let Some(usage) = response.answer.as_ref().and_then(|a| a.usage).filter(|_| !response.cached) {
+        log.input_tokens = Some(usage.input_tokens as i64);
+        log.output_tokens = Some(usage.output_tokens as i64);
+        log.cost_usd = Some(usage.cost_usd);
     }
+    Ok(response)
 }
 
 async fn retrieve(
@@ -213,6 +299,7 @@ async fn retrieve(
     request: &QueryRequest,
     names: &[String],
     top_k: usize,
+    mut parts: Option<&mut Parts<'_>>,
 ) -> Result<QueryResponse, ErrorReply> {
     let cfg = &s.settings;
     let mut timings = BTreeMap::new();
@@ -284,9 +371,13 @@ async fn retrieve(
         filters: &request.filters,
         mode: mode.as_str(),
         rrf_k: cfg.rrf_k,
+        documents: if mode == SearchMode::Hierarchical { cfg.hierarchical_documents } else { 0 },
     };
     let keys = Keys::new(&inputs, request, cfg, &s.llm_settings);
     if let Some(mut response) = cache.response(&keys).await {
+        if let (Some(parts), Some(answer)) = (parts.as_deref_mut(), &response.answer) {
+            parts.send(&answer.text).await;
+        }
         response.cached = true;
         response.cache_layer = Some("response".into());
         response.timings_ms = BTreeMap::from([("cache".to_owned(), ms(t))]);
@@ -311,8 +402,14 @@ async fn retrieve(
     let answer = if request.answer == Some(true) {
         let t = Instant::now();
         let answer = match &s.llm {
-            Some(llm) => generated_answer(s, llm.as_ref(), query, &chunks).await?,
-            None => extractive_answer(cfg, query, &chunks)?,
+            Some(llm) => generated_answer(s, llm.as_ref(), query, &chunks, parts).await?,
+            None => {
+                let answer = extractive_answer(cfg, query, &chunks)?;
+                if let Some(parts) = parts {
+                    parts.send(&answer.text).await;
+                }
+                answer
+            }
         };
         timings.insert("answer".to_owned(), ms(t));
         Some(answer)
@@ -356,9 +453,12 @@ async fn search(
     timings: &mut BTreeMap<String, f64>,
 ) -> Result<(Vec<ResultChunk>, Vec<u64>), ErrorReply> {
     let cfg = &s.settings;
-    let vector = if wanted.mode == SearchMode::Lexical {
-        None
-    } else {
+    let (dense_leg, lexical_leg) = match wanted.mode {
+        SearchMode::Dense => (true, false),
+        SearchMode::Lexical => (false, true),
+        SearchMode::Hybrid | SearchMode::Hierarchical => (true, true),
+    };
+    let vector = if dense_leg {
         let t = Instant::now();
         // Through the embedding cache: a repeated query costs no API call.
         // Bounded well below ingest's retry deadline: nobody waits minutes for a query.
@@ -374,13 +474,15 @@ async fn search(
             .map_err(|e| ErrorReply::new("embedding_failed", e.to_string()))?;
         timings.insert("embed".to_owned(), ms(t));
         Some(vector)
+    } else {
+        None
     };
 
-    // `min_score` is a floor on the mode's own score; in hybrid mode, on the dense leg's cosine
-    // before fusion (fused scores are ranks, not similarities).
+    // `min_score` is a floor on the mode's own score; when both legs are fused, on the dense
+    // leg's cosine before fusion (fused scores are ranks, not similarities).
     let min_score = wanted.min_score.unwrap_or(f32::NEG_INFINITY);
     let (leg_floor, final_floor) =
-        if wanted.mode == SearchMode::Hybrid { (min_score, f32::NEG_INFINITY) } else { (f32::NEG_INFINITY, min_score) };
+        if dense_leg && lexical_leg { (min_score, f32::NEG_INFINITY) } else { (f32::NEG_INFINITY, min_score) };
     let mut k = (wanted.top_k * cfg.candidate_factor).min(MAX_CANDIDATES);
     let (mut search_ms, mut fetch_ms) = (0.0, 0.0);
     loop {
@@ -401,22 +503,22 @@ async fn search(
                 }
                 None => Vec::new(),
             };
-            let lexical = if wanted.mode == SearchMode::Dense {
-                Vec::new()
-            } else {
+            let lexical = if lexical_leg {
                 s.lexical
                     .search(collection, query, k)
                     .await
                     .map_err(|e| ErrorReply::new("unavailable", e.to_string()))?
+            } else {
+                Vec::new()
             };
             exhausted &= dense.len() < k && lexical.len() < k;
-            let found = match wanted.mode {
-                SearchMode::Dense => dense,
-                SearchMode::Lexical => lexical,
-                SearchMode::Hybrid => {
+            let found = match (dense_leg, lexical_leg) {
+                (true, true) => {
                     let dense: Vec<(i64, f32)> = dense.into_iter().filter(|h| h.1 >= leg_floor).collect();
                     fuse(&[&dense, &lexical], cfg.rrf_k)
                 }
+                (true, false) => dense,
+                _ => lexical,
             };
             hits.extend(found.into_iter().map(|(id, score)| (id, score, collection.name.as_str())));
         }
@@ -429,29 +531,37 @@ async fn search(
         fetch_ms += ms(t);
         let found: std::collections::HashMap<i64, (f32, &str)> =
             hits.iter().map(|(id, score, name)| (*id, (*score, *name))).collect();
-        let chunks: Vec<ResultChunk> = rows
-            .into_iter()
-            .filter(|row| wanted.filter.matches(&row.metadata))
-            .filter_map(|row| {
-                let (score, collection) = *found.get(&row.chunk_id)?;
-                (score >= final_floor).then(|| ResultChunk {
-                    chunk_id: row.chunk_id,
-                    document_id: row.document_id,
-                    collection: collection.to_owned(),
-                    filename: row.filename,
-                    text: row.text,
-                    score,
-                    char_start: row.char_start,
-                    char_end: row.char_end,
-                    page: row.page,
-                    heading_path: row.heading_path,
-                })
+        // Best first (the rows follow `ids`, which are in score order).
+        let mut candidates = rows.into_iter().filter(|row| wanted.filter.matches(&row.metadata)).filter_map(|row| {
+            let (score, collection) = *found.get(&row.chunk_id)?;
+            (score >= final_floor).then(|| ResultChunk {
+                chunk_id: row.chunk_id,
+                document_id: row.document_id,
+                collection: collection.to_owned(),
+                filename: row.filename,
+                text: row.text,
+                score,
+                char_start: row.char_start,
+                char_end: row.char_end,
+                page: row.page,
+                heading_path: row.heading_path,
             })
-            .take(wanted.top_k)
-            .collect();
+        });
+        let (chunks, enough) = if wanted.mode == SearchMode::Hierarchical {
+            let candidates: Vec<ResultChunk> = candidates.collect();
+            let documents = distinct_documents(&candidates);
+            (
+                top_documents(candidates, cfg.hierarchical_documents, wanted.top_k),
+                documents >= cfg.hierarchical_documents,
+            )
+        } else {
+            let chunks: Vec<ResultChunk> = candidates.by_ref().take(wanted.top_k).collect();
+            let enough = chunks.len() >= wanted.top_k;
+            (chunks, enough)
+        };
         // Deeper candidates score lower: past the score floor, more cannot help.
         let below_floor = hits.last().is_some_and(|h| h.1 < final_floor);
-        if chunks.len() >= wanted.top_k || exhausted || below_floor || k >= MAX_CANDIDATES {
+        if enough || exhausted || below_floor || k >= MAX_CANDIDATES {
             timings.insert("search".to_owned(), search_ms);
             timings.insert("fetch".to_owned(), fetch_ms);
             return Ok((chunks, generations));
@@ -460,12 +570,44 @@ async fn search(
     }
 }
 
+/// How many documents `chunks` come from.
+fn distinct_documents(chunks: &[ResultChunk]) -> usize {
+    chunks.iter().map(|c| (c.collection.as_str(), c.document_id)).collect::<std::collections::HashSet<_>>().len()
+}
+
+/// Hierarchical selection: documents ranked by their best chunk, then the `top_k` best chunks of
+/// the first `documents` of them, grouped by document in that order (best chunk first within
+/// each, so an answer's context reads document by document). `chunks` must be best first.
+fn top_documents(chunks: Vec<ResultChunk>, documents: usize, top_k: usize) -> Vec<ResultChunk> {
+    let mut order: Vec<(&str, i64)> = Vec::new();
+    for chunk in &chunks {
+        let key = (chunk.collection.as_str(), chunk.document_id);
+        if !order.contains(&key) {
+            if order.len() == documents {
+                continue;
+            }
+            order.push(key);
+        }
+    }
+    let rank: std::collections::HashMap<(String, i64), usize> =
+        order.iter().enumerate().map(|(i, (c, d))| (((*c).to_owned(), *d), i)).collect();
+    let mut chosen: Vec<(usize, ResultChunk)> = chunks
+        .into_iter()
+        .filter_map(|c| rank.get(&(c.collection.clone(), c.document_id)).map(|&r| (r, c)))
+        .take(top_k)
+        .collect();
+    // Within a document the chunks keep their (score) order: the sort is stable.
+    chosen.sort_by_key(|(r, _)| *r);
+    chosen.into_iter().map(|(_, c)| c).collect()
+}
+
 /// The LLM's answer from the numbered context, its citations checked.
 async fn generated_answer(
     s: &QueryContext,
     llm: &dyn Llm,
     query: &str,
     chunks: &[ResultChunk],
+    parts: Option<&mut Parts<'_>>,
 ) -> Result<Answer, ErrorReply> {
     let cfg = &s.settings;
     let bpe = llm::tokenizer(llm.model());
@@ -482,16 +624,32 @@ async fn generated_answer(
         });
     }
     let limit = Duration::from_secs(s.llm_settings.max_elapsed_secs);
-    let completion =
-        tokio::time::timeout(limit, llm.complete(llm::SYSTEM_PROMPT, &llm::user_message(&context.text, query)))
-            .await
-            .map_err(|_| {
-                ErrorReply::new(
-                    "llm_timeout",
-                    format!("the answering model did not answer within {} s; try again later", limit.as_secs()),
-                )
-            })?
-            .map_err(llm_error)?;
+    let user = llm::user_message(&context.text, query);
+    let call = async {
+        match parts {
+            None => llm.complete(llm::SYSTEM_PROMPT, &user).await,
+            Some(parts) => {
+                // The model writes into the channel; its pieces go out as parts meanwhile.
+                let (pieces, mut written) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let forward = async {
+                    while let Some(piece) = written.recv().await {
+                        parts.send(&piece).await;
+                    }
+                };
+                let (completion, ()) = tokio::join!(llm.complete_streaming(llm::SYSTEM_PROMPT, &user, pieces), forward);
+                completion
+            }
+        }
+    };
+    let completion = tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| {
+            ErrorReply::new(
+                "llm_timeout",
+                format!("the answering model did not answer within {} s; try again later", limit.as_secs()),
+            )
+        })?
+        .map_err(llm_error)?;
     let checked = citations::check(&completion.text, &context, cfg.min_citation_support);
     if checked.removed_unknown + checked.removed_unsupported > 0 {
         tracing::info!(

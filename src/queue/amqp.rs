@@ -24,7 +24,8 @@ use secrecy::ExposeSecret;
 
 use super::{
     DeadLetter, DeadLetterReason, Deliveries, Delivery, EventBus, EventMessage, Events, Health, QueueDepths,
-    QueueError, Reply, Request, RequestReply, Requests, Settle, UploadQueue,
+    QueueError, Reply, ReplyMessage, ReplyMessages, Request, RequestReply, Requests, Settle, UploadQueue,
+    receiver_stream,
 };
 use crate::config::{BrokerSettings, redact_url};
 
@@ -262,7 +263,13 @@ impl Settle for AmqpSettle {
     }
 }
 
-/// Sends a query's reply to its `reply_to`, then acks the request.
+/// The AMQP `type` of a streamed part of a reply.
+pub const PART_TYPE: &str = "ragpipe.reply.part";
+/// The AMQP `type` of a final reply.
+pub const REPLY_TYPE: &str = "ragpipe.reply";
+
+/// Sends a query's reply (and any streamed parts before it) to its `reply_to`, then acks the
+/// request.
 struct AmqpReply {
     publisher: Publisher,
     acker: lapin::Acker,
@@ -270,17 +277,32 @@ struct AmqpReply {
     correlation_id: Option<String>,
 }
 
-#[async_trait]
-impl Reply for AmqpReply {
-    async fn send(&self, body: &[u8]) -> Result<(), QueueError> {
-        let mut properties = BasicProperties::default().with_content_type("application/json".into());
+impl AmqpReply {
+    async fn publish(&self, body: &[u8], kind: &str) -> Result<(), QueueError> {
+        let mut properties =
+            BasicProperties::default().with_content_type("application/json".into()).with_type(kind.into());
         if let Some(id) = &self.correlation_id {
             properties = properties.with_correlation_id(id.as_str().into());
         }
-        let sent = self.publisher.publish(None, "", &self.reply_to, body, properties, false).await;
+        self.publisher.publish(None, "", &self.reply_to, body, properties, false).await
+    }
+}
+
+#[async_trait]
+impl Reply for AmqpReply {
+    async fn send_part(&self, body: &[u8]) -> Result<(), QueueError> {
+        // Confirmed before the next part is sent: parts keep their order.
+        self.publish(body, PART_TYPE).await
+    }
+
+    async fn send(&self, body: &[u8]) -> Result<(), QueueError> {
+        let sent = self.publish(body, REPLY_TYPE).await;
         // Acked either way: a reply that could not be sent is not retried (the client times out).
-        let acked = self.acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(unavailable);
-        sent.and(acked)
+        sent.and(self.discard().await)
+    }
+
+    async fn discard(&self) -> Result<(), QueueError> {
+        self.acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(unavailable)
     }
 }
 
@@ -400,13 +422,38 @@ impl RequestReply for AmqpBroker {
         let s = &self.publisher.settings;
         let publisher = self.publisher.clone();
         let stream = AmqpBroker::consume(self, &s.query_queue, s.query_prefetch).await?;
-        let requests = stream.then(move |item| {
+        // Deliveries are taken off the consumer as they arrive, so a request's `expiration` counts
+        // from its delivery even while it waits behind others for a free worker slot (RabbitMQ
+        // itself drops requests that expire in the queue). The prefetch bounds the buffer.
+        let (tx, rx) = tokio::sync::mpsc::channel(usize::from(s.query_prefetch.max(1)));
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    item = stream.next() => match item {
+                        Some(item) => {
+                            if tx.send((tokio::time::Instant::now(), item)).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => return,
+                    },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        let requests = receiver_stream(rx).then(move |(received, item)| {
             let publisher = publisher.clone();
             async move {
                 let delivery = item?;
                 let props = &delivery.properties;
                 let reply_to = props.reply_to().as_ref().map(|r| r.as_str().to_owned());
                 let correlation_id = props.correlation_id().as_ref().map(|c| c.as_str().to_owned());
+                let deadline = props
+                    .expiration()
+                    .as_ref()
+                    .and_then(|e| e.as_str().trim().parse::<u64>().ok())
+                    .map(|ms| received + Duration::from_millis(ms));
                 let reply: Option<Box<dyn Reply>> = match reply_to {
                     Some(reply_to) => {
                         Some(Box::new(AmqpReply { publisher, acker: delivery.acker, reply_to, correlation_id }))
@@ -417,13 +464,14 @@ impl RequestReply for AmqpBroker {
                         None
                     }
                 };
-                Ok(Request { body: delivery.data, reply })
+                Ok(Request { body: delivery.data, reply, deadline })
             }
         });
         Ok(requests.boxed())
     }
 
-    async fn request(&self, body: &[u8], timeout: Duration) -> Result<Vec<u8>, QueueError> {
+    async fn request_parts(&self, body: &[u8], timeout: Duration) -> Result<ReplyMessages, QueueError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let channel = self.connection.create_channel().await.map_err(unavailable)?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
         let options = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
@@ -432,25 +480,46 @@ impl RequestReply for AmqpBroker {
             .await
             .map_err(unavailable)?;
         let correlation_id = uuid::Uuid::new_v4().to_string();
-        let properties =
-            json_properties().with_reply_to(DIRECT_REPLY_TO.into()).with_correlation_id(correlation_id.as_str().into());
+        // Expiring when this requester stops waiting: nobody works on a request nobody awaits.
+        let expiration = timeout.as_millis().max(1).to_string();
+        let properties = json_properties()
+            .with_reply_to(DIRECT_REPLY_TO.into())
+            .with_correlation_id(correlation_id.as_str().into())
+            .with_expiration(expiration.as_str().into());
         let queue = &self.publisher.settings.query_queue;
-        self.publisher.publish(Some(&channel), "", queue, body, properties, true).await?;
-        let wait = async {
-            while let Some(item) = replies.next().await {
-                let delivery = item.map_err(unavailable)?;
-                let matches = delivery.properties.correlation_id().as_ref().map(ShortString::as_str)
-                    == Some(correlation_id.as_str());
-                if matches {
-                    return Ok(delivery.data);
+        if let Err(error) = self.publisher.publish(Some(&channel), "", queue, body, properties, true).await {
+            let _ = channel.close(200, "done".into()).await;
+            return Err(error);
+        }
+        // The reply channel lives until the final reply, the timeout, or the caller's leaving.
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    () = tx.closed() => break,
+                    () = tokio::time::sleep_until(deadline) => Err(QueueError::Timeout(timeout)),
+                    item = replies.next() => match item {
+                        None => Err(QueueError::Unavailable("reply channel closed".into())),
+                        Some(Err(error)) => Err(unavailable(error)),
+                        Some(Ok(delivery)) => {
+                            let props = &delivery.properties;
+                            if props.correlation_id().as_ref().map(ShortString::as_str) != Some(correlation_id.as_str()) {
+                                continue;
+                            }
+                            let last = props.kind().as_ref().map(ShortString::as_str) != Some(PART_TYPE);
+                            Ok(ReplyMessage { body: delivery.data, last })
+                        }
+                    },
+                };
+                let done = !matches!(message, Ok(ReplyMessage { last: false, .. }));
+                if tx.send(message).await.is_err() || done {
+                    break;
                 }
             }
-            Err(QueueError::Unavailable("reply channel closed".into()))
-        };
-        let result = tokio::time::timeout(timeout, wait).await.unwrap_or(Err(QueueError::Timeout(timeout)));
-        // Closing is best effort: the reply (or the timeout) is what the caller needs.
-        let _ = channel.close(200, "done".into()).await;
-        result
+            // Closing is best effort: the reply (or the timeout) is what the caller needs.
+            let _ = channel.close(200, "done".into()).await;
+        });
+        Ok(receiver_stream(rx).boxed())
     }
 }
 

@@ -25,11 +25,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures::StreamExt;
 use sqlx::Row;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::{
     DeadLetter, DeadLetterReason, Deliveries, Delivery, EventBus, EventMessage, Events, Health, QueueDepths,
-    QueueError, Reply, Request, RequestReply, Requests, Settle, UploadQueue, topic_matches,
+    QueueError, Reply, ReplyMessage, ReplyMessages, Request, RequestReply, Requests, Settle, UploadQueue,
+    receiver_stream, topic_matches,
 };
 use crate::config::BrokerSettings;
 use crate::embedded::Database;
@@ -99,11 +100,6 @@ fn now_ms() -> i64 {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// The items of `rx` as a stream.
-fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
 fn db_error(error: sqlx::Error) -> QueueError {
@@ -542,17 +538,29 @@ impl EventBus for EmbeddedQueue {
     }
 }
 
-/// Replies through a oneshot channel to a requester in this process.
-struct InProcessReply(Mutex<Option<oneshot::Sender<Vec<u8>>>>);
+/// Replies through a channel to a requester in this process.
+struct InProcessReply(mpsc::UnboundedSender<ReplyMessage>);
+
+impl InProcessReply {
+    fn deliver(&self, body: &[u8], last: bool) -> Result<(), QueueError> {
+        self.0
+            .send(ReplyMessage { body: body.to_vec(), last })
+            .map_err(|_| QueueError::Protocol("the requester left".into()))
+    }
+}
 
 #[async_trait]
 impl Reply for InProcessReply {
+    async fn send_part(&self, body: &[u8]) -> Result<(), QueueError> {
+        self.deliver(body, false)
+    }
+
     async fn send(&self, body: &[u8]) -> Result<(), QueueError> {
-        let sender = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        match sender {
-            Some(sender) => sender.send(body.to_vec()).map_err(|_| QueueError::Protocol("the requester left".into())),
-            None => Err(QueueError::Protocol("reply already sent".into())),
-        }
+        self.deliver(body, true)
+    }
+
+    async fn discard(&self) -> Result<(), QueueError> {
+        Ok(())
     }
 }
 
@@ -565,12 +573,13 @@ impl RequestReply for EmbeddedQueue {
         Ok(receiver_stream(rx).map(Ok).boxed())
     }
 
-    async fn request(&self, body: &[u8], timeout: Duration) -> Result<Vec<u8>, QueueError> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let mut request =
-            Request { body: body.to_vec(), reply: Some(Box::new(InProcessReply(Mutex::new(Some(reply_tx))))) };
+    async fn request_parts(&self, body: &[u8], timeout: Duration) -> Result<ReplyMessages, QueueError> {
         let started = tokio::time::Instant::now();
-        let wait = async {
+        let deadline = started + timeout;
+        let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+        let mut request =
+            Request { body: body.to_vec(), reply: Some(Box::new(InProcessReply(reply_tx))), deadline: Some(deadline) };
+        let handed_over = async {
             loop {
                 // Registered before looking, so a role that starts in between still wakes us.
                 let started_signal = self.server_started.notified();
@@ -599,14 +608,25 @@ impl RequestReply for EmbeddedQueue {
                     continue;
                 };
                 match server.send(request).await {
-                    Ok(()) => break,
+                    Ok(()) => return Ok(()),
                     // That server stopped between the check and the send: try another.
                     Err(mpsc::error::SendError(back)) => request = back,
                 }
             }
-            reply_rx.await.map_err(|_| QueueError::Unavailable("the query role stopped before replying".into()))
         };
-        tokio::time::timeout(timeout, wait).await.unwrap_or(Err(QueueError::Timeout(timeout)))
+        tokio::time::timeout_at(deadline, handed_over).await.unwrap_or(Err(QueueError::Timeout(timeout)))?;
+        let messages = futures::stream::unfold(Some(reply_rx), move |state| async move {
+            let mut rx = state?;
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(message)) => {
+                    let last = message.last;
+                    Some((Ok(message), (!last).then_some(rx)))
+                }
+                Ok(None) => Some((Err(QueueError::Unavailable("the query role stopped before replying".into())), None)),
+                Err(_) => Some((Err(QueueError::Timeout(timeout)), None)),
+            }
+        });
+        Ok(messages.boxed())
     }
 }
 

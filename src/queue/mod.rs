@@ -171,11 +171,17 @@ pub trait EventBus: Send + Sync {
     async fn subscribe(&self, patterns: &[&str]) -> Result<Events, QueueError>;
 }
 
-/// Answers one request: send the reply (which also settles the request).
+/// Answers one request: the reply (which also settles the request), optionally after streamed
+/// parts, or no reply at all for a request nobody waits for any more.
 #[async_trait]
 pub trait Reply: Send + Sync {
-    /// Sends `body` as the reply to this request.
+    /// Sends one part of a streamed reply; the request stays open for more parts and the final
+    /// reply. Parts arrive in the order they were sent.
+    async fn send_part(&self, body: &[u8]) -> Result<(), QueueError>;
+    /// Sends `body` as the (final) reply to this request and settles it.
     async fn send(&self, body: &[u8]) -> Result<(), QueueError>;
+    /// Settles the request without replying (its deadline passed before work began).
+    async fn discard(&self) -> Result<(), QueueError>;
 }
 
 /// A received request.
@@ -184,18 +190,46 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Where the answer goes; `None` when the requester asked for no reply (no `reply_to`).
     pub reply: Option<Box<dyn Reply>>,
+    /// When the requester stops waiting, as the transport says (RabbitMQ: the `expiration`
+    /// property, counted from delivery; embedded: the requester's timeout).
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// Stream of requests.
 pub type Requests = BoxStream<'static, Result<Request, QueueError>>;
+
+/// One message of a reply as the requester receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyMessage {
+    /// The message body.
+    pub body: Vec<u8>,
+    /// Whether this is the final reply (after it, nothing more comes for the request).
+    pub last: bool,
+}
+
+/// The messages of one reply: parts, then the final reply; the stream ends after it (or with an
+/// error: no reply in time, connection lost).
+pub type ReplyMessages = BoxStream<'static, Result<ReplyMessage, QueueError>>;
 
 /// Request/reply (queries).
 #[async_trait]
 pub trait RequestReply: Send + Sync {
     /// Serves requests, at most the configured prefetch at once.
     async fn serve(&self) -> Result<Requests, QueueError>;
-    /// Sends a request and waits for its reply.
-    async fn request(&self, body: &[u8], timeout: Duration) -> Result<Vec<u8>, QueueError>;
+    /// Sends a request; its reply's messages (streamed parts, then the final reply) arrive on the
+    /// stream, which fails with [`QueueError::Timeout`] if the final reply is not in by `timeout`.
+    async fn request_parts(&self, body: &[u8], timeout: Duration) -> Result<ReplyMessages, QueueError>;
+    /// Sends a request and waits for its final reply (skipping any streamed parts).
+    async fn request(&self, body: &[u8], timeout: Duration) -> Result<Vec<u8>, QueueError> {
+        let mut messages = self.request_parts(body, timeout).await?;
+        while let Some(message) = futures::StreamExt::next(&mut messages).await {
+            let message = message?;
+            if message.last {
+                return Ok(message.body);
+            }
+        }
+        Err(QueueError::Unavailable("the reply stream ended before the final reply".into()))
+    }
 }
 
 /// Which adapter a [`Queue`] runs on.
@@ -276,6 +310,13 @@ pub async fn connect(settings: &BrokerSettings, database: &LazyDatabase) -> Resu
             Ok(Queue::new(QueueKind::Embedded(db.path().to_owned()), Arc::new(queue)))
         }
     }
+}
+
+/// The receiving end of a channel as a stream (for adapters).
+pub(crate) fn receiver_stream<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
 /// Whether `routing_key` matches a topic `pattern` (AMQP syntax: words separated by `.`, `*`

@@ -103,3 +103,63 @@ async fn without_redis_each_worker_keeps_a_local_budget() {
     assert_within_budget(&fake, |_| 1.0, 10.0, 10.0);
     assert!(started.elapsed() >= Duration::from_millis(950), "{:?}", started.elapsed());
 }
+
+/// A fake chat server recording when each request arrived.
+async fn fake_chat() -> (wiremock::MockServer, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
+    use wiremock::{Mock, ResponseTemplate, matchers};
+    let server = wiremock::MockServer::start().await;
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = arrivals.clone();
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path("/v1/chat/completions"))
+        .respond_with(move |_: &wiremock::Request| {
+            log.lock().expect("log").push(Instant::now());
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+            }))
+        })
+        .mount(&server)
+        .await;
+    (server, arrivals)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_answering_with_an_llm_share_its_request_budget() {
+    use ragpipe::llm::{ChatModel, Llm, LlmKind, LlmSettings};
+    let (server, arrivals) = fake_chat().await;
+    let prefix = RedisPrefix::new();
+    let cache = CacheSettings {
+        url: Some(SecretString::from(redis_url())),
+        key_prefix: prefix.0.clone(),
+        ..CacheSettings::default()
+    };
+    // 600/min: a bucket of 10, refilled at 10 per second, for both workers together.
+    let settings = LlmSettings {
+        kind: LlmKind::OpenAi,
+        base_url: format!("{}/v1", server.uri()),
+        requests_per_minute: 600,
+        api_key: Some(SecretString::from("test-key")),
+        ..LlmSettings::default()
+    };
+    let (a, b) = (ChatModel::new(&settings, &cache).expect("a"), ChatModel::new(&settings, &cache).expect("b"));
+    let started = Instant::now();
+    async fn ask(model: &ChatModel) -> Vec<Result<ragpipe::llm::Completion, ragpipe::embed::EmbedError>> {
+        futures::future::join_all(
+            (0..15).map(|i| async move { model.complete("system", &format!("question {i}")).await }),
+        )
+        .await
+    }
+    let (ra, rb) = tokio::join!(ask(&a), ask(&b));
+    assert!(ra.iter().chain(&rb).all(Result::is_ok));
+    let seen = arrivals.lock().expect("log").clone();
+    assert_eq!(seen.len(), 30);
+    let start = seen[0];
+    for (n, at) in seen.iter().enumerate() {
+        let allowed = 10.0 + 10.0 * (*at - start).as_secs_f64() + 1.0;
+        assert!((n + 1) as f64 <= allowed, "request {n} at {:?}: over the shared budget", *at - start);
+    }
+    // Alone, each worker's 15 would fit in 0.5 s; together 30 need 2 s.
+    assert!(started.elapsed() >= Duration::from_millis(1900), "{:?}", started.elapsed());
+}

@@ -36,6 +36,31 @@ pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 pub struct AmqpBroker {
     connection: Connection,
     publisher: Publisher,
+    /// This connection's requests waiting for replies (opened on the first request).
+    replies: tokio::sync::Mutex<Option<Arc<Replies>>>,
+}
+
+/// Where the replies to this connection's requests arrive: one channel consuming direct
+/// reply-to, shared by every request (RabbitMQ routes a direct reply only to the channel that
+/// published the request, so requests are published on it too), and the requests waiting on it
+/// by correlation id.
+struct Replies {
+    channel: Channel,
+    waiting: Arc<Waiting>,
+}
+
+type Waiting = std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<ReplyMessage>>>;
+
+/// Removes a request from [`Replies::waiting`] when its reply stream ends or is dropped.
+struct Awaiting {
+    waiting: Arc<Waiting>,
+    correlation_id: String,
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.correlation_id);
+    }
 }
 
 /// A confirm-mode channel and the names and timeout publishing needs; cheap to clone, so a
@@ -60,7 +85,11 @@ impl AmqpBroker {
             .map_err(|e| QueueError::Unavailable(format!("{}: {e}", redact_url(url))))?;
         let channel = connection.create_channel().await.map_err(unavailable)?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
-        let broker = Self { connection, publisher: Publisher { channel, settings: Arc::new(settings.clone()) } };
+        let broker = Self {
+            connection,
+            publisher: Publisher { channel, settings: Arc::new(settings.clone()) },
+            replies: tokio::sync::Mutex::new(None),
+        };
         broker.declare_topology().await?;
         Ok(broker)
     }
@@ -472,14 +501,11 @@ impl RequestReply for AmqpBroker {
 
     async fn request_parts(&self, body: &[u8], timeout: Duration) -> Result<ReplyMessages, QueueError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let channel = self.connection.create_channel().await.map_err(unavailable)?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
-        let options = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
-        let mut replies = channel
-            .basic_consume(DIRECT_REPLY_TO.into(), "".into(), options, FieldTable::default())
-            .await
-            .map_err(unavailable)?;
+        let replies = self.replies().await?;
         let correlation_id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        replies.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(correlation_id.clone(), tx);
+        let awaiting = Awaiting { waiting: replies.waiting.clone(), correlation_id: correlation_id.clone() };
         // Expiring when this requester stops waiting: nobody works on a request nobody awaits.
         let expiration = timeout.as_millis().max(1).to_string();
         let properties = json_properties()
@@ -487,39 +513,57 @@ impl RequestReply for AmqpBroker {
             .with_correlation_id(correlation_id.as_str().into())
             .with_expiration(expiration.as_str().into());
         let queue = &self.publisher.settings.query_queue;
-        if let Err(error) = self.publisher.publish(Some(&channel), "", queue, body, properties, true).await {
-            let _ = channel.close(200, "done".into()).await;
-            return Err(error);
+        self.publisher.publish(Some(&replies.channel), "", queue, body, properties, true).await?;
+        let messages = futures::stream::unfold(Some((rx, awaiting)), move |state| async move {
+            let (mut rx, awaiting) = state?;
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(message)) => {
+                    let last = message.last;
+                    Some((Ok(message), (!last).then_some((rx, awaiting))))
+                }
+                Ok(None) => Some((Err(QueueError::Unavailable("reply channel closed".into())), None)),
+                Err(_) => Some((Err(QueueError::Timeout(timeout)), None)),
+            }
+        });
+        Ok(messages.boxed())
+    }
+}
+
+impl AmqpBroker {
+    /// The reply channel, opened (again) when there is none or it broke.
+    async fn replies(&self) -> Result<Arc<Replies>, QueueError> {
+        let mut slot = self.replies.lock().await;
+        if let Some(replies) = slot.as_ref()
+            && replies.channel.status().connected()
+        {
+            return Ok(replies.clone());
         }
-        // The reply channel lives until the final reply, the timeout, or the caller's leaving.
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
+        let options = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
+        let mut consumer = channel
+            .basic_consume(DIRECT_REPLY_TO.into(), "".into(), options, FieldTable::default())
+            .await
+            .map_err(unavailable)?;
+        let waiting: Arc<Waiting> = Arc::default();
+        let routes = waiting.clone();
         tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    () = tx.closed() => break,
-                    () = tokio::time::sleep_until(deadline) => Err(QueueError::Timeout(timeout)),
-                    item = replies.next() => match item {
-                        None => Err(QueueError::Unavailable("reply channel closed".into())),
-                        Some(Err(error)) => Err(unavailable(error)),
-                        Some(Ok(delivery)) => {
-                            let props = &delivery.properties;
-                            if props.correlation_id().as_ref().map(ShortString::as_str) != Some(correlation_id.as_str()) {
-                                continue;
-                            }
-                            let last = props.kind().as_ref().map(ShortString::as_str) != Some(PART_TYPE);
-                            Ok(ReplyMessage { body: delivery.data, last })
-                        }
-                    },
-                };
-                let done = !matches!(message, Ok(ReplyMessage { last: false, .. }));
-                if tx.send(message).await.is_err() || done {
-                    break;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let props = &delivery.properties;
+                let Some(id) = props.correlation_id().as_ref().map(|c| c.as_str().to_owned()) else { continue };
+                let last = props.kind().as_ref().map(ShortString::as_str) != Some(PART_TYPE);
+                let routes = routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                // (A reply for a requester that gave up finds nobody: dropped.)
+                if let Some(sender) = routes.get(&id) {
+                    let _ = sender.send(ReplyMessage { body: delivery.data, last });
                 }
             }
-            // Closing is best effort: the reply (or the timeout) is what the caller needs.
-            let _ = channel.close(200, "done".into()).await;
+            // The channel is gone: every request still waiting hears so at once.
+            routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
         });
-        Ok(receiver_stream(rx).boxed())
+        let replies = Arc::new(Replies { channel, waiting });
+        *slot = Some(replies.clone());
+        Ok(replies)
     }
 }
 

@@ -2,9 +2,9 @@
 //! the query role → PostgreSQL + FAISS (+ BM25 in hybrid mode) → reply, with the hash embedder.
 //!
 //! A collection of `BENCH_CHUNKS` chunks (100,000; synthetic text, so BM25 has real postings) is
-//! ingested, then `BENCH_CLIENTS` clients (50) each send queries one after another for
-//! `BENCH_SECS` (10) per row: every query new (cache misses) or all the same (cache hits), in dense
-//! and hybrid mode, after the collection's rebuild (`auto`: IVF at this size; `BENCH_NO_REBUILD=1`
+//! ingested, then `BENCH_CLIENTS` clients (1 and 50: a comma-separated list) each send queries
+//! one after another for `BENCH_SECS` (10) per row: every query new (cache misses) or all the
+//! same (cache hits), in dense and hybrid mode, after the collection's rebuild (`auto`: IVF at this size; `BENCH_NO_REBUILD=1`
 //! measures the Flat index the adds built). Reported: queries/s and round-trip p50 / p99 as the
 //! clients see them. Clients and the query role share this process, and the machine's cores with
 //! PostgreSQL and RabbitMQ.
@@ -70,12 +70,16 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let chunks = env_usize("BENCH_CHUNKS", if full { 100_000 } else { 2_000 });
-    let clients = env_usize("BENCH_CLIENTS", if full { 50 } else { 4 });
+    // A list: each row is measured at each client count (1 shows the round trip without queueing).
+    let clients: Vec<usize> = std::env::var("BENCH_CLIENTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| if full { vec![1, 50] } else { vec![4] });
     let secs = env_usize("BENCH_SECS", if full { 10 } else { 1 }) as f64;
     println!("CPU: {}", cpu_model());
     let mut env = common::TestEnv::new().await;
     env.settings.chunk.max_tokens = 256;
-    env.settings.query.concurrency = clients.max(1);
+    env.settings.query.concurrency = clients.iter().copied().max().unwrap_or(1);
     // Files of ~400 chunks each (documents of 256-token chunks of 12-word sentences).
     let per_file = 400;
     let files: Vec<_> = (0..chunks.div_ceil(per_file))
@@ -103,9 +107,10 @@ async fn main() {
     let collection = CollectionName::new("load").expect("name");
     let requests = Arc::new(queue);
     for mode in [SearchMode::Dense, SearchMode::Hybrid] {
-        for repeated in [false, true] {
+        for (repeated, clients) in [false, true].into_iter().flat_map(|r| clients.iter().map(move |&c| (r, c))) {
             // Warm the caches (and BM25) first for the cached row; a fresh seed for the other.
-            let sequence = Arc::new(AtomicUsize::new(if repeated { 0 } else { 1_000_000 * (mode as usize + 1) }));
+            let seed = 1_000_000 * (mode as usize + 1) + 100_000 * clients;
+            let sequence = Arc::new(AtomicUsize::new(if repeated { 0 } else { seed }));
             // Warm up: the first lexical query of a process builds the BM25 index, and the cached
             // row's query must be in the cache.
             let warm = ask(if repeated { 0 } else { usize::MAX / 2 }, mode, &collection);

@@ -820,4 +820,49 @@ mod tests {
         assert_eq!(ids, vec![1, 3, 2, 4], "1 and 3 are in both lists; 1 ranks higher on average");
         assert!((fused[0].1 - (1.0 / 61.0 + 1.0 / 63.0)).abs() < 1e-7);
     }
+
+    fn chunk(document_id: i64, chunk_id: i64, score: f32) -> ResultChunk {
+        ResultChunk {
+            chunk_id,
+            document_id,
+            collection: "c".into(),
+            filename: format!("{document_id}.txt"),
+            text: String::new(),
+            score,
+            char_start: 0,
+            char_end: 0,
+            page: None,
+            heading_path: None,
+        }
+    }
+
+    #[test]
+    fn hierarchical_selection_keeps_the_best_chunks_of_the_best_documents_grouped() {
+        // Best first: document 7's best chunk leads, document 3 second, document 9 third.
+        let ranked = vec![chunk(7, 1, 0.9), chunk(3, 2, 0.8), chunk(7, 3, 0.7), chunk(9, 4, 0.6), chunk(3, 5, 0.5)];
+        let ids = |chunks: Vec<ResultChunk>| chunks.iter().map(|c| c.chunk_id).collect::<Vec<_>>();
+        assert_eq!(ids(top_documents(ranked.clone(), 2, 10)), vec![1, 3, 2, 5], "documents 7 then 3, grouped");
+        assert_eq!(ids(top_documents(ranked.clone(), 2, 3)), vec![1, 3, 2], "the 3 best of those documents");
+        assert_eq!(ids(top_documents(ranked.clone(), 1, 10)), vec![1, 3]);
+        assert_eq!(distinct_documents(&ranked), 3);
+    }
+
+    #[test]
+    fn the_earliest_deadline_wins() {
+        let cfg = QuerySettings { deadline_ms: 30_000, ..QuerySettings::default() };
+        let now = tokio::time::Instant::now();
+        let default = deadline(&cfg, None, None);
+        assert!(default >= now + Duration::from_millis(29_000) && default <= now + Duration::from_millis(31_000));
+        let transport = now + Duration::from_millis(500);
+        assert_eq!(deadline(&cfg, Some(transport), None), transport);
+        let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+        let past = QueryRequest { deadline_ms: Some(unix_ms as u64 - 1_000), ..QueryRequest::new("q", cn(), 1) };
+        assert!(deadline(&cfg, Some(transport), Some(&past)) <= tokio::time::Instant::now(), "already gone");
+        let later = QueryRequest { deadline_ms: Some(unix_ms as u64 + 60_000), ..QueryRequest::new("q", cn(), 1) };
+        assert_eq!(deadline(&cfg, Some(transport), Some(&later)), transport, "the transport's is earlier");
+    }
+
+    fn cn() -> messages::CollectionName {
+        messages::CollectionName::new("c").expect("name")
+    }
 }

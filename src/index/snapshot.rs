@@ -91,7 +91,9 @@ pub fn write(root: &Path, index: &VectorIndex, mut manifest: Manifest) -> Result
         return Ok(existing);
     }
     let file = format!("index-{}-{}-{}.faiss", manifest.generation, manifest.log_seq, uuid::Uuid::new_v4().simple());
-    let tmp = dir.join(format!(".{file}.tmp"));
+    // The writer's pid in the name: a temp file of a process that died (SIGKILL mid-write) is
+    // told from one being written, and removed at the next load or snapshot.
+    let tmp = dir.join(format!(".{file}.{}{TMP_SUFFIX}", std::process::id()));
     index.write(&tmp)?;
     let crc = file_crc32(&tmp)?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("sync index file"))?;
@@ -142,6 +144,7 @@ pub struct Expected<'a> {
 pub fn load(root: &Path, expected: &Expected<'_>) -> Result<Option<Loaded>, IndexError> {
     let collection = expected.collection;
     let dir = collection_dir(root, collection);
+    remove_abandoned_tmp(&dir);
     let manifest_path = dir.join(MANIFEST);
     let bytes = match std::fs::read(&manifest_path) {
         Ok(bytes) => bytes,
@@ -218,23 +221,51 @@ fn file_crc32(path: &Path) -> Result<u32, IndexError> {
     }
 }
 
-/// Removes index files (and leftover temp files) other than `keep`. Best effort: a file another
+/// Ending of an index file being written: `.index-….faiss.<pid>.faiss-tmp`.
+const TMP_SUFFIX: &str = ".faiss-tmp";
+
+/// Removes index files other than `keep`, and abandoned temp files. Best effort: a file another
 /// writer is still producing will be collected by a later snapshot.
 fn remove_unreferenced(dir: &Path, keep: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let stale = name.ends_with(".faiss") && name != keep;
-        let old_tmp = name.ends_with(".faiss.tmp")
-            && entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 3600));
-        if stale || old_tmp {
+        if (name.ends_with(".faiss") && name != keep) || abandoned_tmp(&entry) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// Removes the temp files of writers that died mid-write, which nothing else would remove.
+fn remove_abandoned_tmp(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten().filter(abandoned_tmp) {
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => tracing::info!(file = %entry.path().display(), "removed an index file a killed writer left"),
+            Err(error) => {
+                tracing::warn!(file = %entry.path().display(), %error, "could not remove an abandoned index file")
+            }
+        }
+    }
+}
+
+/// Whether `entry` is a temp index file nobody writes any more: its writer's process is gone
+/// (the directory may be shared by processes of this machine), or it is over an hour old (also
+/// an older release's `.faiss.tmp`, which has no pid).
+fn abandoned_tmp(entry: &std::fs::DirEntry) -> bool {
+    let name = entry.file_name();
+    let name = name.to_string_lossy();
+    let pid =
+        name.strip_suffix(TMP_SUFFIX).and_then(|rest| rest.rsplit('.').next()).and_then(|p| p.parse::<u32>().ok());
+    let is_tmp = pid.is_some() || name.ends_with(".faiss.tmp");
+    // (Where there is no /proc, only age tells.)
+    let writer_gone = pid.is_some_and(|pid| {
+        pid != std::process::id() && Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let old =
+        entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 3600));
+    is_tmp && (writer_gone || old)
 }
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> IndexError {
@@ -299,5 +330,24 @@ mod tests {
         let second = write(root.path(), &index, Manifest { log_seq: 20, ..manifest() }).expect("second");
         assert!(!root.path().join("c").join(&first.file).exists());
         assert!(root.path().join("c").join(&second.file).exists());
+    }
+
+    #[test]
+    fn temp_files_of_killed_writers_are_removed_at_load_and_live_ones_kept() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut index = VectorIndex::new(2).expect("index");
+        index.add(&[3], &[1.0, 0.0]).expect("add");
+        write(root.path(), &index, manifest()).expect("snapshot");
+        let dir = root.path().join("c");
+        // Pids above the kernel's maximum (2^22) never run; pid 1 and this process do.
+        let dead = dir.join(format!(".index-1-9-a.faiss.{}{TMP_SUFFIX}", 9_999_999));
+        let init = dir.join(format!(".index-1-9-b.faiss.1{TMP_SUFFIX}"));
+        let ours = dir.join(format!(".index-1-9-c.faiss.{}{TMP_SUFFIX}", std::process::id()));
+        for file in [&dead, &init, &ours] {
+            std::fs::write(file, b"partial").expect("temp file");
+        }
+        assert!(load(root.path(), &expected()).expect("load").is_some());
+        assert!(!dead.exists(), "a killed writer's file is removed");
+        assert!(init.exists() && ours.exists(), "files of live writers stay");
     }
 }

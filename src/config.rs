@@ -187,8 +187,40 @@ pub struct StorageSettings {
     pub data_dir: PathBuf,
     /// Root of the content-addressable store (`<root>/ab/cd/<sha256>`); default `<data_dir>/blobs`.
     pub root: Option<PathBuf>,
-    /// Directories a `file://` upload may name. Anything else is refused.
+    /// Directories a `file://` upload may name. Anything else is refused. A TOML list; from the
+    /// environment also a JSON array (`["/a", "/b"]`) or a comma-separated list (`/a,/b`).
+    #[serde(deserialize_with = "path_list")]
     pub allowed_roots: Vec<PathBuf>,
+}
+
+/// A list of paths given as a list, a JSON array in a string, or a comma-separated string.
+fn path_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        List(Vec<String>),
+        Text(String),
+    }
+    let entries = match Given::deserialize(deserializer)? {
+        Given::List(list) => list,
+        Given::Text(text) if text.trim_start().starts_with('[') => serde_json::from_str(&text)
+            .map_err(|e| serde::de::Error::custom(format!("not a JSON array of paths ({e}): {text}")))?,
+        Given::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    entries
+        .into_iter()
+        .map(|entry| entry.trim().to_owned())
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            if entry.contains(['"', '[', ']']) {
+                Err(serde::de::Error::custom(format!(
+                    "`{entry}` is not a path; give a list, a JSON array or comma-separated paths"
+                )))
+            } else {
+                Ok(PathBuf::from(entry))
+            }
+        })
+        .collect()
 }
 
 impl Default for StorageSettings {
@@ -436,12 +468,7 @@ impl Settings {
             None => builder = builder.add_source(config::File::with_name("workers.toml").required(false)),
         }
         // Double underscores because keys like `pool_size` contain single ones.
-        let env = config::Environment::with_prefix("RAGPIPE")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("storage.allowed_roots");
+        let env = config::Environment::with_prefix("RAGPIPE").prefix_separator("__").separator("__").try_parsing(true);
         let mut settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
         // API keys come from their own variables only, never from a file.
         settings.embedder.load_api_key();

@@ -35,6 +35,15 @@ fn config_layers_validate_and_the_shipped_files_parse() {
     );
     assert!(!format!("{layered:?}").contains("file-secret"), "secrets never appear in Debug output");
 
+    // Roots also as a JSON array; what is no list of paths is an error naming the key.
+    unsafe { std::env::set_var("RAGPIPE__STORAGE__ALLOWED_ROOTS", r#"["/srv/a", "/srv/b c"]"#) };
+    let layered = Settings::load(Some(&file)).expect("a JSON array of roots");
+    assert_eq!(layered.storage.allowed_roots, vec![Path::new("/srv/a"), Path::new("/srv/b c")]);
+    unsafe { std::env::set_var("RAGPIPE__STORAGE__ALLOWED_ROOTS", r#"["/srv/a", "/srv/b""#) };
+    let error = Settings::load(Some(&file)).expect_err("a broken array").to_string();
+    assert!(error.contains("allowed_roots"), "{error}");
+    unsafe { std::env::remove_var("RAGPIPE__STORAGE__ALLOWED_ROOTS") };
+
     // Invalid values and unknown keys are errors that name the key.
     unsafe { std::env::set_var("RAGPIPE__DATABASE__POOL_SIZE", "0") };
     let error = Settings::load(Some(&file)).expect_err("pool_size 0").to_string();

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ragpipe::extract::{ByteLimit, ExtractError, ExtractSettings, Hints, Limit, extract_in_process};
-use support::{build_docx, build_zip, document_xml};
+use support::{W_NS, build_docx, build_zip, document_xml};
 
 fn extract_with(bytes: &[u8], settings: &ExtractSettings) -> Result<String, ExtractError> {
     extract_in_process(bytes, &Hints::default(), settings).map(|e| e.text)
@@ -31,6 +31,44 @@ fn zip_bomb_is_stopped_by_the_ratio_limit_after_the_grace_size() {
         "{err:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_bomb_of_many_small_parts_is_stopped_by_the_ratio_of_the_whole_archive() {
+    // 300 headers of 1 MiB each: every one inflates within the per-entry grace size, together
+    // they would reach the 200 MiB budget (the probe's bomb held ~218 MiB before failing).
+    let header = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><w:hdr xmlns:w="{W_NS}"><w:p><w:r><w:t>{}</w:t></w:r></w:p></w:hdr>"#,
+        "a".repeat(1024 * 1024 - 200)
+    );
+    let names: Vec<String> = (0..300).map(|i| format!("word/header{i}.xml")).collect();
+    let relationships: String = (0..300)
+        .map(|i| {
+            format!(
+                r#"<Relationship Id="rId{i}" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/header" Target="header{i}.xml"/>"#
+            )
+        })
+        .collect();
+    let document_rels = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">{relationships}</Relationships>"#
+    );
+    let content_types = r#"<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override PartName="/word/document.xml" ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>"#;
+    let rels = r#"<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" Target="word/document.xml"/></Relationships>"#;
+    let document = document_xml("<w:p><w:r><w:t>Body text.</w:t></w:r></w:p>");
+    let mut entries: Vec<(&str, &[u8])> = vec![
+        ("[Content_Types].xml", content_types.as_bytes()),
+        ("_rels/.rels", rels.as_bytes()),
+        ("word/document.xml", document.as_bytes()),
+        ("word/_rels/document.xml.rels", document_rels.as_bytes()),
+    ];
+    entries.extend(names.iter().map(|name| (name.as_str(), header.as_bytes())));
+    let bomb = build_zip(&entries);
+    assert!(bomb.len() < 2 * 1024 * 1024, "bomb is {} bytes", bomb.len());
+    let err = extract_with(&bomb, &ExtractSettings::default()).err();
+    assert!(
+        matches!(err, Some(ExtractError::LimitExceeded(Limit::ZipRatio { ref entry, max: 100 })) if entry.contains("with the parts read before it")),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub(crate) struct ZipLimits {
     pub(crate) max_uncompressed: u64,
     /// Maximum number of entries.
     pub(crate) max_entries: usize,
-    /// Maximum decompressed/compressed ratio per entry.
+    /// Maximum decompressed/compressed ratio per entry, and of all entries read to the file.
     pub(crate) max_ratio: u64,
 }
 
@@ -107,6 +107,15 @@ impl<'a> Archive<'a> {
             }
             if produced > RATIO_GRACE_BYTES && produced / compressed > max_ratio {
                 return Err(ExtractError::LimitExceeded(Limit::ZipRatio { entry: part.to_owned(), max: max_ratio }));
+            }
+            // The whole archive too: a bomb of many parts, each inside the grace size, must not
+            // inflate up to the total budget.
+            let total = self.decompressed + produced;
+            if total > RATIO_GRACE_BYTES && total / file_len.max(1) > max_ratio {
+                return Err(ExtractError::LimitExceeded(Limit::ZipRatio {
+                    entry: format!("{part} (with the parts read before it)"),
+                    max: max_ratio,
+                }));
             }
         }
         self.decompressed += out.len() as u64;

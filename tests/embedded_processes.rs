@@ -92,6 +92,26 @@ fn the_first_readme_command_answers_with_citations_with_no_network_at_all() {
     assert!(stdout.contains("Answer (quoted") && stdout.contains("Sources:"), "answered with sources:\n{stdout}");
     let answer = stdout.split("Answer").nth(1).and_then(|a| a.split("Sources:").next()).unwrap_or_default();
     assert!(answer.contains("watch") && answer.contains("[1]"), "the answer quotes the pocket watch, cited:\n{stdout}");
+
+    // The same question, its answer streamed as it is written.
+    let mut query = Command::new(bin());
+    query
+        .args(["query", "Who was late and kept looking at his pocket watch?", "--top-k", "3", "--answer", "--stream"])
+        .current_dir(repo())
+        .env("RUST_LOG", "warn")
+        .env("RAGPIPE__STORAGE__DATA_DIR", dir.path().join("data"))
+        .env("RAGPIPE__EMBEDDER__MODEL_DIR", &model);
+    if local {
+        query.args(["--collection", "quickstart"]);
+    } else {
+        query.args(["--collection", "quickstart-hash"]);
+        query.env("RAGPIPE__EMBEDDER__KIND", "hash").env("RAGPIPE__EMBEDDER__MODEL", "hash-v1");
+    }
+    let output = query.output().expect("run ragpipe query --stream");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let streamed = stdout.split("Answer (as it is written):").nth(1).and_then(|a| a.split("Sources:").next());
+    assert!(streamed.is_some_and(|a| a.contains("watch") && a.contains("[1]")), "streamed and cited:\n{stdout}");
     if !isolated {
         println!("note: `unshare -n` is not permitted here; ran without a network namespace");
     }

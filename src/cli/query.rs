@@ -76,7 +76,7 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     };
     let timeout = Duration::from_secs(settings.query.client_timeout_secs);
     let stream = args.stream && !args.json;
-    let reply = if settings.broker.url.is_some() {
+    let (reply, streamed) = if settings.broker.url.is_some() {
         let queue = queue::connect(&settings.broker, &LazyDatabase::new(settings.storage.database_file()))
             .await
             .context("connecting to the queue")?;
@@ -100,7 +100,7 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     }
     let response: QueryResponse = serde_json::from_value(reply).context("decoding the reply")?;
     if let Some(answer) = &response.answer {
-        print_answer(answer, stream);
+        print_answer(answer, streamed.as_deref());
     }
     if response.chunks.is_empty() {
         println!("no matching passages");
@@ -148,48 +148,56 @@ fn parse_filters(pairs: &[String]) -> anyhow::Result<Option<BTreeMap<String, ser
     }))
 }
 
+/// The reply, and with `stream` the answer text as it was streamed (already printed).
+type Asked = (serde_json::Value, Option<String>);
+
 /// Sends the request; streamed, the answer is printed as it is written.
 async fn ask(
     requests: &dyn queue::RequestReply,
     request: &QueryRequest,
     timeout: Duration,
     stream: bool,
-) -> Result<serde_json::Value, client::ClientError> {
+) -> Result<Asked, client::ClientError> {
     if !stream {
-        return client::query(requests, request, timeout).await;
+        return Ok((client::query(requests, request, timeout).await?, None));
     }
-    let mut started = false;
+    let mut streamed: Option<String> = None;
     let reply = client::query_streaming(requests, request, timeout, |piece| {
         use std::io::Write;
-        if !started {
+        let text = streamed.get_or_insert_with(|| {
             println!("Answer (as it is written):");
-            started = true;
-        }
+            String::new()
+        });
+        text.push_str(piece);
         print!("{piece}");
         let _ = std::io::stdout().flush();
     })
     .await;
-    if started {
-        println!("\n");
+    if streamed.is_some() {
+        println!();
     }
-    reply
+    Ok((reply?, streamed))
 }
 
-/// Prints the answer (after a streamed one: only what the citation check changed) and its
-/// sources.
-fn print_answer(answer: &Answer, streamed: bool) {
-    match (answer.kind, streamed) {
-        (_, true) => println!("Answer, citations checked:"),
-        (AnswerKind::Generated, false) => println!("Answer:"),
-        (AnswerKind::Extractive, false) => {
-            println!("Answer (quoted from the passages; configure [llm] for a written answer):");
+/// Prints the answer (after a streamed one, its text again only if the citation check changed
+/// it) and its sources.
+fn print_answer(answer: &Answer, streamed: Option<&str>) {
+    let header = match (answer.kind, streamed) {
+        (_, Some(text)) if text == answer.text => None,
+        (_, Some(_)) => Some("Answer, with the citations the check removed taken out:"),
+        (AnswerKind::Generated, None) => Some("Answer:"),
+        (AnswerKind::Extractive, None) => {
+            Some("Answer (quoted from the passages; configure [llm] for a written answer):")
         }
-    }
-    if answer.text.is_empty() {
-        println!("    (the passages found do not answer it)");
-    }
-    for line in answer.text.lines() {
-        println!("    {line}");
+    };
+    if let Some(header) = header {
+        println!("{header}");
+        if answer.text.is_empty() {
+            println!("    (the passages found do not answer it)");
+        }
+        for line in answer.text.lines() {
+            println!("    {line}");
+        }
     }
     if !answer.sources.is_empty() {
         println!("Sources:");
@@ -220,7 +228,7 @@ async fn answer_here(
     request: &QueryRequest,
     timeout: Duration,
     stream: bool,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<Asked> {
     let program = std::env::current_exe().context("locating the ragpipe binary")?;
     let services = crate::worker::connect(settings, program).await.context("opening the embedded store")?;
     debug_assert!(matches!(services.queue.kind, QueueKind::Embedded(_)));

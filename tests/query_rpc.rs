@@ -33,34 +33,11 @@ on_both_backends!(
 /// Sends `body` to the query queue from a plain lapin client using direct reply-to and returns
 /// the reply's correlation id and body.
 async fn raw_request(queue: &str, body: &[u8], correlation_id: &str) -> (Option<String>, serde_json::Value) {
-    let conn = Connection::connect(&common::amqp_url(), ConnectionProperties::default()).await.expect("connect");
-    let channel = conn.create_channel().await.expect("channel");
-    let mut replies = channel
-        .basic_consume(
-            "amq.rabbitmq.reply-to".into(),
-            "".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume direct reply-to");
-    let properties = BasicProperties::default()
-        .with_reply_to("amq.rabbitmq.reply-to".into())
-        .with_correlation_id(correlation_id.into())
-        .with_content_type("application/json".into());
-    channel
-        .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, properties)
-        .await
-        .expect("publish");
-    let reply = tokio::time::timeout(Duration::from_secs(30), replies.next())
-        .await
-        .expect("a reply within 30 s")
-        .expect("stream open")
-        .expect("delivery");
-    let correlation = reply.properties.correlation_id().as_ref().map(|c| c.as_str().to_owned());
-    let body = serde_json::from_slice(&reply.data).expect("reply is JSON");
-    let _ = conn.close(200, "done".into()).await;
-    (correlation, body)
+    let mut client = PlainClient::new(queue).await;
+    client.send(correlation_id, body, None).await;
+    let reply = client.next().await;
+    client.close().await;
+    ((!reply.correlation_id.is_empty()).then_some(reply.correlation_id), reply.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

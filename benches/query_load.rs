@@ -6,7 +6,7 @@
 //! one after another for `BENCH_SECS` (10) per row: every query new (cache misses) or all the
 //! same (cache hits), in dense and hybrid mode, after the collection's rebuild (`auto`: IVF at this size; `BENCH_NO_REBUILD=1`
 //! measures the Flat index the adds built). Reported: queries/s and round-trip p50 / p99 as the
-//! clients see them. Clients and the query role share this process, and the machine's cores with
+//! clients see them, and the median of each step the worker timed (`timings_ms` of the replies). Clients and the query role share this process, and the machine's cores with
 //! PostgreSQL and RabbitMQ.
 //!
 //! Run: `cargo bench --bench query_load` (needs the test services). Under `cargo test
@@ -102,8 +102,8 @@ async fn main() {
         println!("rebuilt as {} in {:.1} s", report.kind.describe(), t.fetch + t.train + t.add + t.replay + t.tune);
     }
 
-    println!("| mode | queries | clients | queries/s | p50 ms | p99 ms |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("| mode | queries | clients | queries/s | p50 ms | p99 ms | worker's steps, median ms |");
+    println!("|---|---|---:|---:|---:|---:|---|");
     let collection = CollectionName::new("load").expect("name");
     let requests = Arc::new(queue);
     for mode in [SearchMode::Dense, SearchMode::Hybrid] {
@@ -130,24 +130,40 @@ async fn main() {
                                     .await
                                     .expect("reply");
                             assert!(reply.get("error").is_none(), "{reply}");
-                            latencies.push(started.elapsed());
+                            latencies.push((started.elapsed(), reply["timings_ms"].clone()));
                         }
                         latencies
                     })
                 })
                 .collect();
-            let mut latencies = Vec::new();
+            let mut replies = Vec::new();
             for task in tasks {
-                latencies.extend(task.await.expect("client"));
+                replies.extend(task.await.expect("client"));
             }
+            let mut latencies: Vec<Duration> = replies.iter().map(|r| r.0).collect();
             latencies.sort();
+            // Where a round trip goes, as the worker timed it: the median of each step.
+            let mut steps: std::collections::BTreeMap<String, Vec<f64>> = std::collections::BTreeMap::new();
+            for (_, timings) in &replies {
+                for (step, ms) in timings.as_object().into_iter().flatten() {
+                    steps.entry(step.clone()).or_default().push(ms.as_f64().unwrap_or(0.0));
+                }
+            }
+            let steps: Vec<String> = steps
+                .into_iter()
+                .map(|(step, mut ms)| {
+                    ms.sort_by(f64::total_cmp);
+                    format!("{step} {:.2}", ms[ms.len() / 2])
+                })
+                .collect();
             println!(
-                "| {} | {} | {clients} | {:.0} | {:.2} | {:.2} |",
+                "| {} | {} | {clients} | {:.0} | {:.2} | {:.2} | {} |",
                 mode.as_str(),
                 if repeated { "the same (cache hits)" } else { "all different (cache misses)" },
                 latencies.len() as f64 / secs,
                 percentile(&latencies, 0.5),
                 percentile(&latencies, 0.99),
+                steps.join(", "),
             );
         }
     }

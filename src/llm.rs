@@ -293,9 +293,15 @@ impl ChatModel {
     /// Waits for the fleet's rate budget: one request of the prompt's tokens plus the longest
     /// answer.
     async fn acquire(&self, system: &str, user: &str) {
-        let bpe = tokenizer(&self.settings.model);
-        let prompt = bpe.encode_ordinary(system).len() + bpe.encode_ordinary(user).len();
-        self.governor.acquire(prompt as u64 + u64::from(self.settings.max_tokens)).await;
+        // Counting a 3,000-token context costs time: only a token budget needs it.
+        let tokens = if self.settings.tokens_per_minute == 0 {
+            0
+        } else {
+            let bpe = tokenizer(&self.settings.model);
+            let prompt = bpe.encode_ordinary(system).len() + bpe.encode_ordinary(user).len();
+            prompt as u64 + u64::from(self.settings.max_tokens)
+        };
+        self.governor.acquire(tokens).await;
     }
 
     fn request(&self, system: &str, user: &str) -> Result<CreateChatCompletionRequest, EmbedError> {

@@ -532,7 +532,7 @@ async fn search(
         let found: std::collections::HashMap<i64, (f32, &str)> =
             hits.iter().map(|(id, score, name)| (*id, (*score, *name))).collect();
         // Best first (the rows follow `ids`, which are in score order).
-        let mut candidates = rows.into_iter().filter(|row| wanted.filter.matches(&row.metadata)).filter_map(|row| {
+        let candidates = rows.into_iter().filter(|row| wanted.filter.matches(&row.metadata)).filter_map(|row| {
             let (score, collection) = *found.get(&row.chunk_id)?;
             (score >= final_floor).then(|| ResultChunk {
                 chunk_id: row.chunk_id,
@@ -555,7 +555,7 @@ async fn search(
                 documents >= cfg.hierarchical_documents,
             )
         } else {
-            let chunks: Vec<ResultChunk> = candidates.by_ref().take(wanted.top_k).collect();
+            let chunks: Vec<ResultChunk> = candidates.take(wanted.top_k).collect();
             let enough = chunks.len() >= wanted.top_k;
             (chunks, enough)
         };

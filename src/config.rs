@@ -257,6 +257,10 @@ pub struct IngestSettings {
     pub persist_concurrency: usize,
     /// Largest inline (`content_b64`) upload accepted, in bytes.
     pub max_inline_bytes: usize,
+    /// Seconds a stopping worker (SIGTERM, Ctrl-C) gives in-flight documents and queries to
+    /// finish; what is still unfinished then is left unacknowledged, so the queue delivers it
+    /// again, and the worker writes its index snapshots and exits.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for IngestSettings {
@@ -268,6 +272,7 @@ impl Default for IngestSettings {
             chunk_concurrency: 2,
             persist_concurrency: 4,
             max_inline_bytes: 32 * 1024 * 1024,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -429,11 +434,14 @@ pub struct HttpSettings {
     pub port: u16,
     /// Serve the endpoint at all.
     pub enabled: bool,
+    /// Change-log entries an index of a query process may trail the store by and still be
+    /// ready; further behind, `/ready` answers 503 naming the collection.
+    pub ready_max_lag: u64,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { bind: "127.0.0.1".into(), port: 9464, enabled: true }
+        Self { bind: "127.0.0.1".into(), port: 9464, enabled: true, ready_max_lag: 1_000 }
     }
 }
 

@@ -22,6 +22,7 @@ use crate::embed::EmbedError;
 use crate::embed::governor::{self, Budgets, Governor};
 use crate::embed::http::{ApiClient, Endpoint, Provider, classify, read_api_key, usable_api_key};
 use crate::embed::retry::RetryPolicy;
+use crate::telemetry::metrics;
 
 /// Version of [`SYSTEM_PROMPT`]: part of every response cache key.
 pub const PROMPT_VERSION: u32 = 1;
@@ -281,6 +282,7 @@ impl ChatModel {
             initial: Duration::from_millis(settings.initial_backoff_ms),
             max: Duration::from_millis(settings.max_backoff_ms),
             max_elapsed: Duration::from_secs(settings.max_elapsed_secs),
+            service: "llm",
         };
         let budgets = Budgets {
             requests_per_minute: settings.requests_per_minute,
@@ -346,6 +348,45 @@ impl Llm for ChatModel {
     }
 
     async fn complete(&self, system: &str, user: &str) -> Result<Completion, EmbedError> {
+        let result = self.complete_once(system, user).await;
+        self.record(&result);
+        result
+    }
+
+    async fn complete_streaming(
+        &self,
+        system: &str,
+        user: &str,
+        pieces: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<Completion, EmbedError> {
+        let result = self.stream_once(system, user, pieces).await;
+        self.record(&result);
+        result
+    }
+}
+
+impl ChatModel {
+    /// Counts a finished request in the LLM metrics: outcome, tokens and estimated cost.
+    fn record(&self, result: &Result<Completion, EmbedError>) {
+        match result {
+            Ok(c) => {
+                metrics::LLM_REQUESTS.with_label_values(&["ok"]).inc();
+                metrics::LLM_TOKENS.with_label_values(&["input"]).inc_by(c.input_tokens);
+                metrics::LLM_TOKENS.with_label_values(&["output"]).inc_by(c.output_tokens);
+                metrics::LLM_COST.inc_by(self.settings.cost(c.input_tokens, c.output_tokens));
+            }
+            Err(error) => {
+                metrics::LLM_REQUESTS.with_label_values(&["error"]).inc();
+                // The classification is shared with embeddings; the metric names the service.
+                if let EmbedError::Permanent { code, .. } = error {
+                    let code = code.replacen("embedding_", "llm_", 1);
+                    metrics::ERRORS.with_label_values(&[code.as_str(), "llm"]).inc();
+                }
+            }
+        }
+    }
+
+    async fn complete_once(&self, system: &str, user: &str) -> Result<Completion, EmbedError> {
         let request = self.request(system, user)?;
         self.acquire(system, user).await;
         let response = self.retry.run(|| self.attempt(request.clone())).await?;
@@ -360,7 +401,7 @@ impl Llm for ChatModel {
         Ok(Completion { text, input_tokens, output_tokens })
     }
 
-    async fn complete_streaming(
+    async fn stream_once(
         &self,
         system: &str,
         user: &str,

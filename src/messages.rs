@@ -599,6 +599,10 @@ pub struct DocumentIngested {
     pub duplicate: bool,
     /// Final document status: `ingested`, or `no_text` for a file with no extractable text.
     pub status: DocumentStatus,
+    /// Pages left out because their text was glyph garbage (fonts without a Unicode mapping):
+    /// they would need OCR. With nothing readable left the status is `no_text`.
+    #[serde(default)]
+    pub garbled_pages: u32,
 }
 
 /// Published once a delete has committed: the document's chunks are soft-deleted and logged for

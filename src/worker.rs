@@ -117,10 +117,13 @@ pub async fn connect_with(
 /// # Errors
 /// A role could not start.
 pub async fn run(services: Arc<Services>, roles: &[Role], shutdown: CancellationToken) -> Result<(), WorkerError> {
+    crate::telemetry::metrics::register_defaults();
     let tracker = TaskTracker::new();
     let index = Arc::new(services.index());
     if roles.contains(&Role::Query) {
-        // A query role holds indexes and must see what other processes ingest.
+        // A query role holds indexes and must see what other processes ingest; it opens them
+        // all before it reports ready, so no query waits for a build.
+        tracker.spawn(open_indexes(services.indexes.clone(), shutdown.clone()));
         tracker.spawn(query::follow(index.clone(), shutdown.clone()));
         tracker.spawn(query::run(Arc::new(services.query()), shutdown.clone()));
     }
@@ -139,4 +142,24 @@ pub async fn run(services: Arc<Services>, roles: &[Role], shutdown: Cancellation
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// Opens every collection's index, trying again with backoff while the store is unavailable.
+async fn open_indexes(indexes: Arc<Indexes>, shutdown: CancellationToken) {
+    let mut wait = Duration::from_millis(500);
+    loop {
+        let started = std::time::Instant::now();
+        match indexes.open_all().await {
+            Ok(count) => {
+                tracing::info!(collections = count, ms = started.elapsed().as_millis() as u64, "indexes open");
+                return;
+            }
+            Err(error) => tracing::warn!(%error, retry_in = ?wait, "cannot open the indexes yet"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
 }

@@ -17,6 +17,8 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 // Split by theme to keep files short; they share the helpers below.
 #[path = "extract_pdf/content.rs"]
 mod content;
+#[path = "extract_pdf/hostile.rs"]
+mod hostile;
 #[path = "extract_pdf/security.rs"]
 mod security;
 
@@ -115,6 +117,8 @@ fn outcome_name(outcome: &Outcome) -> &'static str {
         Err(PdfError::NotPdf) => "NotPdf",
         Err(PdfError::TooManyPages { .. }) => "TooManyPages",
         Err(PdfError::TooLong { .. }) => "TooLong",
+        Err(PdfError::StreamTooLarge { .. }) => "StreamTooLarge",
+        Err(PdfError::Garbled { .. }) => "Garbled",
         Err(PdfError::Corrupt(_)) => "Corrupt",
     }
 }
@@ -141,6 +145,12 @@ fn every_corpus_pdf_ends_as_its_expected_outcome() {
         let outcome = extract_with(&rel, None);
         if let Ok(pages) = &outcome {
             assert_well_formed(&rel, pages);
+            // Every corpus file with text reads as text: none of its pages may be taken for
+            // glyph garbage.
+            let garbled: Vec<u32> = pages.iter().filter(|p| p.garbled).map(|p| p.number).collect();
+            if !garbled.is_empty() {
+                wrong.push(format!("{rel}: pages {garbled:?} taken for garbage"));
+            }
         }
         if outcome_name(&outcome) != expected_outcome(&rel) {
             wrong.push(format!("{rel}: expected {}, got {:?}", expected_outcome(&rel), outcome.err()));
@@ -156,7 +166,7 @@ fn fuzz_regressions_end_as_pages_or_a_named_error() {
     for path in files {
         let name = path.display().to_string();
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let small = PdfLimits { max_pages: 50, max_chars: 100_000 };
+        let small = PdfLimits { max_pages: 50, max_chars: 100_000, ..PdfLimits::default() };
         if let Ok(pages) = extract_bytes(&name, bytes, None, small) {
             assert_well_formed(&name, &pages);
         }

@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 mod pdf;
 
 fuzz_target!(|data: &[u8]| {
-    let limits = pdf::PdfLimits { max_pages: 50, max_chars: 200_000 };
+    let limits = pdf::PdfLimits { max_pages: 50, max_chars: 200_000, ..pdf::PdfLimits::default() };
     let _ = pdf::extract_pdf(data, None, &limits);
     let _ = pdf::extract_pdf(data, Some("foo"), &limits);
 });

@@ -54,6 +54,6 @@ fuzz_target!(|data: &[u8]| {
         b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /X /CIDSystemInfo << /Registry (Adobe) /Ordering (Japan1) /Supplement 6 >> /W [1 [500 600] 10 20 700] >>".to_vec(),
         stream("", cmap),
     ];
-    let limits = pdf::PdfLimits { max_pages: 5, max_chars: 100_000 };
+    let limits = pdf::PdfLimits { max_pages: 5, max_chars: 100_000, ..pdf::PdfLimits::default() };
     let _ = pdf::extract_pdf(&build_pdf(&objects), None, &limits);
 });

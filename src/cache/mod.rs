@@ -29,6 +29,11 @@ pub trait Cache: Send + Sync {
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) {
         self.set_many(&[(key.to_owned(), value)], ttl).await;
     }
+    /// Whether the cache answers now, for `/ready`; the error says why not. In-process caches
+    /// always do.
+    async fn ping(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The cache `[cache]` asks for: Redis for a `redis://` URL, in-process (moka) when there is

@@ -110,6 +110,21 @@ fn degraded(op: &str, error: &dyn std::fmt::Display) {
 
 #[async_trait]
 impl Cache for RedisCache {
+    async fn ping(&self) -> Result<(), String> {
+        let mut manager = match self.link.manager().await {
+            Ok(manager) => manager,
+            Err(Some(reason)) => return Err(reason),
+            Err(None) => return Err("unreachable at the last attempt; retrying in a few seconds".to_owned()),
+        };
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut manager);
+        match tokio::time::timeout(self.link.timeout(), ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer to PING within {:?}", self.link.timeout())),
+        }
+    }
+
     async fn get_many(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
         let misses = || vec![None; keys.len()];
         if keys.is_empty() {

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -37,10 +38,27 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         let listener =
             tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding http endpoint {addr}"))?;
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or(addr), "serving /metrics, /health, /ready");
-        tokio::spawn(crate::http::serve(listener, services.clone(), shutdown.clone()));
+        let readiness = crate::http::Readiness::new(services.clone(), roles.contains(&Role::Query));
+        tokio::spawn(crate::http::serve(listener, readiness, shutdown.clone()));
     }
     tokio::spawn(watch_signals(shutdown.clone()));
-    worker::run(services.clone(), &roles, shutdown).await?;
+    let grace = Duration::from_secs(services.settings.ingest.shutdown_grace_secs);
+    let running = worker::run(services.clone(), &roles, shutdown.clone());
+    tokio::pin!(running);
+    tokio::select! {
+        result = &mut running => result?,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            // Unfinished work stays unacknowledged: closing the connection (RabbitMQ) or the
+            // lease running out (embedded) delivers it again, and every stage is idempotent.
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "in-flight work did not finish within the grace period; it will be delivered again"
+            );
+            if let Err(error) = services.indexes.snapshot_all().await {
+                tracing::warn!(%error, "could not write the index snapshots; the next start catches up from the store");
+            }
+        }
+    }
     services.queue.close().await;
     tracing::info!("worker stopped");
     Ok(ExitCode::SUCCESS)

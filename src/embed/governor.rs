@@ -196,6 +196,10 @@ impl Governor {
             }
             // A little jitter so workers waiting for the same refill do not all ask at once.
             let jitter = Duration::from_millis(RandomState::new().hash_one(0u8) % (wait.as_millis() as u64 / 10 + 2));
+            let budget = if self.what == EMBEDDING { "embedding" } else { "llm" };
+            crate::telemetry::metrics::RATE_LIMIT_WAIT
+                .with_label_values(&[budget])
+                .inc_by((wait + jitter).as_secs_f64());
             tokio::time::sleep(wait + jitter).await;
         }
     }

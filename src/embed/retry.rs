@@ -20,6 +20,8 @@ pub struct RetryPolicy {
     pub max: Duration,
     /// Time after the first attempt when no further attempt starts.
     pub max_elapsed: Duration,
+    /// Which model service retries (`embedding`, `llm`): the label of its retry metric.
+    pub service: &'static str,
 }
 
 impl RetryPolicy {
@@ -29,6 +31,7 @@ impl RetryPolicy {
             initial: Duration::from_millis(settings.initial_backoff_ms),
             max: Duration::from_millis(settings.max_backoff_ms),
             max_elapsed: Duration::from_secs(settings.max_elapsed_secs),
+            service: "embedding",
         }
     }
 
@@ -59,8 +62,13 @@ impl RetryPolicy {
                 (started.elapsed() + delay <= max_elapsed).then_some(delay)
             })
             .notify(|error, delay| {
-                metrics::EMBED_REQUESTS.with_label_values(&["retry"]).inc();
-                tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "embedding request failed; retrying");
+                let cause = if matches!(error, EmbedError::RateLimited { .. }) { "rate_limited" } else { "transient" };
+                metrics::MODEL_RETRIES.with_label_values(&[self.service, cause]).inc();
+                if self.service == "embedding" {
+                    metrics::EMBED_REQUESTS.with_label_values(&["retry"]).inc();
+                }
+                let service = self.service;
+                tracing::warn!(service, %error, delay_ms = delay.as_millis() as u64, "model request failed; retrying");
             })
             .await;
         result.map_err(|error| match error {
@@ -85,6 +93,7 @@ mod tests {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
             max_elapsed: Duration::from_secs(10),
+            service: "embedding",
         }
     }
 

@@ -56,6 +56,8 @@ pub struct EmbeddingService {
     retry: RetryPolicy,
     limits: Limits,
     cache_ttl: Duration,
+    /// US dollars per 1,000 tokens sent, for the cost metric.
+    price_per_1k_tokens: f64,
     /// Cache keys being embedded right now, with where their result will appear: a text that
     /// misses the cache while another call is already embedding it waits for that call instead
     /// of being sent twice (identical chunks of documents ingested at the same time).
@@ -113,6 +115,7 @@ impl EmbeddingService {
             governor,
             limits,
             cache_ttl,
+            price_per_1k_tokens: settings.price_per_1k_tokens(),
             in_flight: Mutex::default(),
         }
     }
@@ -322,6 +325,11 @@ impl EmbeddingService {
                 });
                 let outcome = if result.is_ok() { "ok" } else { "error" };
                 metrics::EMBED_REQUESTS.with_label_values(&[outcome]).inc();
+                if result.is_ok() {
+                    metrics::EMBED_INPUTS.inc_by(texts.len() as u64);
+                    metrics::EMBED_TOKENS.inc_by(tokens);
+                    metrics::EMBED_COST.inc_by(tokens as f64 / 1000.0 * self.price_per_1k_tokens);
+                }
                 result
             })
             .await

@@ -87,6 +87,10 @@ pub struct EmbedderSettings {
     pub model_dir: PathBuf,
     /// Inference threads of the local model; 0 = one per core.
     pub local_threads: usize,
+    /// US dollars per 1,000 tokens sent, for `ragpipe_embed_cost_usd_total` and `status`;
+    /// unset: text-embedding-3-small's list price (0.00002) for `openai` and `azure`, 0 for
+    /// `local` and `hash`.
+    pub price_per_1k_tokens: Option<f64>,
     /// The API key, read from `OPENAI_API_KEY` / `AZURE_OPENAI_API_KEY` by [`Settings::load`](crate::config::Settings::load);
     /// never from a file (an `api_key` key is rejected as unknown) and never printed.
     #[serde(skip)]
@@ -118,6 +122,7 @@ impl Default for EmbedderSettings {
             request_timeout_secs: 60,
             model_dir: PathBuf::new(),
             local_threads: 0,
+            price_per_1k_tokens: None,
             api_key: None,
         }
     }
@@ -131,6 +136,14 @@ impl EmbedderSettings {
             EmbedderKind::OpenAi => Some(OPENAI_API_KEY_ENV),
             EmbedderKind::Azure => Some(AZURE_API_KEY_ENV),
         }
+    }
+
+    /// The price per 1,000 tokens in effect (see the field).
+    pub fn price_per_1k_tokens(&self) -> f64 {
+        self.price_per_1k_tokens.unwrap_or(match self.kind {
+            EmbedderKind::OpenAi | EmbedderKind::Azure => 0.000_02,
+            EmbedderKind::Hash | EmbedderKind::Local => 0.0,
+        })
     }
 
     /// Reads the API key for this `kind` from the environment (surrounding whitespace, such as
@@ -154,6 +167,9 @@ impl EmbedderSettings {
         positive("initial_backoff_ms", self.initial_backoff_ms);
         positive("max_elapsed_secs", self.max_elapsed_secs);
         positive("request_timeout_secs", self.request_timeout_secs);
+        if self.price_per_1k_tokens.is_some_and(|p| !p.is_finite() || p < 0.0) {
+            problems.push("embedder.price_per_1k_tokens must be a number of at least 0".to_owned());
+        }
         if self.batch_size > 2048 {
             problems.push(format!("embedder.batch_size ({}) must be at most 2048 (the API's limit)", self.batch_size));
         }

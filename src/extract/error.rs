@@ -57,6 +57,12 @@ pub enum Limit {
         /// The configured maximum ratio.
         max: u64,
     },
+    /// A PDF page's content streams (or one form) decode to more than `pdf_max_stream_bytes`.
+    #[error("a PDF content stream decodes to more than {max} bytes")]
+    PdfStream {
+        /// The configured maximum.
+        max: u64,
+    },
     /// The sandbox child wrote more than `max_output_bytes`.
     #[error("extractor output exceeds {max} bytes")]
     Output {
@@ -78,6 +84,13 @@ pub enum ExtractError {
     /// The document parsed but holds no extractable text (e.g. a scanned PDF).
     #[error("no extractable text")]
     NoText,
+    /// Every page with text is garbled (fonts that map to no Unicode): nothing readable is
+    /// left. Settled like [`ExtractError::NoText`] (code `no_text`), with the reason saying why.
+    #[error("no readable text: {pages} page(s) are garbled (fonts without a Unicode mapping; the document needs OCR)")]
+    Garbled {
+        /// Pages found garbled.
+        pages: u32,
+    },
     /// The document is encrypted and no (correct) password was given.
     #[error("document is encrypted")]
     Encrypted,
@@ -115,7 +128,7 @@ impl ExtractError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unsupported { .. } => "unsupported_type",
-            Self::NoText => "no_text",
+            Self::NoText | Self::Garbled { .. } => "no_text",
             Self::Encrypted => "encrypted",
             Self::Empty => "empty",
             Self::TooLarge(_) => "too_large",
@@ -143,6 +156,8 @@ mod tests {
     fn codes_are_stable_and_only_internal_is_transient() {
         let cases = [
             (ExtractError::NoText, "no_text", false),
+            (ExtractError::Garbled { pages: 2 }, "no_text", false),
+            (ExtractError::LimitExceeded(Limit::PdfStream { max: 1 }), "limit_exceeded", false),
             (ExtractError::TimedOut { secs: 60 }, "timed_out", false),
             (ExtractError::MemoryLimit, "memory_limit", false),
             (ExtractError::Internal("spawn".into()), "internal", true),

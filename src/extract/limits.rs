@@ -34,6 +34,10 @@ pub struct ExtractSettings {
     /// Cap on an entry's decompressed/compressed size ratio, checked once the entry has produced
     /// more than 1 MiB (small entries of repetitive XML legitimately compress very well).
     pub zip_max_ratio: u64,
+    /// Cap on the bytes one PDF page's content streams (or one form they draw) decode to; a
+    /// page past it fails the document as `limit_exceeded` rather than reading as empty.
+    /// Decoded content costs several times its size in memory while it is read.
+    pub pdf_max_stream_bytes: u64,
 }
 
 impl Default for ExtractSettings {
@@ -48,6 +52,7 @@ impl Default for ExtractSettings {
             zip_max_uncompressed_bytes: 200 * MIB,
             zip_max_entries: 10_000,
             zip_max_ratio: 100,
+            pdf_max_stream_bytes: 32 * MIB,
         }
     }
 }
@@ -59,7 +64,7 @@ impl ExtractSettings {
     ///
     /// A message naming the offending `extract.*` key and the problem.
     pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 9] = [
+        let positive: [(&str, u64); 10] = [
             ("timeout_secs", self.timeout_secs),
             ("max_memory_mb", self.max_memory_mb),
             ("max_output_bytes", self.max_output_bytes),
@@ -69,6 +74,7 @@ impl ExtractSettings {
             ("zip_max_uncompressed_bytes", self.zip_max_uncompressed_bytes),
             ("zip_max_entries", self.zip_max_entries as u64),
             ("zip_max_ratio", self.zip_max_ratio),
+            ("pdf_max_stream_bytes", self.pdf_max_stream_bytes),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("extract.{key} must be greater than 0"));
@@ -82,6 +88,13 @@ impl ExtractSettings {
                 "extract.max_file_bytes ({}) must be below extract.max_memory_mb ({} MiB): \
                  the child holds the whole file in memory",
                 self.max_file_bytes, self.max_memory_mb
+            ));
+        }
+        if self.pdf_max_stream_bytes >= memory_bytes {
+            return Err(format!(
+                "extract.pdf_max_stream_bytes ({}) must be below extract.max_memory_mb ({} MiB): \
+                 the child holds a page's decoded content in memory while it reads it",
+                self.pdf_max_stream_bytes, self.max_memory_mb
             ));
         }
         let needed = self.min_output_bytes();

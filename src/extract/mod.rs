@@ -80,6 +80,10 @@ pub struct Extracted {
     pub text: String,
     /// Page spans for paged kinds (PDF); empty otherwise.
     pub pages: Vec<PageSpan>,
+    /// Pages whose text was garbled (fonts without a Unicode mapping) and was left out, by
+    /// number; their spans are empty.
+    #[serde(default)]
+    pub garbled_pages: Vec<u32>,
 }
 
 impl Extracted {
@@ -189,7 +193,7 @@ fn unsupported(detected: &str, declared: Option<DocKind>) -> ExtractError {
 }
 
 fn unpaged(kind: DocKind, text: String) -> Extracted {
-    Extracted { kind, text, pages: Vec::new() }
+    Extracted { kind, text, pages: Vec::new(), garbled_pages: Vec::new() }
 }
 
 /// Plain text, Markdown or HTML: an unmistakable HTML document is HTML whatever it was called;
@@ -223,10 +227,15 @@ fn extract_text_family(
 }
 
 fn extract_pdf(bytes: &[u8], password: Option<&str>, settings: &ExtractSettings) -> Result<Extracted, ExtractError> {
-    let limits = pdf::PdfLimits { max_pages: settings.max_pages, max_chars: settings.max_chars };
+    let limits = pdf::PdfLimits {
+        max_pages: settings.max_pages,
+        max_chars: settings.max_chars,
+        max_stream_bytes: usize::try_from(settings.pdf_max_stream_bytes).unwrap_or(usize::MAX),
+    };
     let pages = pdf::extract_pdf(bytes, password, &limits).map_err(map_pdf_error)?;
     let mut text = String::new();
     let mut spans = Vec::with_capacity(pages.len());
+    let garbled_pages = pages.iter().filter(|p| p.garbled).map(|p| p.number).collect();
     for page in pages {
         if !text.is_empty() {
             text.push_str("\n\n");
@@ -235,7 +244,7 @@ fn extract_pdf(bytes: &[u8], password: Option<&str>, settings: &ExtractSettings)
         text.push_str(text::normalize(&page.text).trim_end());
         spans.push(PageSpan { number: page.number, start, end: text.len() });
     }
-    Ok(Extracted { kind: DocKind::Pdf, text, pages: spans })
+    Ok(Extracted { kind: DocKind::Pdf, text, pages: spans, garbled_pages })
 }
 
 /// Maps the PDF extractor's errors. The catch-all keeps this compiling and correct if the PDF
@@ -247,6 +256,8 @@ fn map_pdf_error(err: pdf::PdfError) -> ExtractError {
         pdf::PdfError::NotPdf => ExtractError::Unsupported { detected: "not a PDF (no %PDF- header)".to_owned() },
         pdf::PdfError::TooManyPages { pages, max } => ExtractError::LimitExceeded(Limit::Pages { pages, max }),
         pdf::PdfError::TooLong { max: max_chars } => ExtractError::LimitExceeded(Limit::Chars { max: max_chars }),
+        pdf::PdfError::StreamTooLarge { max } => ExtractError::LimitExceeded(Limit::PdfStream { max: max as u64 }),
+        pdf::PdfError::Garbled { pages } => ExtractError::Garbled { pages: u32::try_from(pages).unwrap_or(u32::MAX) },
         other => ExtractError::Corrupt(other.to_string()),
     }
 }

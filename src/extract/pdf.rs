@@ -18,6 +18,8 @@ mod document;
 mod font;
 #[path = "pdf/furniture.rs"]
 mod furniture;
+#[path = "pdf/garbled.rs"]
+pub mod garbled;
 #[path = "pdf/geometry.rs"]
 mod geometry;
 #[path = "pdf/interp.rs"]
@@ -48,8 +50,10 @@ pub struct PdfPage {
     /// Position in the document's page order, starting at 1.
     pub number: u32,
     /// The page's text: lines separated by `\n`, paragraphs by a blank line; empty when
-    /// the page has no extractable text.
+    /// the page has no extractable text or is garbled.
     pub text: String,
+    /// The page's text was garbled (see [`garbled`]) and has been dropped.
+    pub garbled: bool,
 }
 
 /// Why a PDF yielded no text. Every variant is permanent: retrying the same bytes gives the
@@ -79,6 +83,19 @@ pub enum PdfError {
         /// The limit, in characters.
         max: usize,
     },
+    /// A content stream or form decodes to more than the limit (a decompression bomb, or a
+    /// page too large to read within the memory the extractor has).
+    #[error("a content stream of the PDF decodes to more than the limit of {max} bytes")]
+    StreamTooLarge {
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// Every page with text is garbled (fonts that map to no Unicode): nothing readable is left.
+    #[error("no readable text: {pages} page(s) are garbled (fonts without a Unicode mapping; the document needs OCR)")]
+    Garbled {
+        /// Pages found garbled.
+        pages: usize,
+    },
     /// Anything else, said concisely for an operator.
     #[error("corrupt PDF: {0}")]
     Corrupt(String),
@@ -91,12 +108,16 @@ pub struct PdfLimits {
     pub max_pages: usize,
     /// Documents with more characters of text fail with [`PdfError::TooLong`].
     pub max_chars: usize,
+    /// Bytes one page's content streams (or one form) may decode to; more fails with
+    /// [`PdfError::StreamTooLarge`].
+    pub max_stream_bytes: usize,
 }
 
 impl Default for PdfLimits {
-    /// 2,000 pages and 20 million characters: a long book is well inside both.
+    /// 2,000 pages, 20 million characters and 32 MiB per page: a long book and a dense
+    /// vector map are well inside all three.
     fn default() -> PdfLimits {
-        PdfLimits { max_pages: 2_000, max_chars: 20_000_000 }
+        PdfLimits { max_pages: 2_000, max_chars: 20_000_000, max_stream_bytes: 32 << 20 }
     }
 }
 
@@ -132,20 +153,29 @@ fn extract(bytes: &[u8], password: Option<&str>, limits: &PdfLimits) -> Result<V
     // Layout and furniture removal change the count a little; the exact check is on the
     // final text, this one only stops runaway work early.
     let glyph_cap = limits.max_chars.saturating_mul(2).saturating_add(10_000);
-    let mut budget = Budget { operators: MAX_OPERATORS, glyphs: u64::try_from(glyph_cap).unwrap_or(u64::MAX) };
+    let mut budget = Budget {
+        operators: MAX_OPERATORS,
+        glyphs: u64::try_from(glyph_cap).unwrap_or(u64::MAX),
+        max_stream: limits.max_stream_bytes,
+        oversized_stream: false,
+    };
     let mut cache = DocCache::default();
     let mut pages: Vec<Vec<Line>> = Vec::with_capacity(ids.len());
     let mut heights = Vec::with_capacity(ids.len());
     for id in ids {
-        let (lines, height) = read_page(&doc, id, &mut cache, &mut budget);
-        pages.push(lines);
-        heights.push(height);
+        let page = read_page(&doc, id, &mut cache, &mut budget);
+        if budget.oversized_stream {
+            return Err(PdfError::StreamTooLarge { max: limits.max_stream_bytes });
+        }
+        let (lines, height) = page;
         if budget.glyphs == 0 {
             return Err(PdfError::TooLong { max: limits.max_chars });
         }
         if budget.operators == 0 {
             return Err(PdfError::Corrupt(format!("more than {MAX_OPERATORS} drawing operations")));
         }
+        pages.push(lines);
+        heights.push(height);
     }
     furniture::strip(&mut pages, &heights);
     finish(pages, limits)
@@ -162,7 +192,10 @@ fn read_page(
     let Some(page) = document::page(doc, id) else {
         return (Vec::new(), 0.0);
     };
-    let content = document::page_content(doc, page.dict);
+    let Ok(content) = document::page_content(doc, page.dict, budget.max_stream) else {
+        budget.oversized_stream = true;
+        return (Vec::new(), 0.0);
+    };
     let mut interp = Interpreter::new(doc, cache, budget, page.frame.to_display);
     interp.run(&content, page.resources);
     annots::draw(&mut interp, doc, page.dict);
@@ -182,10 +215,13 @@ fn finish(pages: Vec<Vec<Line>>, limits: &PdfLimits) -> Result<Vec<PdfPage>, Pdf
             return Err(PdfError::TooLong { max: limits.max_chars });
         }
         let number = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        out.push(PdfPage { number, text });
+        let garbled = garbled::is_garbled(&text);
+        let text = if garbled { String::new() } else { text };
+        out.push(PdfPage { number, text, garbled });
     }
     if out.iter().all(|p| p.text.is_empty()) {
-        return Err(PdfError::NoText);
+        let garbled = out.iter().filter(|p| p.garbled).count();
+        return Err(if garbled > 0 { PdfError::Garbled { pages: garbled } } else { PdfError::NoText });
     }
     Ok(out)
 }

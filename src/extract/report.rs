@@ -43,6 +43,10 @@ fn render_text(path: &Path, outcome: &Result<Extracted, ExtractError>) -> String
             let _ = writeln!(out, "type: {}", extracted.kind);
             let _ = writeln!(out, "characters: {}", extracted.text.chars().count());
             let _ = writeln!(out, "pages: {}", extracted.pages.len());
+            if !extracted.garbled_pages.is_empty() {
+                let numbers: Vec<String> = extracted.garbled_pages.iter().map(u32::to_string).collect();
+                let _ = writeln!(out, "garbled pages (left out): {}", numbers.join(", "));
+            }
             out.push('\n');
             push_text(&mut out, extracted);
         }
@@ -80,6 +84,7 @@ fn render_json(path: &Path, outcome: &Result<Extracted, ExtractError>) -> anyhow
             "type": extracted.kind,
             "characters": extracted.text.chars().count(),
             "pages": extracted.pages,
+            "garbled_pages": extracted.garbled_pages,
             "text": extracted.text,
         }),
         Err(err) => json!({

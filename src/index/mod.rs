@@ -106,6 +106,18 @@ pub struct RebuildReport {
     pub write_secs: f64,
 }
 
+fn slot_stats(slot: &CollectionIndex) -> IndexStats {
+    let state = slot.read();
+    IndexStats {
+        vectors: state.serving.len(),
+        from_snapshot: slot.from_snapshot,
+        caught_up: state.caught_up,
+        applied_seq: state.applied_seq,
+        generation: state.generation,
+        kind: state.serving.main().kind(),
+    }
+}
+
 /// All collection indexes of this process.
 pub struct Indexes {
     root: PathBuf,
@@ -122,6 +134,8 @@ pub struct Indexes {
     rebuilds: tokio::sync::Mutex<()>,
     /// Signalled when an index reached `snapshot_after_changes` changes.
     snapshot_due: Arc<tokio::sync::Notify>,
+    /// Set once every collection the store held at start is open (see [`Self::open_all`]).
+    all_open: std::sync::atomic::AtomicBool,
 }
 
 impl Indexes {
@@ -138,7 +152,36 @@ impl Indexes {
             open: std::sync::Mutex::new(HashMap::new()),
             rebuilds: tokio::sync::Mutex::new(()),
             snapshot_due: Arc::new(tokio::sync::Notify::new()),
+            all_open: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Opens the index of every collection in the store (snapshot, then catch-up), so that a
+    /// query process is ready before its first query rather than building during it. Returns
+    /// how many are open.
+    ///
+    /// # Errors
+    /// The store is unavailable, or a collection's index cannot be opened.
+    pub async fn open_all(&self) -> Result<usize, IndexError> {
+        let collections = self.store.collections().await?;
+        for collection in &collections {
+            self.open(collection).await?;
+        }
+        self.all_open.store(true, std::sync::atomic::Ordering::Release);
+        Ok(collections.len())
+    }
+
+    /// Whether [`Self::open_all`] has finished.
+    pub fn all_open(&self) -> bool {
+        self.all_open.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The store's last change log entry of an open collection, for its lag behind the store.
+    ///
+    /// # Errors
+    /// The store is unavailable.
+    pub async fn store_position(&self, collection_id: i64) -> Result<i64, IndexError> {
+        Ok(self.store.last_log_seq(collection_id).await?)
     }
 
     async fn store_id(&self) -> Result<String, IndexError> {
@@ -242,7 +285,6 @@ impl Indexes {
             }
         };
         let from_snapshot = !state.dirty;
-        metrics::INDEX_VECTORS.add(state.serving.len() as i64);
         let slot = Arc::new(CollectionIndex {
             collection: collection.clone(),
             from_snapshot,
@@ -279,7 +321,6 @@ impl Indexes {
         })
         .await
         .map_err(|e| IndexError::Faiss(format!("add task: {e}")))??;
-        metrics::INDEX_VECTORS.add(added as i64);
         Ok(added)
     }
 
@@ -324,17 +365,15 @@ impl Indexes {
 
     /// Where a collection's open index stands (`None` if it is not open in this process).
     pub async fn stats(&self, collection: &str) -> Option<IndexStats> {
-        self.opened(collection).map(|slot| {
-            let state = slot.read();
-            IndexStats {
-                vectors: state.serving.len(),
-                from_snapshot: slot.from_snapshot,
-                caught_up: state.caught_up,
-                applied_seq: state.applied_seq,
-                generation: state.generation,
-                kind: state.serving.main().kind(),
-            }
-        })
+        self.opened(collection).map(|slot| slot_stats(&slot))
+    }
+
+    /// Every open index with where it stands, by collection name.
+    pub fn all_stats(&self) -> Vec<(Collection, IndexStats)> {
+        let mut all: Vec<_> =
+            self.all_opened().iter().map(|slot| (slot.collection.clone(), slot_stats(slot))).collect();
+        all.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        all
     }
 
     /// Brings an open collection up to date with the store (no-op if it is not open).
@@ -375,14 +414,12 @@ impl Indexes {
             let Some(last) = last else { return Ok(()) };
             let slot = slot.clone();
             let (snapshot_due, due) = self.due();
-            let (added, removed) = tokio::task::spawn_blocking(move || {
-                let (mut added, mut removed) = (0, 0);
+            tokio::task::spawn_blocking(move || {
                 // A few entries per lock, so searches never wait for a whole page of copies.
                 for steps in steps.chunks(16) {
                     let mut state = slot.lock();
                     let state = &mut *state;
                     let (a, r) = build::apply_steps(&mut state.serving, &mut state.removed, steps)?;
-                    (added, removed) = (added + a, removed + r);
                     state.caught_up += a;
                     state.changes += (a + r) as u64;
                     state.dirty = true;
@@ -394,11 +431,10 @@ impl Indexes {
                 // Entries of a collection commit in sequence order (see the index_log table), so
                 // every entry up to `last` that will ever exist has been applied.
                 state.applied_seq = state.applied_seq.max(last);
-                Ok::<_, IndexError>((added, removed))
+                Ok::<_, IndexError>(())
             })
             .await
             .map_err(|e| IndexError::Faiss(format!("catch-up task: {e}")))??;
-            metrics::INDEX_VECTORS.add(added as i64 - removed as i64);
             if !full {
                 return Ok(());
             }
@@ -588,7 +624,7 @@ impl Indexes {
             }
         }
         let slot = slot.clone();
-        let delta = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             // Adds made directly by ingest since the build began are only in `pending`: they go
             // to the new generation's delta, copied outside the lock but for the last few.
             // (Removes this process applied that the new index's replay has not seen cannot
@@ -608,17 +644,15 @@ impl Indexes {
             for (ids, vectors) in state.pending.take().unwrap_or_default() {
                 delta.add_where(&ids, &vectors, |id| !index.contains(id) && !state.removed.contains(&id))?;
             }
-            let change = (index.len() + delta.len()) as i64 - state.serving.len() as i64;
             state.serving.replace(index, delta);
             state.applied_seq = state.applied_seq.max(applied);
             state.generation = generation;
             state.dirty = true;
             state.pending = Some(Vec::new());
-            Ok::<_, IndexError>(change)
+            Ok::<_, IndexError>(())
         })
         .await
         .map_err(|e| IndexError::Faiss(format!("swap task: {e}")))??;
-        metrics::INDEX_VECTORS.add(delta);
         Ok(())
     }
 

@@ -35,6 +35,8 @@ struct Pending {
     vectors: Vec<Option<Vec<f32>>>,
     remaining: usize,
     failure: Option<Failure>,
+    /// Counts the document in the embed stage until it leaves (dropped with this entry).
+    _timer: crate::telemetry::metrics::StageTimer,
 }
 
 /// Inputs waiting for a batch, in arrival order, with their request tokens and arrival time.
@@ -154,7 +156,8 @@ impl Batcher {
     async fn enqueue(&mut self, work: Work<Vec<Chunk>>) -> Option<Pending> {
         let n = work.data.len();
         let texts: Vec<String> = work.data.iter().map(|c| c.text.clone()).collect();
-        let pending = Pending { vectors: vec![None; n], remaining: n, failure: None, work };
+        let _timer = crate::telemetry::metrics::stage("embed");
+        let pending = Pending { vectors: vec![None; n], remaining: n, failure: None, work, _timer };
         if n == 0 {
             return Some(pending);
         }

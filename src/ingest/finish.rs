@@ -37,6 +37,7 @@ impl Finisher {
             chunks,
             duplicate,
             status,
+            garbled_pages: doc.garbled_pages,
         };
         if let Err(error) = self.ctx.events.publish(DOCUMENT_INGESTED, &messages::encode(&event)).await {
             tracing::warn!(upload_id = %event.upload_id, %error, "could not publish document.ingested; retrying");
@@ -48,6 +49,7 @@ impl Finisher {
         }
         let outcome = if duplicate { "duplicate" } else { status.as_str() };
         metrics::DOCUMENTS.with_label_values(&[outcome]).inc();
+        metrics::GARBLED_PAGES.inc_by(u64::from(doc.garbled_pages));
         metrics::STAGE_SECONDS.with_label_values(&["total"]).observe(job.received.elapsed().as_secs_f64());
         tracing::info!(
             upload_id = %event.upload_id,
@@ -55,6 +57,7 @@ impl Finisher {
             document_id = event.document_id,
             chunks,
             outcome,
+            garbled_pages = doc.garbled_pages,
             ms = job.received.elapsed().as_millis() as u64,
             "upload done"
         );
@@ -68,6 +71,7 @@ impl Finisher {
         if failure.is_transient() && attempt < self.ctx.delivery_limit {
             tracing::warn!(upload_id = %job.upload.upload_id, attempt, %failure, "transient failure; trying again later");
             metrics::DOCUMENTS.with_label_values(&["requeued"]).inc();
+            metrics::ERRORS.with_label_values(&[failure.code.as_str(), "document"]).inc();
             // Exponential delay, so a struggling dependency is not hammered.
             let delay = Duration::from_millis(500u64.saturating_mul(1 << (attempt - 1).min(6)));
             retry(&job.delivery, delay).await;
@@ -160,6 +164,8 @@ impl Finisher {
             tracing::warn!(upload_id = %event.upload_id, %error, "could not publish document.failed");
         }
         metrics::DOCUMENTS.with_label_values(&["failed"]).inc();
+        metrics::DEAD_LETTERS.inc();
+        metrics::ERRORS.with_label_values(&[failure.code.as_str(), "document"]).inc();
         tracing::warn!(upload_id = %event.upload_id, code = %failure.code, reason = %failure.reason, "upload failed");
     }
 }

@@ -42,6 +42,8 @@ pub(crate) struct Doc {
     collection: Collection,
     document_id: i64,
     sha256: String,
+    /// Pages of the document left out as garbled (known from the extract stage on).
+    garbled_pages: u32,
 }
 
 /// A job with its document and the current stage's payload.
@@ -118,6 +120,8 @@ async fn intake(mut deliveries: Deliveries, next: mpsc::Sender<Job>, finisher: &
             },
         };
         let received = Instant::now();
+        let redelivered = if delivery.attempt > 1 { "true" } else { "false" };
+        crate::telemetry::metrics::DELIVERIES.with_label_values(&["uploads", redelivered]).inc();
         if is_delete(&delivery.body) {
             finisher.delete(delivery).await;
             continue;

@@ -2,7 +2,6 @@
 //! thing, and either forwards it, finishes it, or fails it with a classified [`Failure`].
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::finish::Finisher;
 use super::{Doc, Failed, Job, Work};
@@ -24,13 +23,9 @@ fn failed(job: Job, doc: Option<Doc>, failure: impl Into<Failure>) -> Failed {
     Failed { job, doc, failure: failure.into() }
 }
 
-fn observe(stage: &str, started: Instant) {
-    metrics::STAGE_SECONDS.with_label_values(&[stage]).observe(started.elapsed().as_secs_f64());
-}
-
 /// Fetches the bytes, stores them by hash, and claims the document row.
 pub(crate) async fn dedup(s: &Arc<IngestContext>, f: &Finisher, job: Job) -> Result<Option<Work<Arc<[u8]>>>, Failed> {
-    let started = Instant::now();
+    let timer = metrics::stage("dedup");
     let (upload, policy, blobs) = (job.upload.clone(), s.fetch_policy.clone(), s.blobs.clone());
     let fetched = tokio::task::spawn_blocking(move || {
         let bytes = crate::fetch::fetch(&upload, &policy)?;
@@ -64,20 +59,20 @@ pub(crate) async fn dedup(s: &Arc<IngestContext>, f: &Finisher, job: Job) -> Res
         Ok(claim) => claim,
         Err(e) => return Err(failed(job, None, e)),
     };
-    observe("dedup", started);
+    drop(timer);
     match claim {
         Claim::Process { document_id } => {
-            let doc = Doc { collection, document_id, sha256 };
+            let doc = Doc { collection, document_id, sha256, garbled_pages: 0 };
             Ok(Some(Work { job, doc, data: Arc::from(bytes) }))
         }
         Claim::Duplicate { document_id, chunks, status } => {
-            let doc = Doc { collection, document_id, sha256 };
+            let doc = Doc { collection, document_id, sha256, garbled_pages: 0 };
             f.succeed(job, &doc, chunks, true, status).await;
             Ok(None)
         }
         Claim::AlreadyDone { document_id, chunks, status } => {
             // A redelivery after a crash between commit and ack: make sure the vectors are indexed.
-            let doc = Doc { collection, document_id, sha256 };
+            let doc = Doc { collection, document_id, sha256, garbled_pages: 0 };
             if status == DocumentStatus::Ingested
                 && let Err(failure) = reindex_document(s, &doc).await
             {
@@ -101,24 +96,38 @@ pub(crate) async fn extract(
     f: &Finisher,
     w: Work<Arc<[u8]>>,
 ) -> Result<Option<Work<Extracted>>, Failed> {
-    let started = Instant::now();
+    let timer = metrics::stage("extract");
     let hints = OwnedHints {
         filename: Some(w.job.upload.filename.clone()),
         content_type: w.job.upload.content_type.clone(),
         password: w.job.upload.metadata.get("password").and_then(|v| v.as_str()).map(str::to_owned),
     };
     let result = s.sandbox.extract(w.data, hints).await;
-    observe("extract", started);
+    drop(timer);
     match result {
         Ok(mut extracted) => {
             // PostgreSQL text cannot hold NUL; U+FFFD keeps character offsets unchanged.
             if extracted.text.contains('\0') {
                 extracted.text = extracted.text.replace('\0', "\u{fffd}");
             }
-            Ok(Some(Work { job: w.job, doc: w.doc, data: extracted }))
+            let mut doc = w.doc;
+            doc.garbled_pages = u32::try_from(extracted.garbled_pages.len()).unwrap_or(u32::MAX);
+            if doc.garbled_pages > 0 {
+                tracing::warn!(
+                    upload_id = %w.job.upload.upload_id,
+                    document_id = doc.document_id,
+                    pages = ?extracted.garbled_pages,
+                    "garbled pages left out (fonts without a Unicode mapping)"
+                );
+            }
+            Ok(Some(Work { job: w.job, doc, data: extracted }))
         }
-        Err(error @ ExtractError::NoText) => {
-            finish_no_text(s, f, w.job, w.doc, &error.to_string()).await;
+        Err(error @ (ExtractError::NoText | ExtractError::Garbled { .. })) => {
+            let mut doc = w.doc;
+            if let ExtractError::Garbled { pages } = error {
+                doc.garbled_pages = pages;
+            }
+            finish_no_text(s, f, w.job, doc, &error.to_string()).await;
             Ok(None)
         }
         Err(error) => {
@@ -149,7 +158,7 @@ pub(crate) async fn chunk(
     f: &Finisher,
     w: Work<Extracted>,
 ) -> Result<Option<Work<Vec<Chunk>>>, Failed> {
-    let started = Instant::now();
+    let timer = metrics::stage("chunk");
     let chunker = s.chunker.clone();
     let extracted = w.data;
     let chunks = tokio::task::spawn_blocking(move || {
@@ -158,7 +167,7 @@ pub(crate) async fn chunk(
         chunker.chunk(&ChunkInput { text: &extracted.text, markdown, pages: &pages })
     })
     .await;
-    observe("chunk", started);
+    drop(timer);
     match chunks {
         Ok(chunks) if chunks.is_empty() => {
             finish_no_text(s, f, w.job, w.doc, "no_text: the extracted text is empty or only whitespace").await;
@@ -172,7 +181,7 @@ pub(crate) async fn chunk(
 /// Writes the document's chunks in one transaction, adds the vectors to the index, then
 /// publishes `document.ingested` and acks.
 pub(crate) async fn persist(s: &Arc<IngestContext>, f: &Finisher, w: Work<Embedded>) -> Result<Option<()>, Failed> {
-    let started = Instant::now();
+    let timer = metrics::stage("persist");
     let rows: Vec<NewChunk> = w
         .data
         .chunks
@@ -191,27 +200,29 @@ pub(crate) async fn persist(s: &Arc<IngestContext>, f: &Finisher, w: Work<Embedd
             embedding,
         })
         .collect();
+    let tokens: u64 = rows.iter().map(|r| u64::try_from(r.token_count).unwrap_or(0)).sum();
     let embedder = s.embedding.embedder();
     let persisted =
         match s.store.persist_chunks(w.doc.document_id, embedder.model_id(), embedder.dimensions(), &rows).await {
             Ok(p) => p,
             Err(e) => return Err(failed(w.job, Some(w.doc), e)),
         };
-    observe("persist", started);
+    drop(timer);
     if s.crash_at(FaultPoint::AfterPersist) {
         return Ok(None);
     }
-    let started = Instant::now();
+    let timer = metrics::stage("index");
     let count = persisted.stored.ids.len() as i64;
     if let Err(e) = s.indexes.add(&w.doc.collection, persisted.stored.ids, persisted.stored.vectors).await {
         return Err(failed(w.job, Some(w.doc), e));
     }
-    observe("index", started);
+    drop(timer);
     if s.crash_at(FaultPoint::AfterIndex) {
         return Ok(None);
     }
     if persisted.inserted {
         metrics::CHUNKS.inc_by(count as u64);
+        metrics::CHUNK_TOKENS.inc_by(tokens);
     }
     f.succeed(w.job, &w.doc, count, !persisted.inserted, DocumentStatus::Ingested).await;
     Ok(None)

@@ -80,6 +80,9 @@ pub async fn run(ctx: Arc<QueryContext>, shutdown: CancellationToken) {
 /// Answers one request (or stores a feedback message). Queries are never retried here: a client
 /// that got no reply retries on its own terms.
 async fn handle(s: &Arc<QueryContext>, request: Request) {
+    // Queries are acknowledged on receipt and never redelivered (a client that got no reply
+    // asks again on its own terms).
+    metrics::DELIVERIES.with_label_values(&["queries", "false"]).inc();
     if is_feedback(&request.body) {
         let body = feedback(s, &request.body).await;
         if let Some(reply) = &request.reply
@@ -150,7 +153,12 @@ async fn handle(s: &Arc<QueryContext>, request: Request) {
         None => tracing::warn!("query without reply_to: nowhere to send the answer; dropped"),
     }
     metrics::QUERIES.with_label_values(&[outcome]).inc();
-    metrics::QUERY_SECONDS.observe(started.elapsed().as_secs_f64());
+    if let Some(code) = &log.error_code {
+        metrics::ERRORS.with_label_values(&[code.as_str(), "query"]).inc();
+    }
+    let mode = log.mode.as_deref().unwrap_or(if reply.is_ok() { "none" } else { "error" });
+    let layer = log.cache_layer.as_deref().unwrap_or(if reply.is_ok() { "none" } else { "error" });
+    metrics::QUERY_SECONDS.with_label_values(&[mode, layer]).observe(started.elapsed().as_secs_f64());
     write_log(s, log, started);
 }
 

@@ -442,6 +442,28 @@ pub trait Store: Send + Sync {
     async fn status(&self) -> Result<Vec<StatusRow>, StoreError>;
     /// Cheap liveness check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Occupancy of each connection pool, for metrics.
+    fn pools(&self) -> Vec<PoolStats>;
+}
+
+/// One connection pool's occupancy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Which pool (`main`; embedded: `reader`, `writer`).
+    pub name: &'static str,
+    /// Connections open.
+    pub open: u32,
+    /// Open connections not in use.
+    pub idle: usize,
+    /// Most connections the pool opens.
+    pub max: u32,
+}
+
+impl PoolStats {
+    /// The occupancy of an sqlx pool.
+    pub fn of<DB: sqlx::Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> Self {
+        Self { name, open: pool.size(), idle: pool.num_idle(), max: pool.options().get_max_connections() }
+    }
 }
 
 /// The collection's model as stored (`None` before its first vectors).

@@ -9,8 +9,8 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::{
     ChunkHit, Claim, Collection, Deleted, DocumentRef, DocumentStatus, FeedbackEntry, GenerationRecord, LogEntry,
-    LogOp, NewChunk, NewDocument, Persisted, QueryLogEntry, StatusRow, Store, StoreError, StoredModel, StoredVectors,
-    admit_model, claim_existing, decode_vector_into, encode_vector, log_op,
+    LogOp, NewChunk, NewDocument, Persisted, PoolStats, QueryLogEntry, StatusRow, Store, StoreError, StoredModel,
+    StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector, log_op,
 };
 use crate::config::DatabaseSettings;
 
@@ -489,6 +489,10 @@ impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
         Ok(())
+    }
+
+    fn pools(&self) -> Vec<PoolStats> {
+        vec![PoolStats::of("main", &self.pool)]
     }
 
     async fn collections(&self) -> Result<Vec<Collection>, StoreError> {

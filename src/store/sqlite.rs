@@ -12,8 +12,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     ChunkHit, Claim, Collection, Deleted, DocumentRef, DocumentStatus, FeedbackEntry, GenerationRecord, LogEntry,
-    LogOp, NewChunk, NewDocument, Persisted, QueryLogEntry, StatusRow, Store, StoreError, StoredModel, StoredVectors,
-    admit_model, claim_existing, decode_vector_into, encode_vector, log_op,
+    LogOp, NewChunk, NewDocument, Persisted, PoolStats, QueryLogEntry, StatusRow, Store, StoreError, StoredModel,
+    StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector, log_op,
 };
 use crate::embedded::Database;
 
@@ -496,6 +496,10 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(self.db.reader()).await.map_err(map_err)?;
         Ok(())
+    }
+
+    fn pools(&self) -> Vec<PoolStats> {
+        vec![PoolStats::of("reader", self.db.reader()), PoolStats::of("writer", self.db.writer())]
     }
 
     async fn collections(&self) -> Result<Vec<Collection>, StoreError> {

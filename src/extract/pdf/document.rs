@@ -5,7 +5,7 @@ use lopdf::{Dictionary, Document, LoadOptions, Object, ObjectId};
 
 use super::PdfError;
 use super::geometry::PageFrame;
-use super::objects;
+use super::objects::{self, StreamError};
 
 /// How far into the file the `%PDF-` header may start (readers accept leading junk).
 const HEADER_WINDOW: usize = 1024;
@@ -157,8 +157,11 @@ fn decrypt_here(doc: &mut Document, password: Option<&str>) -> Result<(), PdfErr
     Err(PdfError::Encrypted)
 }
 
-/// Decodes the content streams of a page (`/Contents`: one stream or an array of them).
-pub(super) fn page_content(doc: &Document, page: &Dictionary) -> Vec<u8> {
+/// Decodes the content streams of a page (`/Contents`: one stream or an array of them), at
+/// most `limit` bytes of them together. An unreadable stream is skipped (the rest of the page
+/// may still read); one past the limit fails the page: its text cannot be had without reading
+/// it, and an empty page in its place would hide that.
+pub(super) fn page_content(doc: &Document, page: &Dictionary, limit: usize) -> Result<Vec<u8>, StreamError> {
     let streams: Vec<&Object> = match page.get(b"Contents").map(|o| objects::resolve(doc, o)) {
         Ok(Object::Array(items)) => items.iter().map(|o| objects::resolve(doc, o)).collect(),
         Ok(o) => vec![o],
@@ -166,14 +169,18 @@ pub(super) fn page_content(doc: &Document, page: &Dictionary) -> Vec<u8> {
     };
     let mut content = Vec::new();
     for stream in streams.into_iter().filter_map(|o| o.as_stream().ok()) {
-        let room = objects::MAX_STREAM.saturating_sub(content.len());
-        if let Some(bytes) = objects::stream_bytes(stream, room) {
-            content.extend_from_slice(&bytes);
-            // Streams of one page may split anywhere between tokens, never inside one.
-            content.push(b'\n');
+        let room = limit.saturating_sub(content.len());
+        match objects::decode(stream, room) {
+            Ok(bytes) => {
+                content.extend_from_slice(&bytes);
+                // Streams of one page may split anywhere between tokens, never inside one.
+                content.push(b'\n');
+            }
+            Err(StreamError::TooLarge) => return Err(StreamError::TooLarge),
+            Err(StreamError::Unreadable) => {}
         }
     }
-    content
+    Ok(content)
 }
 
 /// Whether the security handler leaves strings and streams alone (`/StmF` and `/StrF`

@@ -10,7 +10,7 @@ use lopdf::{Dictionary, Document, Object, ObjectId};
 use super::font::Font;
 use super::geometry::Matrix;
 use super::lexer::{Lexer, Token};
-use super::objects;
+use super::objects::{self, StreamError};
 use super::text::{Glyph, PageGlyphs, TextState};
 
 /// Nesting of form XObjects we follow; real files stay in single digits.
@@ -33,6 +33,10 @@ const MAX_FORM_CACHE: usize = 64 << 20;
 pub(super) struct Budget {
     pub operators: u64,
     pub glyphs: u64,
+    /// Bytes one content stream or form may decode to.
+    pub max_stream: usize,
+    /// Set when a stream decoded to more than `max_stream`: the document cannot be read whole.
+    pub oversized_stream: bool,
 }
 
 /// What persists across the pages of one document.
@@ -147,7 +151,11 @@ impl<'a> Interpreter<'a> {
 
     /// Executes one operator; false when the page's or the document's budget is spent.
     fn operator(&mut self, op: &[u8], args: &[Operand<'_>], res: Option<&'a Dictionary>) -> bool {
-        if self.budget.operators == 0 || self.budget.glyphs == 0 || self.page_operators == 0 {
+        if self.budget.operators == 0
+            || self.budget.glyphs == 0
+            || self.page_operators == 0
+            || self.budget.oversized_stream
+        {
             return false;
         }
         let cost = if op == b"Do" { FORM_COST } else { 1 };
@@ -325,7 +333,14 @@ impl<'a> Interpreter<'a> {
         if let Some(bytes) = self.cache.forms.get(&id) {
             return Some(Rc::clone(bytes));
         }
-        let bytes = Rc::new(objects::stream_bytes(form, objects::MAX_STREAM)?);
+        let bytes = match objects::decode(form, self.budget.max_stream) {
+            Ok(bytes) => Rc::new(bytes),
+            Err(StreamError::TooLarge) => {
+                self.budget.oversized_stream = true;
+                return None;
+            }
+            Err(StreamError::Unreadable) => return None,
+        };
         // Decoding costs time too: charge it against the operator budget, so a large form
         // drawn many times (when the cache is full) cannot run for long.
         let cost = u64::try_from(bytes.len() / 64).unwrap_or(u64::MAX);

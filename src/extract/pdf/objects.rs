@@ -3,9 +3,6 @@
 
 use lopdf::{Dictionary, Document, Object, ObjectId, Stream};
 
-/// Bytes of one decoded content stream or form (a page's streams together, too).
-pub(super) const MAX_STREAM: usize = 64 << 20;
-
 /// Follows references (lopdf bounds the chain); `Null` when it dangles.
 pub(super) fn resolve<'a>(doc: &'a Document, obj: &'a Object) -> &'a Object {
     doc.dereference(obj).map_or(&Object::Null, |(_, o)| o)
@@ -45,10 +42,29 @@ pub(super) fn numbers(doc: &Document, items: &[Object]) -> Vec<Option<f32>> {
     items.iter().map(|o| resolve(doc, o).as_float().ok().filter(|v| v.is_finite())).collect()
 }
 
+/// Why a stream's bytes could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StreamError {
+    /// It decodes to more than the limit (a decompression bomb, or content too large to read).
+    TooLarge,
+    /// Its data or filters are unusable.
+    Unreadable,
+}
+
 /// A stream's decoded bytes, at most `limit` of them (lopdf keeps what a corrupt Flate
-/// stream decoded before the damage); `None` when it cannot be decoded within the limit.
+/// stream decoded before the damage).
+pub(super) fn decode(stream: &Stream, limit: usize) -> Result<Vec<u8>, StreamError> {
+    match stream.decompressed_content_with_limit(limit) {
+        Ok(bytes) => Ok(bytes),
+        Err(lopdf::Error::Decompress(lopdf::DecompressError::MemoryLimitExceeded { .. })) => Err(StreamError::TooLarge),
+        Err(_) => Err(StreamError::Unreadable),
+    }
+}
+
+/// [`decode`] for streams whose loss costs a detail, not the text (fonts, CMaps): `None`
+/// whatever went wrong.
 pub(super) fn stream_bytes(stream: &Stream, limit: usize) -> Option<Vec<u8>> {
-    stream.decompressed_content_with_limit(limit).ok()
+    decode(stream, limit).ok()
 }
 
 /// The id a value refers to, if it is a reference.

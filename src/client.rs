@@ -46,36 +46,108 @@ pub enum ClientError {
     /// A reply could not be decoded.
     #[error("bad reply: {0}")]
     BadReply(String),
+    /// A `--from-jsonl` manifest entry is unusable.
+    #[error("manifest: {0}")]
+    BadManifest(String),
 }
 
-/// Files under `paths` (directories walked recursively, hidden entries skipped), sorted.
+/// Which files a directory walk takes.
+#[derive(Debug, Clone, Default)]
+pub struct WalkOptions {
+    /// Globs a file must match (any of them) to be taken; empty takes every file. A glob
+    /// without `/` matches the file name, one with `/` the path below the walked directory;
+    /// `*` and `?` stay within one path segment, `**` crosses segments.
+    pub include: Vec<String>,
+    /// Globs that leave a file (or a whole directory) out, matched like `include`.
+    pub exclude: Vec<String>,
+    /// Take hidden files and directories (names starting with `.`) too.
+    pub hidden: bool,
+}
+
+/// The files under `paths` (files given directly are always taken), sorted and deduplicated.
+/// Symbolic links are followed only while they stay inside the directory being walked, so a
+/// link cannot pull in files from elsewhere (or loop).
 ///
 /// # Errors
-/// A path that does not exist or cannot be listed.
-pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ClientError> {
+/// A path cannot be read or listed.
+pub fn collect_files(paths: &[PathBuf], options: &WalkOptions) -> Result<Vec<PathBuf>, ClientError> {
     let mut files = Vec::new();
     for path in paths {
-        walk(path, &mut files)?;
+        let io = |error| ClientError::Io { path: path.clone(), error };
+        if std::fs::metadata(path).map_err(io)?.is_file() {
+            files.push(path.clone());
+        } else {
+            let root = path.canonicalize().map_err(io)?;
+            walk(path, &root, Path::new(""), options, &mut files)?;
+        }
     }
     files.sort();
     files.dedup();
     Ok(files)
 }
 
-fn walk(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), ClientError> {
-    let io = |error| ClientError::Io { path: path.to_path_buf(), error };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if meta.is_file() {
-        out.push(path.to_path_buf());
-    } else if meta.is_dir() {
-        for entry in std::fs::read_dir(path).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            if !entry.file_name().to_string_lossy().starts_with('.') {
-                walk(&entry.path(), out)?;
+fn walk(
+    dir: &Path,
+    root: &Path,
+    relative: &Path,
+    options: &WalkOptions,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), ClientError> {
+    let io = |error| ClientError::Io { path: dir.to_path_buf(), error };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && !options.hidden {
+            continue;
+        }
+        let path = entry.path();
+        let rel = relative.join(&name);
+        let rel_text = rel.to_string_lossy().replace('\\', "/");
+        if options.exclude.iter().any(|g| glob_matches(g, &name, &rel_text)) {
+            continue;
+        }
+        if entry.file_type().map_err(io)?.is_symlink() {
+            match path.canonicalize() {
+                Ok(target) if target.starts_with(root) && target != root => {}
+                _ => {
+                    tracing::warn!(path = %path.display(), "skipped: a symbolic link out of the walked directory (or broken)");
+                    continue;
+                }
             }
+        }
+        let meta = std::fs::metadata(&path).map_err(|error| ClientError::Io { path: path.clone(), error })?;
+        if meta.is_dir() {
+            walk(&path, root, &rel, options, out)?;
+        } else if meta.is_file()
+            && (options.include.is_empty() || options.include.iter().any(|g| glob_matches(g, &name, &rel_text)))
+        {
+            out.push(path);
         }
     }
     Ok(())
+}
+
+/// Whether `glob` matches a file: against its `name` when the glob has no `/`, else against its
+/// `path` below the walked directory.
+fn glob_matches(glob: &str, name: &str, path: &str) -> bool {
+    let target = if glob.contains('/') { path } else { name };
+    glob_match(glob.as_bytes(), target.as_bytes())
+}
+
+/// `*` and `?` within one segment, `**` across segments.
+fn glob_match(glob: &[u8], text: &[u8]) -> bool {
+    match glob {
+        [] => text.is_empty(),
+        [b'*', b'*', rest @ ..] => {
+            let rest = rest.strip_prefix(b"/").unwrap_or(rest);
+            (0..=text.len()).any(|i| glob_match(rest, &text[i..]))
+        }
+        [b'*', rest @ ..] => {
+            (0..=text.len()).take_while(|&i| i == 0 || text[i - 1] != b'/').any(|i| glob_match(rest, &text[i..]))
+        }
+        [b'?', rest @ ..] => text.first().is_some_and(|&c| c != b'/') && glob_match(rest, &text[1..]),
+        [c, rest @ ..] => text.first() == Some(c) && glob_match(rest, &text[1..]),
+    }
 }
 
 /// Builds the upload for one file: by reference (`file://`) when the worker may read it in
@@ -114,6 +186,69 @@ pub fn upload_for_file(
         upload.content_b64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
     }
     Ok(upload)
+}
+
+/// One line of a `ragpipe ingest --from-jsonl` manifest: a file (`path`, relative to the
+/// manifest's directory) or a `uri` the worker fetches, with the metadata to store with it.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestEntry {
+    /// A local file, sent like a file given on the command line.
+    pub path: Option<PathBuf>,
+    /// A location the worker reads itself (`file://` under its `storage.allowed_roots`).
+    pub uri: Option<String>,
+    /// Metadata stored with the document (filterable in queries).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+impl ManifestEntry {
+    /// Parses one manifest line; `Ok(None)` for a blank one.
+    ///
+    /// # Errors
+    /// Not a JSON object of the expected fields, or neither or both of `path` and `uri`.
+    pub fn parse(line: &str) -> Result<Option<Self>, String> {
+        if line.trim().is_empty() {
+            return Ok(None);
+        }
+        let entry: Self = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        match (&entry.path, &entry.uri) {
+            (Some(_), None) | (None, Some(_)) => Ok(Some(entry)),
+            _ => Err("give exactly one of `path` and `uri`".to_owned()),
+        }
+    }
+
+    /// The upload for this entry; `base` is the manifest's directory.
+    ///
+    /// # Errors
+    /// The file cannot be read or inlined, or the URI does not parse.
+    pub fn to_upload(
+        &self,
+        base: &Path,
+        collection: &CollectionName,
+        policy: &FetchPolicy,
+    ) -> Result<UploadMessage, ClientError> {
+        let mut upload = match (&self.path, &self.uri) {
+            (Some(path), _) => upload_for_file(&base.join(path), collection, policy)?,
+            (None, Some(uri)) => {
+                let parsed = url::Url::parse(uri).map_err(|e| ClientError::BadManifest(format!("{uri}: {e}")))?;
+                let filename = parsed.path_segments().and_then(|mut s| s.next_back()).unwrap_or_default().to_owned();
+                UploadMessage {
+                    v: VERSION,
+                    upload_id: uuid::Uuid::new_v4().to_string(),
+                    collection: collection.clone(),
+                    content_type: guess_content_type(Path::new(&filename)).map(str::to_owned),
+                    filename: if filename.is_empty() { uri.clone() } else { filename },
+                    uri: Some(uri.clone()),
+                    content_b64: None,
+                    metadata: BTreeMap::new(),
+                }
+            }
+            (None, None) => return Err(ClientError::BadManifest("an entry without `path` or `uri`".to_owned())),
+        };
+        upload.metadata.clone_from(&self.metadata);
+        Ok(upload)
+    }
 }
 
 /// A content-type hint from the file extension (the worker sniffs the content anyway).
@@ -225,4 +360,32 @@ pub async fn query_streaming(
         on_part(&part.delta);
     }
     Err(ClientError::BadReply("the reply ended before its final message".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_names_or_paths() {
+        assert!(glob_matches("*.pdf", "a.pdf", "x/a.pdf"));
+        assert!(!glob_matches("*.pdf", "a.pdf.txt", "a.pdf.txt"));
+        assert!(glob_matches("reports/*.md", "q1.md", "reports/q1.md"));
+        assert!(!glob_matches("reports/*.md", "q1.md", "reports/2024/q1.md"));
+        assert!(glob_matches("reports/**/*.md", "q1.md", "reports/2024/q1.md"));
+        assert!(glob_matches("reports/**/*.md", "q1.md", "reports/q1.md"));
+        assert!(glob_matches("**/draft-?.txt", "draft-1.txt", "a/b/draft-1.txt"));
+        assert!(!glob_matches("draft-?.txt", "draft-10.txt", "draft-10.txt"));
+    }
+
+    #[test]
+    fn manifest_lines_need_exactly_one_source() {
+        let entry = ManifestEntry::parse(r#"{"path": "a.txt", "metadata": {"team": "ops"}}"#).expect("valid");
+        assert_eq!(entry.expect("entry").metadata["team"], "ops");
+        assert!(ManifestEntry::parse("   ").expect("blank").is_none());
+        assert!(ManifestEntry::parse(r#"{"path": "a", "uri": "file:///a"}"#).is_err());
+        assert!(ManifestEntry::parse(r#"{"metadata": {}}"#).is_err());
+        assert!(ManifestEntry::parse(r#"{"path": "a", "colour": "red"}"#).is_err());
+        assert!(ManifestEntry::parse("not json").is_err());
+    }
 }

@@ -212,6 +212,12 @@ async fn the_cli_hands_its_uploads_to_a_worker_in_another_process_and_reports_th
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains("a worker is consuming uploads"), "{status}");
     assert!(status.contains("store  sqlite"), "{status}");
+    let json = Command::new(bin()).args(["status", "--json", "--config"]).arg(&config).output().expect("status");
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json prints JSON");
+    assert_eq!(json["queues"]["worker_consuming"], true, "{json}");
+    let handed = json["documents"].as_array().expect("documents").iter().find(|d| d["collection"] == "handed");
+    assert!(handed.is_some_and(|d| d["status"] == "ingested" && d["documents"] == 5), "{json}");
+    assert!(json["indexes"].as_array().expect("indexes").iter().any(|i| i["collection"] == "handed"), "{json}");
     stop(worker);
 }
 
@@ -275,4 +281,72 @@ async fn eval_scores_a_beir_dataset_through_the_pipeline_and_reruns_on_the_same_
             assert!((got - value).abs() < 1e-9, "run {run}, {metric}: {got} vs {value}: {report}");
         }
     }
+}
+
+/// Runs `ragpipe <args> --config <config>` and returns its stdout; fails on a non-zero exit.
+fn ragpipe(config: &Path, args: &[&str]) -> String {
+    let output =
+        Command::new(bin()).args(args).arg("--config").arg(config).env("RUST_LOG", "warn").output().expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "ragpipe {args:?}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_walks_with_globs_skips_hidden_files_and_escaping_links_and_takes_a_manifest_with_metadata() {
+    let env = TestEnv::embedded().await;
+    let config = config_file(&env);
+    let tree = env.inbox().join("tree");
+    for (path, text) in [
+        ("a.txt", "Alpha notes about the ferry timetable."),
+        ("b.md", "# Bravo\n\nA markdown page about lighthouses."),
+        ("notes/c.txt", "Charlie notes about tide tables."),
+        ("skip/d.txt", "Delta, in a directory that is excluded."),
+        (".hidden/e.txt", "Echo, in a hidden directory."),
+        (".f.txt", "Foxtrot, a hidden file."),
+    ] {
+        let file = tree.join(path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("dirs");
+        std::fs::write(&file, text).expect("write");
+    }
+    // A link out of the tree must not pull the outside file in.
+    let outside = env.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    std::fs::write(outside.join("secret.txt"), "Golf, outside the walked directory.").expect("write");
+    std::os::unix::fs::symlink(&outside, tree.join("escape")).expect("symlink");
+
+    let tree_arg = tree.to_string_lossy().into_owned();
+    let out = ragpipe(&config, &["ingest", &tree_arg, "--include", "*.txt", "--exclude", "skip", "-c", "walk"]);
+    assert!(out.contains("2 ingested"), "a.txt and notes/c.txt only:\n{out}");
+    let out = ragpipe(&config, &["ingest", &tree_arg, "--hidden", "--include", "**/e.txt", "-c", "hidden"]);
+    assert!(out.contains("1 ingested"), "--hidden takes hidden directories:\n{out}");
+
+    let manifest = env.inbox().join("manifest.jsonl");
+    let uri = url::Url::from_file_path(tree.join("b.md")).expect("uri");
+    std::fs::write(
+        &manifest,
+        format!(
+            "{{\"path\": \"tree/a.txt\", \"metadata\": {{\"team\": \"ops\"}}}}\n\n{{\"uri\": \"{uri}\", \"metadata\": {{\"team\": \"web\"}}}}\n"
+        ),
+    )
+    .expect("manifest");
+    let manifest_arg = manifest.to_string_lossy().into_owned();
+    let out = ragpipe(&config, &["ingest", "--from-jsonl", &manifest_arg, "-c", "manifest"]);
+    assert!(out.contains("2 ingested"), "{out}");
+    let reply = ragpipe(&config, &["query", "notes", "-c", "manifest", "--filter", "team=web", "--json"]);
+    let reply: serde_json::Value = serde_json::from_str(&reply).expect("json reply");
+    let files: Vec<&str> =
+        reply["chunks"].as_array().expect("chunks").iter().filter_map(|c| c["filename"].as_str()).collect();
+    assert_eq!(files, ["b.md"], "metadata from the manifest is stored and filters: {reply}");
+
+    // A malformed manifest line stops the run before anything is published, naming the line.
+    std::fs::write(&manifest, "{\"path\": \"tree/a.txt\"}\n{\"path\": \"x\", \"uri\": \"file:///x\"}\n")
+        .expect("write");
+    let output = Command::new(bin())
+        .args(["ingest", "--from-jsonl", &manifest_arg, "-c", "bad", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("manifest.jsonl:2"), "{stderr}");
 }

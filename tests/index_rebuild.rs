@@ -160,6 +160,9 @@ async fn a_rebuild_under_queries_swaps_replicas_without_embedding_a_chunk(mut en
     let probe = clustered(40 * 100, collection.id as u64 * 1_000 + 1);
     let indexes = replica.services.indexes.clone();
     indexes.search(&collection, probe[..DIMS].to_vec(), 5).await.expect("open the replica's index");
+    // The replica may have opened the collection at start, before the vectors were stored (they
+    // bypass the pipeline, so no event announces them): bring it up to date as its follower would.
+    indexes.catch_up("rebuilt").await.expect("catch up");
     let before = indexes.stats("rebuilt").await.expect("open");
     assert_eq!(before.vectors, 4_000);
 

@@ -1,5 +1,7 @@
-//! `ragpipe ingest <paths…>`: publish one upload per file; with `--wait`, follow their outcomes
-//! and print a summary (ingested / duplicate / no text / failed with reasons).
+//! `ragpipe ingest <paths…> [--from-jsonl manifest]`: publish one upload per file (directories
+//! walked with include/exclude globs, hidden files skipped, no symlink escapes) or manifest line;
+//! with `--wait`, follow their outcomes and print a summary (ingested / duplicate / no text /
+//! failed with reasons). Ctrl-C stops and says how far it got.
 //!
 //! With the embedded queue and no worker running on the data directory, this process runs the
 //! ingest role itself until its uploads are settled (so `--wait` is implied): the same pipeline,
@@ -26,8 +28,22 @@ use crate::worker::{self, Role};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Files or directories (walked recursively) to ingest.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "from_jsonl")]
     pub paths: Vec<PathBuf>,
+    /// A manifest instead of (or besides) paths: one JSON object per line, `{"path": ...}` (relative
+    /// to the manifest) or `{"uri": ...}`, each with optional `"metadata": {...}`.
+    #[arg(long, value_name = "FILE")]
+    pub from_jsonl: Option<PathBuf>,
+    /// Only files matching one of these globs (`*.pdf`; with a `/`, a path below the directory:
+    /// `reports/**/*.md`).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out files and directories matching one of these globs.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Take hidden files and directories (names starting with `.`) too.
+    #[arg(long)]
+    pub hidden: bool,
     /// Collection to ingest into.
     #[arg(long, short, default_value = "default")]
     pub collection: String,
@@ -46,8 +62,13 @@ pub struct Args {
 /// No files, an unreadable file, a bad collection name, or a queue failure.
 pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     let collection = CollectionName::new(args.collection.as_str())?;
-    let files = client::collect_files(&args.paths)?;
-    anyhow::ensure!(!files.is_empty(), "no files found under {:?}", args.paths);
+    let walk =
+        client::WalkOptions { include: args.include.clone(), exclude: args.exclude.clone(), hidden: args.hidden };
+    let mut sources: Vec<Source> = client::collect_files(&args.paths, &walk)?.into_iter().map(Source::File).collect();
+    if let Some(manifest) = &args.from_jsonl {
+        sources.extend(read_manifest(manifest)?);
+    }
+    anyhow::ensure!(!sources.is_empty(), "no files found under {:?}", args.paths);
     let policy = FetchPolicy::new(
         &settings.storage.allowed_roots,
         settings.extract.max_file_bytes,
@@ -75,25 +96,36 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     // Subscribe before publishing so that no outcome can slip past.
     let wait = args.wait || local;
     let mut events = if wait { Some(client::subscribe_outcomes(queue.events.as_ref()).await?) } else { None };
-    let mut pending = Vec::with_capacity(files.len());
+    // Ctrl-C stops publishing and waiting; what was published is still ingested by the worker.
+    let interrupted = CancellationToken::new();
+    tokio::spawn({
+        let interrupted = interrupted.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupted.cancel();
+            }
+        }
+    });
+    let mut pending = Vec::with_capacity(sources.len());
     let mut names = std::collections::HashMap::new();
-    for file in &files {
-        let upload = client::upload_for_file(file, &collection, &policy)?;
-        queue
-            .uploads
-            .publish(&messages::encode(&upload))
-            .await
-            .with_context(|| format!("publishing {}", file.display()))?;
-        names.insert(upload.upload_id.clone(), file.display().to_string());
+    for source in &sources {
+        if interrupted.is_cancelled() {
+            break;
+        }
+        let upload = source.upload(&collection, &policy)?;
+        queue.uploads.publish(&messages::encode(&upload)).await.with_context(|| format!("publishing {source}"))?;
+        names.insert(upload.upload_id.clone(), source.to_string());
         pending.push(upload.upload_id);
     }
     let Some(events) = events.as_mut() else {
         println!("published {} upload(s) to collection `{collection}`", pending.len());
-        return Ok(ExitCode::SUCCESS);
+        return Ok(interrupted_or(&interrupted, pending.len(), sources.len(), ExitCode::SUCCESS));
     };
     let progress = Progress::new(pending.len() as u64);
-    let outcomes =
-        client::wait_for_outcomes(events, &pending, Duration::from_secs(args.timeout), |_| progress.inc()).await;
+    let outcomes = tokio::select! {
+        outcomes = client::wait_for_outcomes(events, &pending, Duration::from_secs(args.timeout), |_| progress.inc()) => outcomes,
+        () = interrupted.cancelled() => std::collections::HashMap::new(),
+    };
     progress.finish();
     let elapsed = started.elapsed();
     if let Some((shutdown, running)) = worker {
@@ -101,7 +133,67 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         shutdown.cancel();
         running.await.context("the pipeline task")?.context("running the pipeline")?;
     }
-    Ok(summarise(&pending, &outcomes, &names, elapsed))
+    let code = summarise(&pending, &outcomes, &names, elapsed);
+    Ok(interrupted_or(&interrupted, pending.len(), sources.len(), code))
+}
+
+/// What one upload is made from: a file, or a manifest entry.
+enum Source {
+    File(PathBuf),
+    Entry { manifest: PathBuf, line: usize, entry: client::ManifestEntry },
+}
+
+impl Source {
+    fn upload(&self, collection: &CollectionName, policy: &FetchPolicy) -> anyhow::Result<messages::UploadMessage> {
+        Ok(match self {
+            Source::File(path) => client::upload_for_file(path, collection, policy)?,
+            Source::Entry { manifest, entry, .. } => {
+                let base = manifest.parent().unwrap_or(std::path::Path::new("."));
+                entry.to_upload(base, collection, policy).with_context(|| self.to_string())?
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::Entry { manifest, line, entry } => {
+                let what = entry
+                    .path
+                    .as_ref()
+                    .map_or_else(|| entry.uri.clone().unwrap_or_default(), |p| p.display().to_string());
+                write!(f, "{what} ({}:{line})", manifest.display())
+            }
+        }
+    }
+}
+
+/// The manifest's entries; a malformed line stops the run before anything is published.
+fn read_manifest(path: &std::path::Path) -> anyhow::Result<Vec<Source>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the manifest {}", path.display()))?;
+    let mut sources = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let entry = client::ManifestEntry::parse(line)
+            .map_err(|reason| anyhow::anyhow!("{}:{}: {reason}", path.display(), i + 1))?;
+        if let Some(entry) = entry {
+            sources.push(Source::Entry { manifest: path.to_path_buf(), line: i + 1, entry });
+        }
+    }
+    Ok(sources)
+}
+
+/// After Ctrl-C: says how far the run got and exits 130; otherwise `code`.
+fn interrupted_or(interrupted: &CancellationToken, published: usize, total: usize, code: ExitCode) -> ExitCode {
+    if !interrupted.is_cancelled() {
+        return code;
+    }
+    eprintln!(
+        "interrupted: {published} of {total} upload(s) published; the published ones are ingested by the \
+         worker (run again to send the rest: ingested files count as duplicates)"
+    );
+    ExitCode::from(130)
 }
 
 /// A progress bar on a terminal; a line every few seconds otherwise.

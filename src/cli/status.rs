@@ -1,9 +1,13 @@
-//! `ragpipe status`: compute kernels, backends, documents per collection and status, queue
-//! depths, and per collection its index (kind, generation, log lag) and last rebuild.
+//! `ragpipe status [--json] [--watch SECS]`: compute kernels, backends, documents per collection
+//! and status, queue depths, and per collection its index (kind, generation, log lag) and last
+//! rebuild. Gathered once into one report, printed as text or as JSON for machines.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
+use serde_json::{Value, json};
 
 use crate::config::Settings;
 use crate::embedded::LazyDatabase;
@@ -11,113 +15,232 @@ use crate::{queue, store};
 
 /// Arguments of `ragpipe status`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print it again every SECS seconds until Ctrl-C.
+    #[arg(long, value_name = "SECS")]
+    pub watch: Option<u64>,
+}
 
-/// Prints the status.
+/// Prints the status (repeatedly with `--watch`).
 ///
 /// # Errors
 /// The store is unreachable.
-pub async fn run(_args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
-    let kernels = crate::blas::Kernels::current();
-    println!("compute:\n  {}", kernels.describe());
-    if let Some(warning) = kernels.warning() {
-        println!("  warning: {warning}");
-    }
+pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     let embedded = LazyDatabase::new(settings.storage.database_file());
     let connected = store::connect(&settings.database, &embedded).await.context("connecting to the store")?;
     let queue = queue::connect(&settings.broker, &embedded).await;
-    let (cache, _) = crate::cache::connect(&settings.cache);
-    println!("backends:");
-    println!("  store  {}", connected.kind);
-    match &queue {
-        Ok(queue) => println!("  queue  {}", queue.kind),
-        Err(error) => println!("  queue  unreachable: {error}"),
-    }
-    println!("  cache  {cache}");
-    let rows = connected.store.status().await.context("reading document counts")?;
-    println!("documents:");
-    if rows.is_empty() {
-        println!("  (none)");
-    }
-    for row in rows {
-        println!(
-            "  {:<24} {:<10} {:>8} documents {:>10} chunks",
-            row.collection, row.status, row.documents, row.chunks
-        );
-    }
-    if let Ok(queue) = &queue {
-        match queue.uploads.depths().await {
-            Ok(d) => {
-                println!("queues:\n  uploads waiting {}", d.ingest);
-                if let Some(taken) = d.in_progress {
-                    println!("  uploads taken   {taken}");
-                }
-                println!("  dead letters    {}\n  queries waiting {}", d.dead, d.query);
-            }
-            Err(error) => println!("queues: {error}"),
+    loop {
+        let report = gather(&settings, &connected, queue.as_ref()).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", render(&report));
         }
-        match queue.uploads.has_consumers().await {
-            Ok(true) => println!("  a worker is consuming uploads"),
-            Ok(false) => println!("  no worker is consuming uploads"),
-            Err(error) => println!("  consumers: {error}"),
+        let Some(every) = args.watch else { break };
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(every.max(1))) => {}
+            _ = tokio::signal::ctrl_c() => break,
         }
-    }
-    let index_dir = settings.index_dir();
-    println!("indexes (snapshots in {}):", index_dir.display());
-    let collections = connected.store.collections().await.context("listing collections")?;
-    if collections.is_empty() {
-        println!("  (none)");
-    }
-    for collection in collections {
-        print_index(connected.store.as_ref(), &index_dir, &collection).await;
+        if !args.json {
+            println!();
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Everything the report shows, as JSON (the text form is rendered from it).
+async fn gather(
+    settings: &Settings,
+    connected: &store::Connected,
+    queue: Result<&queue::Queue, &queue::QueueError>,
+) -> anyhow::Result<Value> {
+    let kernels = crate::blas::Kernels::current();
+    let (cache, _) = crate::cache::connect(&settings.cache);
+    let store = connected.store.as_ref();
+    let documents: Vec<Value> = store
+        .status()
+        .await
+        .context("reading document counts")?
+        .into_iter()
+        .map(|r| json!({"collection": r.collection, "status": r.status.as_str(), "documents": r.documents, "chunks": r.chunks}))
+        .collect();
+    let queues = match queue {
+        Ok(queue) => {
+            let depths = queue.uploads.depths().await.map_err(|e| e.to_string());
+            let consumers = queue.uploads.has_consumers().await.map_err(|e| e.to_string());
+            json!({
+                "backend": queue.kind.to_string(),
+                "uploads_waiting": depths.as_ref().ok().map(|d| d.ingest),
+                "uploads_taken": depths.as_ref().ok().and_then(|d| d.in_progress),
+                "dead_letters": depths.as_ref().ok().map(|d| d.dead),
+                "queries_waiting": depths.as_ref().ok().map(|d| d.query),
+                "worker_consuming": consumers.as_ref().ok(),
+                "error": depths.err().or(consumers.err()),
+            })
+        }
+        Err(error) => json!({ "error": format!("unreachable: {error}") }),
+    };
+    let index_dir = settings.index_dir();
+    let mut indexes = Vec::new();
+    for collection in store.collections().await.context("listing collections")? {
+        indexes.push(index_report(store, &index_dir, &collection).await);
+    }
+    Ok(json!({
+        "compute": { "kernels": kernels.describe(), "warning": kernels.warning() },
+        "backends": { "store": connected.kind, "queue": queues.get("backend"), "cache": cache },
+        "documents": documents,
+        "queues": queues,
+        "index_dir": index_dir.display().to_string(),
+        "indexes": indexes,
+    }))
+}
+
 /// One collection's index: its snapshot (kind, generation, log position and lag behind the
 /// store) and its last rebuild with the verification result.
-async fn print_index(store: &dyn store::Store, index_dir: &std::path::Path, collection: &store::Collection) {
+async fn index_report(store: &dyn store::Store, index_dir: &std::path::Path, collection: &store::Collection) -> Value {
     let manifest =
         std::fs::read(crate::index::snapshot::collection_dir(index_dir, &collection.name).join("manifest.json"))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<crate::index::snapshot::Manifest>(&bytes).ok());
     let snapshot = match manifest {
-        None => "no snapshot (built from the store when first opened)".to_owned(),
+        None => json!({ "note": "no snapshot (built from the store when first opened)" }),
         Some(m) if m.collection_id != collection.id => {
-            "snapshot from another store or collection (will be rebuilt)".to_owned()
+            json!({ "note": "snapshot from another store or collection (will be rebuilt)" })
         }
         Some(m) => {
-            let lag = match store.last_log_seq(collection.id).await {
-                Ok(last) => format!("{} entries behind", (last - m.log_seq).max(0)),
-                Err(error) => format!("lag unknown: {error}"),
-            };
-            format!(
-                "{} vectors, {}, generation {}, log seq {} ({lag}), {}d {}",
-                m.count,
-                m.index.describe(),
-                m.generation,
-                m.log_seq,
-                m.dimensions,
-                m.model
-            )
+            let lag = store.last_log_seq(collection.id).await.map(|last| (last - m.log_seq).max(0));
+            json!({
+                "vectors": m.count,
+                "kind": m.index.describe(),
+                "generation": m.generation,
+                "log_seq": m.log_seq,
+                "lag": lag.as_ref().ok(),
+                "lag_error": lag.err().map(|e| e.to_string()),
+                "dimensions": m.dimensions,
+                "model": m.model,
+            })
         }
     };
-    println!("  {:<24} {snapshot}", collection.name);
-    match store.last_generation(collection.id).await {
-        Ok(Some(g)) => {
-            let when = g.finished_at.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default();
-            let recall = g.recall.map_or_else(|| "exact".to_owned(), |r| format!("recall@10 {r:.3}"));
-            let outcome = if g.ok {
+    let rebuild = match store.last_generation(collection.id).await {
+        Ok(Some(g)) => json!({
+            "finished_at": g.finished_at.map(|t| t.to_rfc3339()),
+            "generation": g.generation,
+            "vectors": g.vectors,
+            "expected": g.expected,
+            "kind": g.kind,
+            "recall": g.recall,
+            "ok": g.ok,
+            "reason": g.reason,
+        }),
+        Ok(None) => Value::Null,
+        Err(error) => json!({ "error": error.to_string() }),
+    };
+    json!({ "collection": collection.name, "snapshot": snapshot, "last_rebuild": rebuild })
+}
+
+/// The report as text, one section per part.
+fn render(r: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "compute:\n  {}", r["compute"]["kernels"].as_str().unwrap_or_default());
+    if let Some(warning) = r["compute"]["warning"].as_str() {
+        let _ = writeln!(out, "  warning: {warning}");
+    }
+    let q = &r["queues"];
+    let _ = writeln!(out, "backends:\n  store  {}", r["backends"]["store"].as_str().unwrap_or_default());
+    match q["backend"].as_str() {
+        Some(queue) => {
+            let _ = writeln!(out, "  queue  {queue}");
+        }
+        None => {
+            let _ = writeln!(out, "  queue  {}", q["error"].as_str().unwrap_or_default());
+        }
+    }
+    let _ = writeln!(out, "  cache  {}", r["backends"]["cache"].as_str().unwrap_or_default());
+    let _ = writeln!(out, "documents:");
+    let documents = r["documents"].as_array().cloned().unwrap_or_default();
+    if documents.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for d in documents {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<10} {:>8} documents {:>10} chunks",
+            d["collection"].as_str().unwrap_or_default(),
+            d["status"].as_str().unwrap_or_default(),
+            d["documents"],
+            d["chunks"]
+        );
+    }
+    if q["backend"].is_string() {
+        if let Some(waiting) = q["uploads_waiting"].as_u64() {
+            let _ = writeln!(out, "queues:\n  uploads waiting {waiting}");
+            if let Some(taken) = q["uploads_taken"].as_u64() {
+                let _ = writeln!(out, "  uploads taken   {taken}");
+            }
+            let _ =
+                writeln!(out, "  dead letters    {}\n  queries waiting {}", q["dead_letters"], q["queries_waiting"]);
+        }
+        match q["worker_consuming"].as_bool() {
+            Some(true) => out.push_str("  a worker is consuming uploads\n"),
+            Some(false) => out.push_str("  no worker is consuming uploads\n"),
+            None => {}
+        }
+        if let Some(error) = q["error"].as_str() {
+            let _ = writeln!(out, "  {error}");
+        }
+    }
+    let _ = writeln!(out, "indexes (snapshots in {}):", r["index_dir"].as_str().unwrap_or_default());
+    let indexes = r["indexes"].as_array().cloned().unwrap_or_default();
+    if indexes.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for i in indexes {
+        let name = i["collection"].as_str().unwrap_or_default();
+        let s = &i["snapshot"];
+        let snapshot = match s["note"].as_str() {
+            Some(note) => note.to_owned(),
+            None => {
+                let lag = match s["lag"].as_i64() {
+                    Some(lag) => format!("{lag} entries behind"),
+                    None => format!("lag unknown: {}", s["lag_error"].as_str().unwrap_or_default()),
+                };
+                format!(
+                    "{} vectors, {}, generation {}, log seq {} ({lag}), {}d {}",
+                    s["vectors"],
+                    s["kind"].as_str().unwrap_or_default(),
+                    s["generation"],
+                    s["log_seq"],
+                    s["dimensions"],
+                    s["model"].as_str().unwrap_or_default()
+                )
+            }
+        };
+        let _ = writeln!(out, "  {name:<24} {snapshot}");
+        let g = &i["last_rebuild"];
+        let rebuild = if g.is_null() {
+            "never rebuilt".to_owned()
+        } else if let Some(error) = g["error"].as_str() {
+            format!("last rebuild unknown: {error}")
+        } else {
+            let when = g["finished_at"].as_str().map(|t| t.replace('T', " ")).unwrap_or_default();
+            let recall = g["recall"].as_f64().map_or_else(|| "exact".to_owned(), |r| format!("recall@10 {r:.3}"));
+            let outcome = if g["ok"] == true {
                 "passed".to_owned()
             } else {
-                format!("FAILED ({}), previous generation kept", g.reason.unwrap_or_default())
+                format!("FAILED ({}), previous generation kept", g["reason"].as_str().unwrap_or_default())
             };
-            println!(
-                "  {:<24} last rebuild {when}: generation {}, {} of {} vectors, {}, {recall}: {outcome}",
-                "", g.generation, g.vectors, g.expected, g.kind
-            );
-        }
-        Ok(None) => println!("  {:<24} never rebuilt", ""),
-        Err(error) => println!("  {:<24} last rebuild unknown: {error}", ""),
+            format!(
+                "last rebuild {when}: generation {}, {} of {} vectors, {}, {recall}: {outcome}",
+                g["generation"],
+                g["vectors"],
+                g["expected"],
+                g["kind"].as_str().unwrap_or_default()
+            )
+        };
+        let _ = writeln!(out, "  {:<24} {rebuild}", "");
     }
+    out
 }

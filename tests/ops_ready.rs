@@ -11,52 +11,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestEnv;
+use common::{Proxy, TestEnv};
 use ragpipe::http::{Readiness, serve};
 use ragpipe::worker::Role;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-
-/// A TCP proxy to `target` that can be cut (open connections reset, new ones closed at once)
-/// and restored.
-struct Proxy {
-    port: u16,
-    up: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let port = listener.local_addr().expect("addr").port();
-        let (up, _) = watch::channel(true);
-        let state = up.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !*state.borrow() {
-                    continue; // dropped: closed at once, like a refused connection
-                }
-                let mut down = state.subscribe();
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = down.wait_for(|up| !*up) => {}
-                    }
-                });
-            }
-        });
-        Self { port, up }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
-    }
-}
 
 /// `GET path` on `port`: status code and body.
 async fn get(port: u16, path: &str) -> (u16, String) {

@@ -29,6 +29,11 @@ pub struct Args {
 /// # Errors
 /// The store is unreachable.
 pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
+    // The compute section needs no backend: printed first, it is there even when the store is
+    // unreachable (it says whether FAISS and the local model run on the CPU's best kernels).
+    if !args.json {
+        print!("{}", render_compute(&compute()));
+    }
     let embedded = LazyDatabase::new(settings.storage.database_file());
     let connected = store::connect(&settings.database, &embedded).await.context("connecting to the store")?;
     let queue = queue::connect(&settings.broker, &embedded).await;
@@ -57,7 +62,6 @@ async fn gather(
     connected: &store::Connected,
     queue: Result<&queue::Queue, &queue::QueueError>,
 ) -> anyhow::Result<Value> {
-    let kernels = crate::blas::Kernels::current();
     let (cache, _) = crate::cache::connect(&settings.cache);
     let store = connected.store.as_ref();
     let documents: Vec<Value> = store
@@ -89,7 +93,7 @@ async fn gather(
         indexes.push(index_report(store, &index_dir, &collection).await);
     }
     Ok(json!({
-        "compute": { "kernels": kernels.describe(), "warning": kernels.warning() },
+        "compute": compute(),
         "backends": { "store": connected.kind, "queue": queues.get("backend"), "cache": cache },
         "documents": documents,
         "queues": queues,
@@ -141,13 +145,23 @@ async fn index_report(store: &dyn store::Store, index_dir: &std::path::Path, col
     json!({ "collection": collection.name, "snapshot": snapshot, "last_rebuild": rebuild })
 }
 
-/// The report as text, one section per part.
-fn render(r: &Value) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "compute:\n  {}", r["compute"]["kernels"].as_str().unwrap_or_default());
-    if let Some(warning) = r["compute"]["warning"].as_str() {
+/// The compute kernels in use, and a warning when they are not the CPU's best.
+fn compute() -> Value {
+    let kernels = crate::blas::Kernels::current();
+    json!({ "kernels": kernels.describe(), "warning": kernels.warning() })
+}
+
+fn render_compute(compute: &Value) -> String {
+    let mut out = format!("compute:\n  {}\n", compute["kernels"].as_str().unwrap_or_default());
+    if let Some(warning) = compute["warning"].as_str() {
         let _ = writeln!(out, "  warning: {warning}");
     }
+    out
+}
+
+/// The report as text, one section per part (the compute section is printed before it).
+fn render(r: &Value) -> String {
+    let mut out = String::new();
     let q = &r["queues"];
     let _ = writeln!(out, "backends:\n  store  {}", r["backends"]["store"].as_str().unwrap_or_default());
     match q["backend"].as_str() {

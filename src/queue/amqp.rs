@@ -29,6 +29,10 @@ use super::{
 };
 use crate::config::{BrokerSettings, redact_url};
 
+/// Reconnection attempts after the broker connection broke (250 ms doubling to 5 s apart):
+/// about five minutes of broker outage, then the connection is given up and `/ready` says so.
+const RECONNECT_ATTEMPTS: usize = 64;
+
 /// RabbitMQ's pseudo-queue for direct reply-to.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
@@ -79,10 +83,26 @@ impl AmqpBroker {
     /// queue of other arguments (RabbitMQ's PRECONDITION_FAILED: delete the queue or rename it).
     pub async fn connect(settings: &BrokerSettings) -> Result<Self, QueueError> {
         let url = settings.url.as_ref().ok_or_else(|| QueueError::Unavailable("broker.url is not set".into()))?;
-        let properties = ConnectionProperties::default().with_connection_name("ragpipe".into());
-        let connection = Connection::connect(url.expose_secret(), properties)
-            .await
-            .map_err(|e| QueueError::Unavailable(format!("{}: {e}", redact_url(url))))?;
+        let unreachable = |e: lapin::Error| QueueError::Unavailable(format!("{}: {e}", redact_url(url)));
+        // A broker that is not there at start is an error at once (with recovery on, lapin would
+        // keep trying to connect); one that goes away later is reconnected to.
+        let probe = ConnectionProperties::default().with_connection_name("ragpipe (probe)".into());
+        let probe = Connection::connect(url.expose_secret(), probe).await.map_err(unreachable)?;
+        let _ = probe.close(200, "probe".into()).await;
+        // After a broken connection lapin reconnects, with backoff, and replays the topology:
+        // exchanges, queues, bindings, consumers, QoS and confirm mode. What was unacknowledged
+        // on the old connection is redelivered by the broker; settling it on the new one fails
+        // (and is logged), which is harmless: every stage is idempotent.
+        let properties = ConnectionProperties::default()
+            .with_connection_name("ragpipe".into())
+            .enable_auto_recover()
+            .configure_backoff(|backoff| {
+                backoff
+                    .with_min_delay(Duration::from_millis(250))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(RECONNECT_ATTEMPTS)
+            });
+        let connection = Connection::connect(url.expose_secret(), properties).await.map_err(unreachable)?;
         let channel = connection.create_channel().await.map_err(unavailable)?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
         let broker = Self {

@@ -1,0 +1,98 @@
+//! The worker's RabbitMQ connection breaks in the middle of an ingest and comes back: the worker
+//! reconnects by itself, its consumers resume, every upload is ingested exactly once, and queries
+//! are answered again.
+//!
+//! The break is a TCP proxy between the worker and RabbitMQ that the test cuts: the worker sees
+//! what a broker restart looks like (its connection reset, new ones refused until the broker is
+//! back; the broker requeues what was unacknowledged), while the other tests keep using the
+//! server.
+#![allow(clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Proxy, TestEnv, amqp_url, corpus};
+use futures::StreamExt;
+use ragpipe::client;
+use ragpipe::messages::{self, DOCUMENT_FAILED, DOCUMENT_INGESTED, QueryRequest};
+use ragpipe::queue::Queue;
+use ragpipe::queue::amqp::AmqpBroker;
+use ragpipe::worker::Role;
+use secrecy::SecretString;
+
+/// Waits (polling the worker's connection state) until `connected` holds.
+async fn until_connected(queue: &Queue, connected: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while queue.is_connected() != connected {
+        assert!(tokio::time::Instant::now() < deadline, "the worker's connection never became connected={connected}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a state, not a sync point
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_broker_connection_is_recovered_and_nothing_is_lost_or_duplicated() {
+    let mut env = TestEnv::new().await;
+    // The client talks to RabbitMQ directly; the worker through the proxy.
+    let client = Queue::new(
+        ragpipe::queue::QueueKind::Amqp("client".into()),
+        Arc::new(AmqpBroker::connect(&env.settings.broker).await.expect("client connection")),
+    );
+    let mut url = url::Url::parse(&amqp_url()).expect("amqp url");
+    let target = format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(5672));
+    let proxy = Proxy::start(target).await;
+    url.set_port(Some(proxy.port)).expect("port");
+    env.settings.broker.url = Some(SecretString::from(url.to_string()));
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+
+    let text = std::fs::read_to_string(corpus().join("text/tinyshakespeare.txt")).expect("corpus");
+    let uploads: Vec<_> = text
+        .as_bytes()
+        .chunks(4_000)
+        .take(60)
+        .enumerate()
+        .map(|(i, part)| env.upload_file(&env.write(&format!("part-{i:02}.txt"), part), "recovered"))
+        .collect();
+    let mut events = client.events.subscribe(&[DOCUMENT_INGESTED, DOCUMENT_FAILED]).await.expect("subscribe");
+    for upload in &uploads {
+        client.uploads.publish(&messages::encode(upload)).await.expect("publish");
+    }
+    let mut done = HashSet::new();
+    let mut next_outcome = async |done: &mut HashSet<String>| {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no outcome within 60 s ({} of {})", done.len(), uploads.len()))
+            .expect("stream")
+            .expect("event");
+        assert_eq!(event.routing_key, DOCUMENT_INGESTED, "{}", String::from_utf8_lossy(&event.body));
+        let body: serde_json::Value = serde_json::from_slice(&event.body).expect("json");
+        done.insert(body["upload_id"].as_str().expect("upload_id").to_owned());
+    };
+    while done.len() < 15 {
+        next_outcome(&mut done).await;
+    }
+
+    // The break, mid-ingest.
+    proxy.set_up(false);
+    until_connected(&worker.services.queue, false).await;
+    proxy.set_up(true);
+    until_connected(&worker.services.queue, true).await;
+
+    while done.len() < uploads.len() {
+        next_outcome(&mut done).await;
+    }
+    let request = QueryRequest::new("What does the king say?", common::name("recovered"), 3);
+    let reply = client::query(client.requests.as_ref(), &request, Duration::from_secs(30)).await;
+    assert!(reply.is_ok_and(|r| r["chunks"].as_array().is_some_and(|c| !c.is_empty())), "queries answered again");
+
+    let n = uploads.len() as i64;
+    assert_eq!(env.count("SELECT count(*) FROM documents").await, n);
+    assert_eq!(env.count("SELECT count(*) FROM documents WHERE status = 'ingested'").await, n);
+    let chunks = env.count("SELECT count(*) FROM chunks").await;
+    assert_eq!(env.count("SELECT count(DISTINCT (document_id, ordinal)) FROM chunks").await, chunks);
+    let depths = client.uploads.depths().await.expect("depths");
+    assert_eq!((depths.ingest, depths.dead), (0, 0), "nothing left waiting, nothing dead-lettered");
+    worker.stop().await;
+}

@@ -96,3 +96,46 @@ async fn a_broken_broker_connection_is_recovered_and_nothing_is_lost_or_duplicat
     assert_eq!((depths.ingest, depths.dead), (0, 0), "nothing left waiting, nothing dead-lettered");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_answer_through_a_redis_outage_and_are_cached_again_after_it() {
+    let mut env = TestEnv::new().await;
+    let mut url = url::Url::parse(&common::redis_url()).expect("redis url");
+    let target = format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(6379));
+    let proxy = Proxy::start(target).await;
+    url.set_port(Some(proxy.port)).expect("port");
+    env.settings.cache.url = Some(SecretString::from(url.to_string()));
+    env.settings.cache.timeout_ms = 200;
+    let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
+    let client = worker.queue().await;
+    let upload = env.upload_file(&env.write("heron.txt", b"The grey heron nests in tall trees near water."), "cached");
+    common::ingested(&common::ingest(&client, std::slice::from_ref(&upload)).await[&upload.upload_id]);
+    let ask = async |query: &str| {
+        let request = QueryRequest::new(query, common::name("cached"), 3);
+        client::query(client.requests.as_ref(), &request, Duration::from_secs(30)).await.expect("a reply")
+    };
+    ask("where does the heron nest?").await;
+    assert_eq!(ask("where does the heron nest?").await["cached"], true, "cached while Redis is up");
+
+    // Redis gone: every query still answers, from the store and the index.
+    proxy.set_up(false);
+    for question in ["where do herons nest?", "which bird nests near water?"] {
+        let reply = ask(question).await;
+        assert_eq!(reply["chunks"][0]["filename"], "heron.txt", "answered during the outage: {reply}");
+        assert_eq!(reply["cached"], false, "{reply}");
+    }
+
+    // Back: caching resumes (the connection is remade by itself) within seconds.
+    proxy.set_up(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let question = "does the heron nest in trees?";
+        ask(question).await;
+        if ask(question).await["cached"] == true {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "caching never resumed after Redis came back");
+        tokio::time::sleep(Duration::from_millis(250)).await; // pacing retries, not a sync point
+    }
+    worker.stop().await;
+}

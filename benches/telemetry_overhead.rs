@@ -109,6 +109,9 @@ fn main() {
         off.push(ingest(&documents, work.path(), "off"));
         on.push(ingest(&documents, work.path(), "info"));
     }
+    let seconds =
+        |runs: &[Duration]| runs.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>().join(" ");
+    println!("runs (s), alternating: off {} | on {}", seconds(&off), seconds(&on));
     let (on, off) = (median(on), median(off));
     let lines = std::fs::read_to_string(work.path().join("ingest.log")).map(|l| l.lines().count()).unwrap_or(0);
     println!(

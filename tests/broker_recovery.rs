@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Proxy, TestEnv, amqp_url, corpus};
+use common::{Proxy, TestEnv, amqp_url};
 use futures::StreamExt;
 use ragpipe::client;
 use ragpipe::messages::{self, DOCUMENT_FAILED, DOCUMENT_INGESTED, QueryRequest};
@@ -47,14 +47,7 @@ async fn a_broken_broker_connection_is_recovered_and_nothing_is_lost_or_duplicat
     env.settings.broker.url = Some(SecretString::from(url.to_string()));
     let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
 
-    let text = std::fs::read_to_string(corpus().join("text/tinyshakespeare.txt")).expect("corpus");
-    let uploads: Vec<_> = text
-        .as_bytes()
-        .chunks(4_000)
-        .take(60)
-        .enumerate()
-        .map(|(i, part)| env.upload_file(&env.write(&format!("part-{i:02}.txt"), part), "recovered"))
-        .collect();
+    let uploads = env.shakespeare_uploads("recovered", 60, 4_000);
     let mut events = client.events.subscribe(&[DOCUMENT_INGESTED, DOCUMENT_FAILED]).await.expect("subscribe");
     for upload in &uploads {
         client.uploads.publish(&messages::encode(upload)).await.expect("publish");

@@ -126,14 +126,7 @@ async fn a_worker_killed_mid_ingest_again_and_again_loses_and_duplicates_nothing
     let config = config_file(&env);
     let log = env.dir.path().join("worker.log");
     let queue = env.queue().await;
-    let text = std::fs::read_to_string(corpus().join("text/tinyshakespeare.txt")).expect("corpus");
-    let uploads: Vec<_> = text
-        .as_bytes()
-        .chunks(12_000)
-        .take(80)
-        .enumerate()
-        .map(|(i, part)| env.upload_file(&env.write(&format!("part-{i:03}.txt"), part), "killed"))
-        .collect();
+    let uploads = env.shakespeare_uploads("killed", 80, 12_000);
     let mut events = queue.events.subscribe(&[DOCUMENT_INGESTED]).await.expect("subscribe");
     for upload in &uploads {
         queue.uploads.publish(&messages::encode(upload)).await.expect("publish");

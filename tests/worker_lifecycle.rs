@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{TestEnv, corpus};
+use common::TestEnv;
 use futures::StreamExt;
 use ragpipe::messages::{self, DOCUMENT_FAILED, DOCUMENT_INGESTED};
 use ragpipe::queue::Events;
@@ -104,14 +104,7 @@ async fn sigterm_mid_ingest_loses_and_duplicates_nothing_and_logs_no_error() {
     let config = config_file(&env);
     let log = env.dir.path().join("worker.log");
     let queue = env.queue().await;
-    let text = std::fs::read_to_string(corpus().join("text/tinyshakespeare.txt")).expect("corpus");
-    let uploads: Vec<_> = text
-        .as_bytes()
-        .chunks(3_000)
-        .take(300)
-        .enumerate()
-        .map(|(i, part)| env.upload_file(&env.write(&format!("part-{i:03}.txt"), part), "stopped"))
-        .collect();
+    let uploads = env.shakespeare_uploads("stopped", 300, 3_000);
     let mut events = queue.events.subscribe(&[DOCUMENT_INGESTED, DOCUMENT_FAILED]).await.expect("subscribe");
     for upload in &uploads {
         queue.uploads.publish(&messages::encode(upload)).await.expect("publish");

@@ -173,6 +173,18 @@ impl TestEnv {
         path
     }
 
+    /// `count` uploads to `collection` of files of `size` bytes written to the inbox:
+    /// consecutive slices of the corpus's tinyshakespeare.txt, so each is distinct text.
+    pub fn shakespeare_uploads(&self, collection: &str, count: usize, size: usize) -> Vec<UploadMessage> {
+        let text = std::fs::read_to_string(corpus().join("text/tinyshakespeare.txt")).expect("corpus");
+        text.as_bytes()
+            .chunks(size)
+            .take(count)
+            .enumerate()
+            .map(|(i, part)| self.upload_file(&self.write(&format!("part-{i:03}.txt"), part), collection))
+            .collect()
+    }
+
     /// Connects every backend and runs a worker with `roles` in this process.
     pub async fn start_worker(&self, roles: &[Role]) -> TestWorker {
         self.start_worker_with(roles, None).await

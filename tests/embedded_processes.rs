@@ -343,3 +343,37 @@ async fn ingest_walks_with_globs_skips_hidden_files_and_escaping_links_and_takes
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("manifest.jsonl:2"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_documents_are_sent_again_from_their_stored_bytes_once_the_cause_is_fixed() {
+    let env = TestEnv::embedded().await;
+    let config = config_file(&env);
+    let dir = env.inbox().join("strict");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("one.txt"), "A first document, longer than the strict limit allows.").expect("write");
+    std::fs::write(dir.join("two.txt"), "A second document, also longer than the strict limit.").expect("write");
+
+    // Too strict a limit: both fail for good.
+    let output = Command::new(bin())
+        .arg("ingest")
+        .arg(&dir)
+        .args(["-c", "retry", "--config"])
+        .arg(&config)
+        .env("RAGPIPE__EXTRACT__MAX_CHARS", "20")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success() && stdout.contains("2 failed"), "{stdout}");
+    // The files are gone from where they were: the stored bytes are what is sent again.
+    std::fs::remove_dir_all(&dir).expect("remove");
+
+    let out = ragpipe(&config, &["ingest", "--retry-failed"]);
+    assert!(out.contains("2 ingested"), "{out}");
+    assert_eq!(env.count("SELECT count(*) FROM documents WHERE status = 'ingested'").await, 2);
+    let names =
+        env.text("SELECT group_concat(filename, ',') FROM (SELECT filename FROM documents ORDER BY filename)").await;
+    assert_eq!(names, "one.txt,two.txt", "original names kept");
+    let out = ragpipe(&config, &["ingest", "--retry-failed"]);
+    assert!(out.contains("no failed documents"), "{out}");
+}

@@ -90,8 +90,18 @@ async fn a_failed_document_is_resumed_by_the_next_upload_and_never_downgraded(en
     let id = process(store.as_ref(), &document(c.id, 2, "first")).await;
     store.mark_failed(id, "corrupt: bad bytes").await.expect("fail");
     assert_eq!(store.status().await.expect("status")[0].status, DocumentStatus::Failed);
+    // Listed for a retry with what an upload needs, in its collection only.
+    let failed = store.failed_documents(None).await.expect("failed documents");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let f = &failed[0];
+    assert_eq!((f.document_id, f.collection.as_str(), f.filename.as_str()), (id, "resume", "first.txt"));
+    assert_eq!((f.storage_path.as_str(), f.failure_reason.as_deref()), ("/blobs/x", Some("corrupt: bad bytes")));
+    assert_eq!((f.content_type.as_deref(), &f.metadata), (Some("text/plain"), &serde_json::json!({"team": "ops"})));
+    assert_eq!(store.failed_documents(Some("resume")).await.expect("by collection").len(), 1);
+    assert!(store.failed_documents(Some("elsewhere")).await.expect("other collection").is_empty());
     // The next upload of the bytes takes the document over.
     assert_eq!(process(store.as_ref(), &document(c.id, 2, "second")).await, id);
+    assert!(store.failed_documents(None).await.expect("failed documents").is_empty(), "taken over: not failed");
     store.persist_chunks(id, "m", 3, &chunks(1, 2.0)).await.expect("persist");
     // A late failure of the first attempt must not undo the ingest.
     store.mark_failed(id, "timed_out").await.expect("fail late");

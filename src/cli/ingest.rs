@@ -22,14 +22,19 @@ use crate::embedded::LazyDatabase;
 use crate::fetch::FetchPolicy;
 use crate::messages::{self, CollectionName, DocumentStatus};
 use crate::queue::{self, QueueKind};
+use crate::store;
 use crate::worker::{self, Role};
 
 /// Arguments of `ragpipe ingest`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Files or directories (walked recursively) to ingest.
-    #[arg(required_unless_present = "from_jsonl")]
+    #[arg(required_unless_present_any = ["from_jsonl", "retry_failed"])]
     pub paths: Vec<PathBuf>,
+    /// Send every document that failed for good again, from its stored original bytes (only
+    /// those of `--collection` when it is given), after fixing what made it fail.
+    #[arg(long)]
+    pub retry_failed: bool,
     /// A manifest instead of (or besides) paths: one JSON object per line, `{"path": ...}` (relative
     /// to the manifest) or `{"uri": ...}`, each with optional `"metadata": {...}`.
     #[arg(long, value_name = "FILE")]
@@ -44,9 +49,10 @@ pub struct Args {
     /// Take hidden files and directories (names starting with `.`) too.
     #[arg(long)]
     pub hidden: bool,
-    /// Collection to ingest into.
-    #[arg(long, short, default_value = "default")]
-    pub collection: String,
+    /// Collection to ingest into (default `default`); with `--retry-failed`, the only collection
+    /// whose failed documents are sent again (default: all, each into its own collection).
+    #[arg(long, short)]
+    pub collection: Option<String>,
     /// Wait for every upload's outcome and print a summary (exit code 1 if any failed).
     #[arg(long)]
     pub wait: bool,
@@ -61,12 +67,23 @@ pub struct Args {
 /// # Errors
 /// No files, an unreadable file, a bad collection name, or a queue failure.
 pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
-    let collection = CollectionName::new(args.collection.as_str())?;
+    let collection = CollectionName::new(args.collection.as_deref().unwrap_or("default"))?;
     let walk =
         client::WalkOptions { include: args.include.clone(), exclude: args.exclude.clone(), hidden: args.hidden };
     let mut sources: Vec<Source> = client::collect_files(&args.paths, &walk)?.into_iter().map(Source::File).collect();
     if let Some(manifest) = &args.from_jsonl {
         sources.extend(read_manifest(manifest)?);
+    }
+    let embedded = LazyDatabase::new(settings.storage.database_file());
+    if args.retry_failed {
+        let connected = store::connect(&settings.database, &embedded).await.context("connecting to the store")?;
+        let failed =
+            connected.store.failed_documents(args.collection.as_deref()).await.context("listing failed documents")?;
+        if failed.is_empty() && sources.is_empty() {
+            println!("no failed documents to send again");
+            return Ok(ExitCode::SUCCESS);
+        }
+        sources.extend(failed.into_iter().map(Source::Failed));
     }
     anyhow::ensure!(!sources.is_empty(), "no files found under {:?}", args.paths);
     let policy = FetchPolicy::new(
@@ -74,7 +91,6 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         settings.extract.max_file_bytes,
         settings.ingest.max_inline_bytes,
     );
-    let embedded = LazyDatabase::new(settings.storage.database_file());
     let mut queue = queue::connect(&settings.broker, &embedded).await.context("connecting to the queue")?;
     let local = matches!(queue.kind, QueueKind::Embedded(_))
         && !queue.uploads.has_consumers().await.context("looking for a running worker")?;
@@ -137,10 +153,11 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(interrupted_or(&interrupted, pending.len(), sources.len(), code))
 }
 
-/// What one upload is made from: a file, or a manifest entry.
+/// What one upload is made from: a file, a manifest entry, or a failed document's stored bytes.
 enum Source {
     File(PathBuf),
     Entry { manifest: PathBuf, line: usize, entry: client::ManifestEntry },
+    Failed(store::FailedDocument),
 }
 
 impl Source {
@@ -150,6 +167,19 @@ impl Source {
             Source::Entry { manifest, entry, .. } => {
                 let base = manifest.parent().unwrap_or(std::path::Path::new("."));
                 entry.to_upload(base, collection, policy).with_context(|| self.to_string())?
+            }
+            Source::Failed(doc) => {
+                let path = std::path::Path::new(&doc.storage_path);
+                let own = CollectionName::new(doc.collection.as_str())?;
+                let mut upload = client::upload_for_file(path, &own, policy).with_context(|| {
+                    format!("reading the stored bytes of {self} (run this where the worker's blob store is)")
+                })?;
+                upload.filename.clone_from(&doc.filename);
+                upload.content_type.clone_from(&doc.content_type);
+                if let serde_json::Value::Object(metadata) = &doc.metadata {
+                    upload.metadata = metadata.clone().into_iter().collect();
+                }
+                upload
             }
         })
     }
@@ -166,6 +196,7 @@ impl std::fmt::Display for Source {
                     .map_or_else(|| entry.uri.clone().unwrap_or_default(), |p| p.display().to_string());
                 write!(f, "{what} ({}:{line})", manifest.display())
             }
+            Source::Failed(doc) => write!(f, "{} (document {} in {})", doc.filename, doc.document_id, doc.collection),
         }
     }
 }

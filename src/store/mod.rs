@@ -274,6 +274,25 @@ pub struct StatusRow {
     pub chunks: i64,
 }
 
+/// A document that failed for good.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedDocument {
+    /// Its id.
+    pub document_id: i64,
+    /// Its collection's name.
+    pub collection: String,
+    /// The file name it was uploaded with.
+    pub filename: String,
+    /// The declared content type.
+    pub content_type: Option<String>,
+    /// Where its original bytes are (the blob store).
+    pub storage_path: String,
+    /// The metadata it was uploaded with.
+    pub metadata: serde_json::Value,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+}
+
 /// A rebuild of a collection's vector index, as recorded in the store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationRecord {
@@ -440,6 +459,9 @@ pub trait Store: Send + Sync {
     async fn record_feedback(&self, feedback: &FeedbackEntry) -> Result<(), StoreError>;
     /// Document and chunk counts per collection and status.
     async fn status(&self) -> Result<Vec<StatusRow>, StoreError>;
+    /// Documents that failed for good (all collections, or one), oldest first, with where their
+    /// original bytes are: what `ragpipe ingest --retry-failed` sends again.
+    async fn failed_documents(&self, collection: Option<&str>) -> Result<Vec<FailedDocument>, StoreError>;
     /// Cheap liveness check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Occupancy of each connection pool, for metrics.

@@ -8,9 +8,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{
-    ChunkHit, Claim, Collection, Deleted, DocumentRef, DocumentStatus, FeedbackEntry, GenerationRecord, LogEntry,
-    LogOp, NewChunk, NewDocument, Persisted, PoolStats, QueryLogEntry, StatusRow, Store, StoreError, StoredModel,
-    StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector, log_op,
+    ChunkHit, Claim, Collection, Deleted, DocumentRef, DocumentStatus, FailedDocument, FeedbackEntry, GenerationRecord,
+    LogEntry, LogOp, NewChunk, NewDocument, Persisted, PoolStats, QueryLogEntry, StatusRow, Store, StoreError,
+    StoredModel, StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector, log_op,
 };
 use crate::config::DatabaseSettings;
 
@@ -481,6 +481,32 @@ impl Store for PgStore {
                     status: status_of(r)?,
                     documents: r.try_get("documents").map_err(map_err)?,
                     chunks: r.try_get("chunks").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn failed_documents(&self, collection: Option<&str>) -> Result<Vec<FailedDocument>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.id, c.name, d.filename, d.content_type, d.storage_path, d.metadata, d.failure_reason
+             FROM documents d JOIN collections c ON c.id = d.collection_id
+             WHERE d.status = 'failed' AND ($1 IS NULL OR c.name = $1)
+             ORDER BY d.id",
+        )
+        .bind(collection)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(FailedDocument {
+                    document_id: row.try_get("id").map_err(map_err)?,
+                    collection: row.try_get("name").map_err(map_err)?,
+                    filename: row.try_get("filename").map_err(map_err)?,
+                    content_type: row.try_get("content_type").map_err(map_err)?,
+                    storage_path: row.try_get("storage_path").map_err(map_err)?,
+                    metadata: row.try_get("metadata").map_err(map_err)?,
+                    failure_reason: row.try_get("failure_reason").map_err(map_err)?,
                 })
             })
             .collect()

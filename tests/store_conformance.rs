@@ -239,9 +239,13 @@ async fn status_counts_documents_and_queries_are_logged(env: TestEnv) {
     let failed = process(store.as_ref(), &document(c.id, 15, "broken")).await;
     store.mark_failed(failed, "corrupt").await.expect("fail");
     let rows = store.status().await.expect("status");
-    let summary: Vec<_> = rows.iter().map(|r| (r.collection.as_str(), r.status, r.documents, r.chunks)).collect();
-    // Ordered by collection, then status name.
-    assert_eq!(summary, vec![("status", DocumentStatus::Failed, 1, 0), ("status", DocumentStatus::Ingested, 3, 6)]);
+    let summary: Vec<_> =
+        rows.iter().map(|r| (r.collection.as_str(), r.status, r.documents, r.chunks, r.tokens)).collect();
+    // Ordered by collection, then status name; 6 chunks of 4 tokens each.
+    assert_eq!(
+        summary,
+        vec![("status", DocumentStatus::Failed, 1, 0, 0), ("status", DocumentStatus::Ingested, 3, 6, 24)]
+    );
 
     store
         .log_query(&QueryLogEntry {

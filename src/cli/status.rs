@@ -69,8 +69,22 @@ async fn gather(
         .await
         .context("reading document counts")?
         .into_iter()
-        .map(|r| json!({"collection": r.collection, "status": r.status.as_str(), "documents": r.documents, "chunks": r.chunks}))
+        .map(|r| {
+            json!({
+                "collection": r.collection, "status": r.status.as_str(), "documents": r.documents,
+                "chunks": r.chunks, "tokens": r.tokens,
+            })
+        })
         .collect();
+    // Every stored chunk was embedded once at least: a floor on what embedding has cost.
+    let tokens: i64 = documents.iter().filter_map(|d| d["tokens"].as_i64()).sum();
+    let price = settings.embedder.price_per_1k_tokens();
+    let embedding = json!({
+        "model": settings.embedder.model,
+        "tokens_stored": tokens,
+        "price_per_1k_tokens": price,
+        "cost_usd_at_least": tokens as f64 / 1000.0 * price,
+    });
     let queues = match queue {
         Ok(queue) => {
             let depths = queue.uploads.depths().await.map_err(|e| e.to_string());
@@ -96,6 +110,7 @@ async fn gather(
         "compute": compute(),
         "backends": { "store": connected.kind, "queue": queues.get("backend"), "cache": cache },
         "documents": documents,
+        "embedding": embedding,
         "queues": queues,
         "index_dir": index_dir.display().to_string(),
         "indexes": indexes,
@@ -188,6 +203,15 @@ fn render(r: &Value) -> String {
             d["chunks"]
         );
     }
+    let e = &r["embedding"];
+    let _ = writeln!(
+        out,
+        "embedding:\n  {} tokens stored ({}): at least ${:.4} at ${} per 1,000",
+        e["tokens_stored"],
+        e["model"].as_str().unwrap_or_default(),
+        e["cost_usd_at_least"].as_f64().unwrap_or_default(),
+        e["price_per_1k_tokens"]
+    );
     if q["backend"].is_string() {
         if let Some(waiting) = q["uploads_waiting"].as_u64() {
             let _ = writeln!(out, "queues:\n  uploads waiting {waiting}");

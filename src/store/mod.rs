@@ -272,6 +272,8 @@ pub struct StatusRow {
     pub documents: i64,
     /// Their chunks.
     pub chunks: i64,
+    /// Tokens of their chunks (what embedding them cost, in the embedder's tokens).
+    pub tokens: i64,
 }
 
 /// A document that failed for good.

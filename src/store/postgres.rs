@@ -467,8 +467,11 @@ impl Store for PgStore {
 
     async fn status(&self) -> Result<Vec<StatusRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT c.name, d.status, count(*) AS documents, coalesce(sum(d.chunk_count), 0)::bigint AS chunks
+            "SELECT c.name, d.status, count(*) AS documents, coalesce(sum(d.chunk_count), 0)::bigint AS chunks,
+                    coalesce(sum(t.tokens), 0)::bigint AS tokens
              FROM documents d JOIN collections c ON c.id = d.collection_id
+             LEFT JOIN (SELECT document_id, sum(token_count) AS tokens FROM chunks GROUP BY document_id) t
+                    ON t.document_id = d.id
              GROUP BY c.name, d.status ORDER BY c.name, d.status",
         )
         .fetch_all(&self.pool)
@@ -481,6 +484,7 @@ impl Store for PgStore {
                     status: status_of(r)?,
                     documents: r.try_get("documents").map_err(map_err)?,
                     chunks: r.try_get("chunks").map_err(map_err)?,
+                    tokens: r.try_get("tokens").map_err(map_err)?,
                 })
             })
             .collect()

@@ -474,8 +474,11 @@ impl Store for SqliteStore {
 
     async fn status(&self) -> Result<Vec<StatusRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT c.name, d.status, count(*) AS documents, coalesce(sum(d.chunk_count), 0) AS chunks
+            "SELECT c.name, d.status, count(*) AS documents, coalesce(sum(d.chunk_count), 0) AS chunks,
+                    coalesce(sum(t.tokens), 0) AS tokens
              FROM documents d JOIN collections c ON c.id = d.collection_id
+             LEFT JOIN (SELECT document_id, sum(token_count) AS tokens FROM chunks GROUP BY document_id) t
+                    ON t.document_id = d.id
              GROUP BY c.name, d.status ORDER BY c.name, d.status",
         )
         .fetch_all(self.db.reader())
@@ -488,6 +491,7 @@ impl Store for SqliteStore {
                     status: status_of(r)?,
                     documents: r.try_get("documents").map_err(map_err)?,
                     chunks: r.try_get("chunks").map_err(map_err)?,
+                    tokens: r.try_get("tokens").map_err(map_err)?,
                 })
             })
             .collect()

@@ -273,6 +273,16 @@ pub enum Outcome {
     Failed(DocumentFailed),
 }
 
+impl Outcome {
+    /// The upload it answers.
+    pub fn upload_id(&self) -> &str {
+        match self {
+            Outcome::Ingested(e) => &e.upload_id,
+            Outcome::Failed(e) => &e.upload_id,
+        }
+    }
+}
+
 /// Subscribes to upload outcomes. Subscribe *before* publishing so no event is missed.
 ///
 /// # Errors
@@ -300,10 +310,7 @@ pub async fn wait_for_outcomes(
                 _ => None,
             };
             let Some(outcome) = outcome else { continue };
-            let id = match &outcome {
-                Outcome::Ingested(e) => e.upload_id.clone(),
-                Outcome::Failed(e) => e.upload_id.clone(),
-            };
+            let id = outcome.upload_id().to_owned();
             if wanted.contains(id.as_str()) && !outcomes.contains_key(&id) {
                 progress(&outcome);
                 outcomes.insert(id, outcome);

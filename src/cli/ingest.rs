@@ -124,6 +124,7 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     });
     let mut pending = Vec::with_capacity(sources.len());
     let mut names = std::collections::HashMap::new();
+    let mut sizes = std::collections::HashMap::new();
     for source in &sources {
         if interrupted.is_cancelled() {
             break;
@@ -131,15 +132,17 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
         let upload = source.upload(&collection, &policy)?;
         queue.uploads.publish(&messages::encode(&upload)).await.with_context(|| format!("publishing {source}"))?;
         names.insert(upload.upload_id.clone(), source.to_string());
+        sizes.insert(upload.upload_id.clone(), source.size());
         pending.push(upload.upload_id);
     }
     let Some(events) = events.as_mut() else {
         println!("published {} upload(s) to collection `{collection}`", pending.len());
         return Ok(interrupted_or(&interrupted, pending.len(), sources.len(), ExitCode::SUCCESS));
     };
-    let progress = Progress::new(pending.len() as u64);
+    let progress = Progress::new(pending.len() as u64, sizes.values().sum());
+    let on_outcome = |outcome: &Outcome| progress.inc(sizes.get(outcome.upload_id()).copied().unwrap_or(0));
     let outcomes = tokio::select! {
-        outcomes = client::wait_for_outcomes(events, &pending, Duration::from_secs(args.timeout), |_| progress.inc()) => outcomes,
+        outcomes = client::wait_for_outcomes(events, &pending, Duration::from_secs(args.timeout), on_outcome) => outcomes,
         () = interrupted.cancelled() => std::collections::HashMap::new(),
     };
     progress.finish();
@@ -161,6 +164,19 @@ enum Source {
 }
 
 impl Source {
+    /// Bytes of the file behind it, when local (0 for a URI the worker fetches).
+    fn size(&self) -> u64 {
+        let path = match self {
+            Source::File(path) => path.clone(),
+            Source::Entry { manifest, entry, .. } => match &entry.path {
+                Some(path) => manifest.parent().unwrap_or(std::path::Path::new(".")).join(path),
+                None => return 0,
+            },
+            Source::Failed(doc) => PathBuf::from(&doc.storage_path),
+        };
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
     fn upload(&self, collection: &CollectionName, policy: &FetchPolicy) -> anyhow::Result<messages::UploadMessage> {
         Ok(match self {
             Source::File(path) => client::upload_for_file(path, collection, policy)?,
@@ -227,36 +243,64 @@ fn interrupted_or(interrupted: &CancellationToken, published: usize, total: usiz
     ExitCode::from(130)
 }
 
-/// A progress bar on a terminal; a line every few seconds otherwise.
+/// A progress bar on a terminal (documents/s, MB/s, ETA); a line every few seconds otherwise.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
     total: u64,
-    done: std::sync::atomic::AtomicU64,
+    total_bytes: u64,
+    /// Documents and bytes settled so far.
+    done: std::sync::Mutex<(u64, u64)>,
+    started: Instant,
     last_line: std::sync::Mutex<Instant>,
 }
 
 impl Progress {
-    fn new(total: u64) -> Self {
+    fn new(total: u64, total_bytes: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(total);
             if let Ok(style) =
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} documents ({per_sec}, eta {eta})")
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} documents ({per_sec}, {msg}, eta {eta})")
             {
                 bar.set_style(style);
             }
             bar
         });
-        Self { bar, total, done: 0.into(), last_line: std::sync::Mutex::new(Instant::now()) }
+        let now = Instant::now();
+        Self {
+            bar,
+            total,
+            total_bytes,
+            done: std::sync::Mutex::new((0, 0)),
+            started: now,
+            last_line: std::sync::Mutex::new(now),
+        }
     }
 
-    fn inc(&self) {
-        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    /// One more document settled, of `bytes`.
+    fn inc(&self, bytes: u64) {
+        let (documents, done_bytes) = {
+            let mut done = self.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *done = (done.0 + 1, done.1 + bytes);
+            *done
+        };
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = format!("{:.1} MB/s", done_bytes as f64 / secs / 1e6);
         match &self.bar {
-            Some(bar) => bar.inc(1),
+            Some(bar) => {
+                bar.set_message(rate);
+                bar.inc(1);
+            }
             None => {
                 let mut last = self.last_line.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if last.elapsed() >= Duration::from_secs(5) {
-                    eprintln!("{done}/{} documents", self.total);
+                    let per_second = documents as f64 / secs;
+                    let eta = self.total.saturating_sub(documents) as f64 / per_second.max(1e-9);
+                    eprintln!(
+                        "{documents}/{} documents, {:.1}/{:.1} MB ({per_second:.1} documents/s, {rate}), eta {eta:.0} s",
+                        self.total,
+                        done_bytes as f64 / 1e6,
+                        self.total_bytes as f64 / 1e6
+                    );
                     *last = Instant::now();
                 }
             }

@@ -365,6 +365,16 @@ async fn failed_documents_are_sent_again_from_their_stored_bytes_once_the_cause_
         .expect("run");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success() && stdout.contains("2 failed"), "{stdout}");
+    // `status` says why, from the dead letters, without taking them off the queue.
+    for _ in 0..2 {
+        let status: serde_json::Value =
+            serde_json::from_str(&ragpipe(&config, &["status", "--json"])).expect("status --json");
+        let dead = &status["queues"]["dead_letter_reasons"];
+        assert_eq!(dead["by_code"], serde_json::json!([{"code": "limit_exceeded", "count": 2}]), "{status}");
+        let latest: Vec<&str> =
+            dead["latest"].as_array().expect("latest").iter().filter_map(|l| l["filename"].as_str()).collect();
+        assert_eq!(latest.len(), 2, "{status}");
+    }
     // The files are gone from where they were: the stored bytes are what is sent again.
     std::fs::remove_dir_all(&dir).expect("remove");
 

@@ -89,6 +89,11 @@ async fn gather(
         Ok(queue) => {
             let depths = queue.uploads.depths().await.map_err(|e| e.to_string());
             let consumers = queue.uploads.has_consumers().await.map_err(|e| e.to_string());
+            let dead = if depths.as_ref().is_ok_and(|d| d.dead > 0) {
+                dead_letters(queue).await
+            } else {
+                json!({ "by_code": [], "latest": [] })
+            };
             json!({
                 "backend": queue.kind.to_string(),
                 "uploads_waiting": depths.as_ref().ok().map(|d| d.ingest),
@@ -96,6 +101,7 @@ async fn gather(
                 "dead_letters": depths.as_ref().ok().map(|d| d.dead),
                 "queries_waiting": depths.as_ref().ok().map(|d| d.query),
                 "worker_consuming": consumers.as_ref().ok(),
+                "dead_letter_reasons": dead,
                 "error": depths.err().or(consumers.err()),
             })
         }
@@ -116,6 +122,39 @@ async fn gather(
         "indexes": indexes,
     }))
 }
+
+/// Dead letters looked at (without removing them): counts by code among the first
+/// [`DEAD_LETTERS_READ`], and the last few of those with their file and reason.
+async fn dead_letters(queue: &queue::Queue) -> Value {
+    let letters = match queue.uploads.dead_letters(DEAD_LETTERS_READ).await {
+        Ok(letters) => letters,
+        Err(error) => return json!({ "error": error.to_string() }),
+    };
+    let mut by_code = std::collections::BTreeMap::<String, usize>::new();
+    for letter in &letters {
+        *by_code.entry(letter.reason.code.clone()).or_default() += 1;
+    }
+    let latest: Vec<Value> = letters
+        .iter()
+        .rev()
+        .take(5)
+        .map(|letter| {
+            let body = serde_json::from_slice::<Value>(&letter.body).unwrap_or_default();
+            json!({
+                "filename": body.get("filename"),
+                "upload_id": body.get("upload_id"),
+                "code": letter.reason.code,
+                "reason": letter.reason.reason,
+            })
+        })
+        .collect();
+    let by_code: Vec<Value> =
+        by_code.into_iter().map(|(code, count)| json!({ "code": code, "count": count })).collect();
+    json!({ "read": letters.len(), "by_code": by_code, "latest": latest })
+}
+
+/// Dead letters `status` reads to summarise their reasons.
+const DEAD_LETTERS_READ: usize = 100;
 
 /// One collection's index: its snapshot (kind, generation, log position and lag behind the
 /// store) and its last rebuild with the verification result.
@@ -220,6 +259,24 @@ fn render(r: &Value) -> String {
             }
             let _ =
                 writeln!(out, "  dead letters    {}\n  queries waiting {}", q["dead_letters"], q["queries_waiting"]);
+        }
+        let dead = &q["dead_letter_reasons"];
+        if let Some(by_code) = dead["by_code"].as_array().filter(|c| !c.is_empty()) {
+            let counts: Vec<String> =
+                by_code.iter().map(|c| format!("{} {}", c["code"].as_str().unwrap_or_default(), c["count"])).collect();
+            let _ = writeln!(out, "  dead letters by code (of the first {}): {}", dead["read"], counts.join(", "));
+            for letter in dead["latest"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "    {}: {}: {}",
+                    letter["filename"].as_str().unwrap_or("?"),
+                    letter["code"].as_str().unwrap_or_default(),
+                    letter["reason"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        if let Some(error) = dead["error"].as_str() {
+            let _ = writeln!(out, "  dead letters unreadable: {error}");
         }
         match q["worker_consuming"].as_bool() {
             Some(true) => out.push_str("  a worker is consuming uploads\n"),

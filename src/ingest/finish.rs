@@ -69,7 +69,14 @@ impl Finisher {
         let Failed { job, doc, failure } = failed;
         let attempt = job.delivery.attempt;
         if failure.is_transient() && attempt < self.ctx.delivery_limit {
-            tracing::warn!(upload_id = %job.upload.upload_id, attempt, %failure, "transient failure; trying again later");
+            tracing::warn!(
+                upload_id = %job.upload.upload_id,
+                collection = job.upload.collection.as_str(),
+                document_id = doc.as_ref().map(|d| d.document_id),
+                attempt,
+                %failure,
+                "transient failure; trying again later"
+            );
             metrics::DOCUMENTS.with_label_values(&["requeued"]).inc();
             metrics::ERRORS.with_label_values(&[failure.code.as_str(), "document"]).inc();
             // Exponential delay, so a struggling dependency is not hammered.
@@ -166,7 +173,14 @@ impl Finisher {
         metrics::DOCUMENTS.with_label_values(&["failed"]).inc();
         metrics::DEAD_LETTERS.inc();
         metrics::ERRORS.with_label_values(&[failure.code.as_str(), "document"]).inc();
-        tracing::warn!(upload_id = %event.upload_id, code = %failure.code, reason = %failure.reason, "upload failed");
+        tracing::warn!(
+            upload_id = %event.upload_id,
+            collection = event.collection.as_deref().unwrap_or_default(),
+            document_id = event.document_id,
+            code = %failure.code,
+            reason = %failure.reason,
+            "upload failed"
+        );
     }
 }
 

@@ -87,7 +87,7 @@ impl Readiness {
 
     /// Every open index with how far it trails the store, and the index gauges set to match.
     async fn index_lags(&self) -> Vec<(Collection, IndexStats, Result<u64, String>)> {
-        let indexes = &self.services.indexes;
+        let (indexes, store) = (&self.services.indexes, &self.services.store);
         let mut out = Vec::new();
         for (collection, stats) in indexes.all_stats() {
             let name = collection.name.as_str();
@@ -95,14 +95,12 @@ impl Readiness {
             metrics::INDEX_GENERATION
                 .with_label_values(&[name])
                 .set(i64::try_from(stats.generation).unwrap_or(i64::MAX));
-            let last =
-                timed_value(async { indexes.store_position(collection.id).await.map_err(|e| e.to_string()) }).await;
+            let last = timed_value(async { store.last_log_seq(collection.id).await.map_err(|e| e.to_string()) }).await;
             let lag = last.map(|last| u64::try_from(last - stats.applied_seq).unwrap_or(0));
             if let Ok(lag) = &lag {
                 metrics::INDEX_LAG.with_label_values(&[name]).set(i64::try_from(*lag).unwrap_or(i64::MAX));
             }
             // The last rebuild as recorded (by whichever process ran it): never rebuilt is 1.
-            let store = &self.services.store;
             let recorded = timed_value(async { store.last_generation(collection.id).await.map_err(|e| e.to_string()) });
             if let Ok(record) = recorded.await {
                 metrics::INDEX_REBUILD_OK.with_label_values(&[name]).set(record.map_or(1, |r| i64::from(r.ok)));

@@ -40,10 +40,17 @@ pub trait Cache: Send + Sync {
 /// none. Never fails: Redis is connected lazily and an outage only costs misses. Returns the
 /// backend's description (`redis (url)` or `memory`) with it.
 pub fn connect(settings: &CacheSettings) -> (String, Arc<dyn Cache>) {
+    let cache: Arc<dyn Cache> = match &settings.url {
+        Some(url) => Arc::new(redis::RedisCache::new(url, settings)),
+        None => Arc::new(memory::MemoryCache::new(settings.memory_capacity)),
+    };
+    (describe(settings), cache)
+}
+
+/// Which cache `[cache]` names (`redis (url)`, password redacted, or `memory`).
+pub fn describe(settings: &CacheSettings) -> String {
     match &settings.url {
-        Some(url) => {
-            (format!("redis ({})", crate::config::redact_url(url)), Arc::new(redis::RedisCache::new(url, settings)))
-        }
-        None => ("memory".to_owned(), Arc::new(memory::MemoryCache::new(settings.memory_capacity))),
+        Some(url) => format!("redis ({})", crate::config::redact_url(url)),
+        None => "memory".to_owned(),
     }
 }

@@ -62,7 +62,7 @@ async fn gather(
     connected: &store::Connected,
     queue: Result<&queue::Queue, &queue::QueueError>,
 ) -> anyhow::Result<Value> {
-    let (cache, _) = crate::cache::connect(&settings.cache);
+    let cache = crate::cache::describe(&settings.cache);
     let store = connected.store.as_ref();
     let documents: Vec<Value> = store
         .status()

@@ -176,14 +176,6 @@ impl Indexes {
         self.all_open.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// The store's last change log entry of an open collection, for its lag behind the store.
-    ///
-    /// # Errors
-    /// The store is unavailable.
-    pub async fn store_position(&self, collection_id: i64) -> Result<i64, IndexError> {
-        Ok(self.store.last_log_seq(collection_id).await?)
-    }
-
     async fn store_id(&self) -> Result<String, IndexError> {
         Ok(self.store_id.get_or_try_init(|| self.store.identity()).await?.clone())
     }

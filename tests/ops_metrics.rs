@@ -11,12 +11,9 @@ use std::time::Duration;
 
 use common::TestEnv;
 use ragpipe::client;
-use ragpipe::http::{Readiness, serve};
 use ragpipe::messages::QueryRequest;
 use ragpipe::worker::Role;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -78,15 +75,6 @@ fn dashboard_exprs() -> Vec<String> {
     out
 }
 
-async fn scrape(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("response");
-    assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
-}
-
 /// Sample names of a Prometheus text exposition.
 fn exported(exposition: &str) -> BTreeSet<String> {
     exposition
@@ -102,9 +90,7 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_a_running
     let env = TestEnv::new().await;
     let worker = env.start_worker(&[Role::Ingest, Role::Query]).await;
     let shutdown = CancellationToken::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(serve(listener, Readiness::new(worker.services.clone(), true), shutdown.clone()));
+    let port = common::serve_ops(worker.services.clone(), &shutdown).await;
 
     // Some work, so that the series born of events exist too: a document, a broken one, a query.
     let good = env.upload_file(&env.write("good.txt", b"Metrics are exported by every role."), "docs");
@@ -116,7 +102,8 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_a_running
     let request = QueryRequest::new("Which roles export metrics?", common::name("docs"), 3);
     client::query(queue.requests.as_ref(), &request, Duration::from_secs(30)).await.expect("reply");
 
-    let exposition = scrape(port).await;
+    let (status, exposition) = common::http_get(port, "/metrics").await;
+    assert_eq!(status, 200, "{exposition}");
     let exported = exported(&exposition);
     let (alert_exprs, alerts) = alert_rules();
     let mut missing = Vec::new();

@@ -11,32 +11,19 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Proxy, TestEnv};
-use ragpipe::http::{Readiness, serve};
+use common::{Proxy, TestEnv, http_get, serve_ops};
+use ragpipe::http::Readiness;
 use ragpipe::worker::Role;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-
-/// `GET path` on `port`: status code and body.
-async fn get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect to the endpoint");
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("response");
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
 
 /// Asks `/ready` until `want` holds for its status and body (each answer is awaited, not slept
 /// on: the endpoint answers within its 2 s check timeout).
 async fn ready_until(port: u16, what: &str, want: impl Fn(u16, &Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, body) = get(port, "/ready").await;
+        let (status, body) = http_get(port, "/ready").await;
         let json: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
         if want(status, &json) {
             return json;
@@ -45,13 +32,6 @@ async fn ready_until(port: u16, what: &str, want: impl Fn(u16, &Value) -> bool) 
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(100)).await; // pacing between probes, not a sync point
     }
-}
-
-async fn endpoint(services: Arc<ragpipe::app::Services>, shutdown: &CancellationToken) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind endpoint");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(serve(listener, Readiness::new(services, true), shutdown.clone()));
-    port
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,8 +54,8 @@ async fn ready_goes_503_while_postgres_is_down_and_200_after() {
     env.settings.database.url = Some(SecretString::from(url.to_string()));
     let worker = env.start_worker(&[Role::Query]).await;
     let shutdown = CancellationToken::new();
-    let port = endpoint(worker.services.clone(), &shutdown).await;
-    assert_eq!(get(port, "/health").await, (200, "ok\n".to_owned()));
+    let port = serve_ops(worker.services.clone(), &shutdown).await;
+    assert_eq!(http_get(port, "/health").await, (200, "ok\n".to_owned()));
 
     let ready = ready_until(port, "ready", |status, _| status == 200).await;
     assert_eq!(ready["ready"], true);

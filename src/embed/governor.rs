@@ -141,6 +141,8 @@ pub struct Governor {
     budgets: Budgets,
     /// What the budget is for, in log lines (`embedding`, `LLM`).
     what: &'static str,
+    /// The same, as the label of the rate-limit wait metric (`embedding`, `llm`).
+    metric: &'static str,
     local: Mutex<Local>,
     shared: Option<Shared>,
 }
@@ -166,7 +168,8 @@ impl Governor {
             script: redis::Script::new(SCRIPT),
             degraded: AtomicBool::new(false),
         });
-        Self { budgets, what, local: Mutex::new(local), shared }
+        let metric = if what == EMBEDDING { "embedding" } else { "llm" };
+        Self { budgets, what, metric, local: Mutex::new(local), shared }
     }
 
     /// The governor of `[embedder]` budgets and `[cache]`.
@@ -196,9 +199,8 @@ impl Governor {
             }
             // A little jitter so workers waiting for the same refill do not all ask at once.
             let jitter = Duration::from_millis(RandomState::new().hash_one(0u8) % (wait.as_millis() as u64 / 10 + 2));
-            let budget = if self.what == EMBEDDING { "embedding" } else { "llm" };
             crate::telemetry::metrics::RATE_LIMIT_WAIT
-                .with_label_values(&[budget])
+                .with_label_values(&[self.metric])
                 .inc_by((wait + jitter).as_secs_f64());
             tokio::time::sleep(wait + jitter).await;
         }

@@ -163,11 +163,10 @@ fn extract(bytes: &[u8], password: Option<&str>, limits: &PdfLimits) -> Result<V
     let mut pages: Vec<Vec<Line>> = Vec::with_capacity(ids.len());
     let mut heights = Vec::with_capacity(ids.len());
     for id in ids {
-        let page = read_page(&doc, id, &mut cache, &mut budget);
+        let (lines, height) = read_page(&doc, id, &mut cache, &mut budget);
         if budget.oversized_stream {
             return Err(PdfError::StreamTooLarge { max: limits.max_stream_bytes });
         }
-        let (lines, height) = page;
         if budget.glyphs == 0 {
             return Err(PdfError::TooLong { max: limits.max_chars });
         }

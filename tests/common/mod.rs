@@ -487,3 +487,25 @@ impl Proxy {
         self.up.send_replace(up);
     }
 }
+
+/// Serves a query process's `/metrics`, `/health` and `/ready` for `services` on a free port
+/// until `shutdown`; returns the port.
+pub async fn serve_ops(services: Arc<Services>, shutdown: &CancellationToken) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the ops endpoint");
+    let port = listener.local_addr().expect("addr").port();
+    let readiness = ragpipe::http::Readiness::new(services, true);
+    tokio::spawn(ragpipe::http::serve(listener, readiness, shutdown.clone()));
+    port
+}
+
+/// `GET path` on `port` over HTTP/1.0: the status code and the body.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to the endpoint");
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("response");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}

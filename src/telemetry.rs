@@ -71,6 +71,13 @@ pub mod metrics {
             .expect("valid, unique metric definition")
     });
 
+    /// Extraction child processes started (each serves up to `extract.documents_per_child`
+    /// documents; a rate near the document rate means children keep failing or retiring).
+    pub static EXTRACT_CHILDREN: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!("ragpipe_extract_children_started_total", "Extraction child processes started")
+            .expect("valid, unique metric definition")
+    });
+
     /// Seconds spent per pipeline stage and document.
     pub static STAGE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
         histogram_vec(

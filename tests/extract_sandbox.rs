@@ -129,6 +129,67 @@ async fn a_hanging_child_does_not_block_other_extractions() {
     assert!(healthy.1 < Duration::from_secs(2), "healthy took {:?}", healthy.1);
 }
 
+fn text_bytes(i: usize) -> Arc<[u8]> {
+    Arc::from(format!("Document number {i} talks about harbour {i}.\n").into_bytes())
+}
+
+#[tokio::test]
+async fn one_child_serves_many_documents_each_getting_its_own_text() {
+    let sandbox = sandbox(ExtractSettings::default());
+    for i in 0..20 {
+        let extracted = sandbox.extract(text_bytes(i), named(&format!("{i}.txt"))).await.expect("extract");
+        assert_eq!(extracted.text.trim_end(), format!("Document number {i} talks about harbour {i}."));
+    }
+    assert_eq!(sandbox.children_started(), 1, "the child is reused");
+    // Concurrent documents take a child each, and each gets its own reply.
+    let all = futures::future::join_all((0..6).map(|i| {
+        let sandbox = sandbox.clone();
+        async move { sandbox.extract(text_bytes(i), named("x.txt")).await.map(|e| e.text) }
+    }))
+    .await;
+    for (i, text) in all.into_iter().enumerate() {
+        assert_eq!(text.expect("extract").trim_end(), format!("Document number {i} talks about harbour {i}."));
+    }
+    assert!(sandbox.children_started() <= 6, "{}", sandbox.children_started());
+}
+
+#[tokio::test]
+async fn a_child_is_replaced_after_documents_per_child() {
+    let sandbox = sandbox(ExtractSettings { documents_per_child: 3, ..ExtractSettings::default() });
+    for i in 0..7 {
+        sandbox.extract(text_bytes(i), named("x.txt")).await.expect("extract");
+    }
+    assert_eq!(sandbox.children_started(), 3, "3 + 3 + 1 documents");
+    let fresh_each = self::sandbox(ExtractSettings { documents_per_child: 1, ..ExtractSettings::default() });
+    for i in 0..3 {
+        fresh_each.extract(text_bytes(i), named("x.txt")).await.expect("extract");
+    }
+    assert_eq!(fresh_each.children_started(), 3, "1 = a fresh process per document");
+}
+
+/// A document that crashes a reused child is tried again in a fresh one (its outcome must not
+/// depend on what the child read before), and the next document gets a healthy child.
+#[tokio::test]
+async fn a_failure_in_a_reused_child_is_retried_in_a_fresh_one_and_the_pool_recovers() {
+    let healthy = sandbox(ExtractSettings::default());
+    healthy.extract(text_bytes(1), named("x.txt")).await.expect("extract");
+    assert_eq!(healthy.children_started(), 1);
+    let faulty = healthy.clone().with_fault(Fault::Panic);
+    let err = faulty.extract(text_bytes(2), named("x.txt")).await.expect_err("panics");
+    assert!(matches!(&err, ExtractError::Crashed(m) if m.contains("injected fault")), "{err}");
+    assert_eq!(healthy.children_started(), 2, "the reused child crashed; the retry started a fresh one");
+    let after = healthy.extract(text_bytes(3), named("x.txt")).await.expect("extract after a crash");
+    assert!(after.text.contains("number 3"));
+    assert_eq!(healthy.children_started(), 3, "crashed children are never reused");
+    // A hang in a reused child is killed at the timeout (not retried), and the pool goes on.
+    let quick = sandbox(ExtractSettings { timeout_secs: 1, ..ExtractSettings::default() });
+    quick.extract(text_bytes(4), named("x.txt")).await.expect("extract");
+    let err = quick.clone().with_fault(Fault::Hang).extract(text_bytes(5), named("x.txt")).await.expect_err("hangs");
+    assert_eq!(err, ExtractError::TimedOut { secs: 1 });
+    assert!(quick.extract(text_bytes(6), named("x.txt")).await.is_ok());
+    assert_eq!(quick.children_started(), 2);
+}
+
 #[tokio::test]
 async fn debug_report_prints_text_and_json() {
     let path = support::corpus("docx/pandoc/tables.docx");

@@ -38,6 +38,12 @@ pub struct ExtractSettings {
     /// page past it fails the document as `limit_exceeded` rather than reading as empty.
     /// Decoded content costs several times its size in memory while it is read.
     pub pdf_max_stream_bytes: u64,
+    /// Documents one sandbox child extracts before it is replaced. Starting a child costs more
+    /// than extracting a small document, so children are kept and reused; 1 starts a fresh
+    /// process per document (the strictest isolation between documents). A child is also
+    /// replaced early when it crashed, timed out, or holds more than a quarter of its memory
+    /// allowance after a document.
+    pub documents_per_child: u64,
 }
 
 impl Default for ExtractSettings {
@@ -53,6 +59,7 @@ impl Default for ExtractSettings {
             zip_max_entries: 10_000,
             zip_max_ratio: 100,
             pdf_max_stream_bytes: 32 * MIB,
+            documents_per_child: 200,
         }
     }
 }
@@ -64,7 +71,7 @@ impl ExtractSettings {
     ///
     /// A message naming the offending `extract.*` key and the problem.
     pub fn validate(&self) -> Result<(), String> {
-        let positive: [(&str, u64); 10] = [
+        let positive: [(&str, u64); 11] = [
             ("timeout_secs", self.timeout_secs),
             ("max_memory_mb", self.max_memory_mb),
             ("max_output_bytes", self.max_output_bytes),
@@ -75,6 +82,7 @@ impl ExtractSettings {
             ("zip_max_entries", self.zip_max_entries as u64),
             ("zip_max_ratio", self.zip_max_ratio),
             ("pdf_max_stream_bytes", self.pdf_max_stream_bytes),
+            ("documents_per_child", self.documents_per_child),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("extract.{key} must be greater than 0"));

@@ -1,12 +1,13 @@
-//! The child side (`ragpipe extract-child`): read the request, cap our own memory, extract,
-//! write the reply, exit. Single-threaded and without an async runtime, so that the address
-//! space measured before the cap is the real baseline.
+//! The child side (`ragpipe extract-child`): read a request, cap our own memory (once, before
+//! the first document), extract, write the reply, and wait for the next request until stdin
+//! ends. Single-threaded and without an async runtime, so that the address space measured
+//! before the cap is the real baseline.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::protocol::{self, Fault, Reply, RequestHeader};
+use super::protocol::{self, Fault, RequestHeader, Response};
 use crate::extract::{ByteLimit, ExtractError, extract_in_process};
 
 /// Exit codes for the child's own failures, before or after extraction (never the document's
@@ -15,37 +16,55 @@ pub(super) const EXIT_BAD_REQUEST: u8 = 2;
 pub(super) const EXIT_NO_LIMIT: u8 = 3;
 pub(super) const EXIT_WRITE_FAILED: u8 = 4;
 
-/// Body of the hidden `ragpipe extract-child` subcommand: read the request from stdin, apply
-/// the memory cap to this process, extract, write the result to stdout, exit.
+/// Body of the hidden `ragpipe extract-child` subcommand: serve extraction requests from stdin
+/// until it ends, each answered on stdout, under a memory cap applied to this process.
 ///
 /// Call it before any runtime or thread pool starts (the memory cap counts their reservations).
 pub fn child_main() -> ExitCode {
     let mut stdin = std::io::stdin().lock();
-    let header = match protocol::read_header(&mut stdin) {
-        Ok(header) => header,
-        Err(err) => {
-            eprintln!("extract-child: bad request header: {err}");
-            return ExitCode::from(EXIT_BAD_REQUEST);
-        }
-    };
-    if let Err(err) = limit_resources(header.settings.max_memory_mb) {
-        eprintln!("extract-child: cannot apply the memory limit: {err}");
-        return ExitCode::from(EXIT_NO_LIMIT);
-    }
-    let reply = match read_document(&mut stdin, &header) {
-        Ok(bytes) => {
-            if let Some(fault) = header.fault {
-                trigger(fault);
+    let mut stdout = std::io::stdout().lock();
+    // The address space the cap was set from, and the allowance above it.
+    let mut limit: Option<(u64, u64)> = None;
+    loop {
+        let header = match protocol::read_header(&mut stdin) {
+            Ok(Some(header)) => header,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("extract-child: bad request header: {err}");
+                return ExitCode::from(EXIT_BAD_REQUEST);
             }
-            extract_in_process(&bytes, &header.hints.as_hints(), &header.settings)
+        };
+        if limit.is_none() {
+            match limit_resources(header.settings.max_memory_mb) {
+                Ok(applied) => limit = Some(applied),
+                Err(err) => {
+                    eprintln!("extract-child: cannot apply the memory limit: {err}");
+                    return ExitCode::from(EXIT_NO_LIMIT);
+                }
+            }
         }
-        Err(err) => Err(err),
-    };
-    match write_reply(&reply) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+        let reply = match read_document(&mut stdin, &header) {
+            Ok(bytes) => {
+                if let Some(fault) = header.fault {
+                    trigger(fault);
+                }
+                extract_in_process(&bytes, &header.hints.as_hints(), &header.settings)
+            }
+            Err(err) => Err(err),
+        };
+        // Memory the allocator kept from this document is headroom the next one lacks: past a
+        // quarter of the allowance, a fresh child gives the next document its full allowance.
+        let retire = match (limit, current_address_space()) {
+            (Some((baseline, allowance)), Some(now)) => now.saturating_sub(baseline) > allowance / 4,
+            _ => true,
+        };
+        let written = protocol::encode_response(&Response { reply, retire }).and_then(|frame| {
+            stdout.write_all(&frame)?;
+            stdout.flush()
+        });
+        if let Err(err) = written {
             eprintln!("extract-child: cannot write the reply: {err}");
-            ExitCode::from(EXIT_WRITE_FAILED)
+            return ExitCode::from(EXIT_WRITE_FAILED);
         }
     }
 }
@@ -59,23 +78,18 @@ fn read_document(stdin: &mut impl Read, header: &RequestHeader) -> Result<Vec<u8
     protocol::read_body(stdin, len).map_err(|err| ExtractError::Internal(format!("cannot read the document: {err}")))
 }
 
-fn write_reply(reply: &Reply) -> std::io::Result<()> {
-    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    serde_json::to_writer(&mut stdout, reply).map_err(std::io::Error::other)?;
-    stdout.flush()
-}
-
 /// Caps the address space at the current size plus `max_memory_mb`, so the allowance is what
 /// the extractor may use, whatever the binary's own footprint (a binary linking FAISS/BLAS
 /// maps far more at start-up than this crate alone). Also disables core dumps: a crashing
-/// parser must not write hundreds of MiB to disk.
-fn limit_resources(max_memory_mb: u64) -> std::io::Result<()> {
+/// parser must not write hundreds of MiB to disk. Returns the baseline and the allowance.
+fn limit_resources(max_memory_mb: u64) -> std::io::Result<(u64, u64)> {
     let baseline = current_address_space().unwrap_or(0);
-    let cap = baseline.saturating_add(max_memory_mb.saturating_mul(1024 * 1024));
+    let allowance = max_memory_mb.saturating_mul(1024 * 1024);
     // SAFETY: setrlimit only reads the struct passed by reference during the call.
-    check(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlimit(cap)) })?;
+    check(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlimit(baseline.saturating_add(allowance))) })?;
     // SAFETY: as above.
-    check(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &rlimit(0)) })
+    check(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &rlimit(0)) })?;
+    Ok((baseline, allowance))
 }
 
 fn rlimit(value: u64) -> libc::rlimit {

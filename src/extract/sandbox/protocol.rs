@@ -1,10 +1,11 @@
-//! Parent ↔ child wire format.
+//! Parent ↔ child wire format. A child serves requests one after another until its stdin ends.
 //!
-//! stdin:  `u32` little-endian header length, the header as JSON ([`RequestHeader`]), then
-//!         exactly `header.len` document bytes.
-//! stdout: one JSON value, `{"Ok": Extracted}` or `{"Err": ExtractError}`.
-//! Exit status 0 means a reply was written; anything else is a crash and is classified from the
-//! status and the (bounded) stderr.
+//! stdin:  per request, `u32` little-endian header length, the header as JSON
+//!         ([`RequestHeader`]), then exactly `header.len` document bytes.
+//! stdout: per request, `u32` little-endian length, then that many bytes of JSON
+//!         ([`Response`]: `{"reply": {"Ok": Extracted} | {"Err": ExtractError}, "retire": bool}`).
+//! A child that dies instead of answering is classified from its exit status and its (bounded)
+//! stderr. End of stdin at a request boundary makes it exit with status 0.
 
 use std::io::Read;
 
@@ -54,6 +55,27 @@ pub(crate) struct RequestHeader {
 /// The child's reply.
 pub(crate) type Reply = Result<Extracted, ExtractError>;
 
+/// What the child writes back for one request.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Response {
+    pub(crate) reply: Reply,
+    /// The child asks to be replaced: it holds more memory than a fresh one would.
+    pub(crate) retire: bool,
+}
+
+/// Serialises a response with its length prefix.
+///
+/// # Errors
+///
+/// When the response cannot be encoded (never for the types involved) or is over 4 GiB.
+pub(crate) fn encode_response(response: &Response) -> std::io::Result<Vec<u8>> {
+    let mut out = vec![0u8; 4];
+    serde_json::to_writer(&mut out, response).map_err(std::io::Error::other)?;
+    let len = u32::try_from(out.len() - 4).map_err(std::io::Error::other)?;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(out)
+}
+
 /// Serialises the header with its length prefix.
 ///
 /// # Errors
@@ -72,14 +94,23 @@ pub(crate) fn encode_header(header: &RequestHeader) -> Result<Vec<u8>, ExtractEr
     Ok(out)
 }
 
-/// Reads the length-prefixed header.
+/// Reads the next length-prefixed header; `None` when the input ends before one begins.
 ///
 /// # Errors
 ///
-/// I/O errors, an oversized length or invalid JSON.
-pub(crate) fn read_header(input: &mut impl Read) -> std::io::Result<RequestHeader> {
+/// I/O errors, input ending inside a header, an oversized length or invalid JSON.
+pub(crate) fn read_header(input: &mut impl Read) -> std::io::Result<Option<RequestHeader>> {
     let mut len = [0u8; 4];
-    input.read_exact(&mut len)?;
+    let mut got = 0;
+    while got < len.len() {
+        match input.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     let len = u32::from_le_bytes(len);
     if len > MAX_HEADER_BYTES {
         return Err(std::io::Error::new(
@@ -89,7 +120,7 @@ pub(crate) fn read_header(input: &mut impl Read) -> std::io::Result<RequestHeade
     }
     let mut json = vec![0u8; len as usize];
     input.read_exact(&mut json)?;
-    serde_json::from_slice(&json).map_err(std::io::Error::other)
+    serde_json::from_slice(&json).map(Some).map_err(std::io::Error::other)
 }
 
 /// Reads exactly `len` document bytes.
@@ -125,9 +156,12 @@ mod tests {
         let mut wire = encode_header(&header).unwrap_or_default();
         wire.extend_from_slice(b"abc");
         let mut input = wire.as_slice();
-        let back = read_header(&mut input).ok();
+        let back = read_header(&mut input).ok().flatten();
         assert_eq!(back.as_ref().and_then(|h| h.fault), Some(Fault::Hang));
         assert_eq!(read_body(&mut input, 3).ok().as_deref(), Some(&b"abc"[..]));
+        assert!(matches!(read_header(&mut input), Ok(None)), "the end of input between requests is no error");
+        let mut torn: &[u8] = &[1, 0];
+        assert!(read_header(&mut torn).is_err(), "the end of input inside a header is");
     }
 
     #[test]

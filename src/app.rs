@@ -15,7 +15,7 @@ use crate::index::Indexes;
 use crate::index::lexical::LexicalIndexes;
 use crate::llm::Llm;
 use crate::queue::{EventBus, Queue, RequestReply, UploadQueue};
-use crate::store::Store;
+use crate::store::{Collection, Store, StoreError};
 
 /// Which backend each port runs on, for the start-up log and `ragpipe status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +87,8 @@ pub struct IngestContext {
     pub delivery_limit: u32,
     /// Milliseconds the embed stage waits to fill a batch.
     pub embed_max_wait_ms: u64,
+    /// Whether the embed stage sends a partial batch at once when no request is in flight.
+    pub embed_send_when_idle: bool,
     /// Documents and chunks.
     pub store: Arc<dyn Store>,
     /// Where uploads come from.
@@ -107,12 +109,29 @@ pub struct IngestContext {
     pub fetch_policy: FetchPolicy,
     /// Failure injection (tests).
     pub faults: Option<FaultHook>,
+    /// Collections met so far, by name: a collection row is never deleted and its id never
+    /// changes, so each is looked up (or created) once per process, not once per document.
+    pub(crate) collections: std::sync::Mutex<std::collections::HashMap<String, Collection>>,
 }
 
 impl IngestContext {
     /// Whether a test asked to crash at `point`.
     pub(crate) fn crash_at(&self, point: FaultPoint) -> bool {
         self.faults.as_ref().is_some_and(|hook| hook(point))
+    }
+
+    /// The collection named `name`, created if needed.
+    pub(crate) async fn collection(&self, name: &str) -> Result<Collection, StoreError> {
+        let known = self.collections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned();
+        if let Some(collection) = known {
+            return Ok(collection);
+        }
+        let collection = self.store.ensure_collection(name).await?;
+        self.collections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), collection.clone());
+        Ok(collection)
     }
 }
 
@@ -184,6 +203,7 @@ impl Services {
             settings: self.settings.ingest.clone(),
             delivery_limit: self.settings.broker.delivery_limit,
             embed_max_wait_ms: self.settings.embedder.max_wait_ms,
+            embed_send_when_idle: self.settings.embedder.send_when_idle,
             store: self.store.clone(),
             uploads: self.queue.uploads.clone(),
             events: self.queue.events.clone(),
@@ -194,6 +214,7 @@ impl Services {
             chunker: self.chunker.clone(),
             fetch_policy: self.fetch_policy.clone(),
             faults: self.faults.clone(),
+            collections: std::sync::Mutex::default(),
         }
     }
 

@@ -5,8 +5,10 @@
 //! file, fsync, rename, fsync the directory, so a crash never leaves a half-written blob under
 //! a valid name.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
@@ -19,12 +21,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    /// Fan-out directories known to exist (at most 65,536): creating one again is a syscall
+    /// per blob that contends on the parent directory, a measurable share of small-document
+    /// ingest.
+    made: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl BlobStore {
     /// A store rooted at `root` (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), made: Arc::default() }
     }
 
     /// Where the blob with this hash lives (whether or not it exists).
@@ -45,7 +51,10 @@ impl BlobStore {
             return Ok(path);
         }
         let dir = path.parent().unwrap_or(&self.root);
-        std::fs::create_dir_all(dir)?;
+        if !self.made.lock().unwrap_or_else(PoisonError::into_inner).contains(dir) {
+            std::fs::create_dir_all(dir)?;
+            self.made.lock().unwrap_or_else(PoisonError::into_inner).insert(dir.to_path_buf());
+        }
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;

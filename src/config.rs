@@ -255,6 +255,11 @@ pub struct IngestSettings {
     pub chunk_concurrency: usize,
     /// Persist transactions at once (each holds one pooled connection).
     pub persist_concurrency: usize,
+    /// Most documents written in one transaction: the persist stage takes what is ready at once,
+    /// up to this many, so a burst of small documents costs one commit and one index add, not
+    /// one each (1 = a transaction per document). Each message is still acknowledged only after
+    /// its own document is committed and indexed.
+    pub persist_batch: usize,
     /// Largest inline (`content_b64`) upload accepted, in bytes.
     pub max_inline_bytes: usize,
     /// Seconds a stopping worker (SIGTERM, Ctrl-C) gives in-flight documents and queries to
@@ -267,10 +272,11 @@ impl Default for IngestSettings {
     fn default() -> Self {
         Self {
             channel_capacity: 16,
-            dedup_concurrency: 4,
+            dedup_concurrency: 8,
             extract_concurrency: 2,
             chunk_concurrency: 2,
             persist_concurrency: 4,
+            persist_batch: 32,
             max_inline_bytes: 32 * 1024 * 1024,
             shutdown_grace_secs: 30,
         }
@@ -512,6 +518,7 @@ impl Settings {
         positive("ingest.extract_concurrency", self.ingest.extract_concurrency as u64);
         positive("ingest.chunk_concurrency", self.ingest.chunk_concurrency as u64);
         positive("ingest.persist_concurrency", self.ingest.persist_concurrency as u64);
+        positive("ingest.persist_batch", self.ingest.persist_batch as u64);
         positive("index.snapshot_interval_secs", self.index.snapshot_interval_secs);
         positive("index.hnsw_m", self.index.hnsw_m as u64);
         positive("index.rebuild_lease_secs", self.index.rebuild_lease_secs);

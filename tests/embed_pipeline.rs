@@ -42,6 +42,7 @@ async fn chunks_of_many_documents_share_batches_cut_exactly_at_count_and_token_l
     // long wait, so only count and tokens close a batch (except the very last).
     e.max_concurrent_requests = 1;
     e.max_wait_ms = 2000;
+    e.send_when_idle = false;
     let worker = env.start_worker(&[Role::Ingest]).await;
     let broker = env.queue().await;
     let uploads: Vec<_> = (0..6)
@@ -137,6 +138,7 @@ async fn an_input_the_model_refuses_fails_only_its_own_document() {
     env_with(&fake, &mut env);
     env.settings.embedder.batch_size = 32;
     env.settings.embedder.max_wait_ms = 1000;
+    env.settings.embedder.send_when_idle = false;
     let worker = env.start_worker(&[Role::Ingest]).await;
     let broker = env.queue().await;
     let good_a = env.upload_file(&env.write("a.txt", document("alpha", 4).as_bytes()), "mixed");

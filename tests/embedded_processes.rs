@@ -160,6 +160,14 @@ async fn a_worker_killed_mid_ingest_again_and_again_loses_and_duplicates_nothing
         let body: serde_json::Value = serde_json::from_slice(&event.body).expect("json");
         done.insert(body["upload_id"].as_str().expect("upload_id").to_owned());
     }
+    // A killed worker may have announced a document and died before settling its job: the last
+    // worker settles it once the lease expires (its event then comes again). Wait for that.
+    let settled = async {
+        while env.count("SELECT count(*) FROM jobs").await > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), settled).await.expect("every job is settled within 60 s");
     stop(worker);
 
     // Every document exactly once, ingested; chunk rows unique; the index holds each chunk once.

@@ -6,7 +6,8 @@ mod common;
 
 use common::TestEnv;
 use ragpipe::store::{
-    Claim, DocumentRef, DocumentStatus, FeedbackEntry, LogOp, NewChunk, NewDocument, QueryLogEntry, Store, StoreError,
+    Claim, DocumentChunks, DocumentRef, DocumentStatus, FeedbackEntry, LogOp, NewChunk, NewDocument, QueryLogEntry,
+    Store, StoreError,
 };
 
 on_both_backends!(
@@ -15,6 +16,7 @@ on_both_backends!(
     claims_are_idempotent_and_the_same_bytes_are_a_duplicate,
     a_failed_document_is_resumed_by_the_next_upload_and_never_downgraded,
     persisting_twice_stores_once_and_returns_the_stored_vectors,
+    a_batch_commits_together_and_a_refused_document_fails_alone,
     catch_up_replays_the_change_log_of_its_collection_in_order,
     a_delete_logs_its_chunks_hides_them_and_a_reupload_restores_the_document,
     a_collection_keeps_the_model_it_started_with,
@@ -132,6 +134,59 @@ async fn persisting_twice_stores_once_and_returns_the_stored_vectors(env: TestEn
     assert_eq!(second.stored, first.stored);
     assert_eq!(store.document_vectors(id, 3).await.expect("vectors"), first.stored);
     assert_eq!(env.count("SELECT count(*) FROM chunks").await, 3);
+}
+
+/// Several documents in one transaction: each gets its own result, in order; a deleted one and
+/// one already stored do not keep the others from committing; each logs its own entry.
+async fn a_batch_commits_together_and_a_refused_document_fails_alone(env: TestEnv) {
+    let store = env.store().await;
+    let c = store.ensure_collection("batch").await.expect("collection");
+    let done = process(store.as_ref(), &document(c.id, 30, "done")).await;
+    let before = store.persist_chunks(done, "m", 3, &chunks(2, 3.0)).await.expect("persist").stored;
+    let gone = process(store.as_ref(), &document(c.id, 31, "gone")).await;
+    store.delete_documents(&DocumentRef::Id(gone), None).await.expect("delete");
+    let first = process(store.as_ref(), &document(c.id, 32, "first")).await;
+    let last = process(store.as_ref(), &document(c.id, 33, "last")).await;
+    let seq = store.last_log_seq(c.id).await.expect("seq");
+
+    let (a, b, d, e) = (chunks(3, 1.0), chunks(1, 2.0), chunks(2, 9.0), chunks(1, 4.0));
+    let batch = [
+        DocumentChunks { document_id: last, chunks: &a },
+        DocumentChunks { document_id: gone, chunks: &b },
+        DocumentChunks { document_id: done, chunks: &d },
+        DocumentChunks { document_id: first, chunks: &e },
+    ];
+    let results = store.persist_documents("m", 3, &batch).await;
+    assert_eq!(results.len(), 4);
+    let stored: Vec<_> = results.iter().map(|r| r.as_ref().map(|p| (p.inserted, p.stored.ids.len()))).collect();
+    assert!(matches!(results[1], Err(StoreError::Deleted(id)) if id == gone), "{:?}", results[1]);
+    assert_eq!(
+        (stored[0].as_ref().ok(), stored[2].as_ref().ok(), stored[3].as_ref().ok()),
+        (Some(&(true, 3)), Some(&(false, 2)), Some(&(true, 1)))
+    );
+    assert_eq!(results[2].as_ref().expect("stored before").stored, before, "the stored vectors come back");
+    let ids = |i: usize| results[i].as_ref().expect("persisted").stored.ids.clone();
+    assert_eq!(store.document_vectors(last, 3).await.expect("vectors").ids, ids(0));
+    let log = store.log_after(c.id, seq, 10).await.expect("log");
+    let mut logged: Vec<Vec<i64>> = log.iter().map(|e| e.chunk_ids.clone()).collect();
+    logged.sort();
+    let mut expected = vec![ids(0), ids(3)];
+    expected.sort();
+    assert_eq!(logged, expected, "one log entry per stored document");
+    assert_eq!(env.text(&format!("SELECT status FROM documents WHERE id = {gone}")).await, "deleted");
+    assert_eq!(env.count(&format!("SELECT count(*) FROM chunks WHERE document_id = {gone}")).await, 0);
+
+    // A collection of another model refuses its document of a batch, not its neighbour.
+    let m2 = store.ensure_collection("batch-m2").await.expect("collection");
+    let seeded = process(store.as_ref(), &document(m2.id, 35, "seeded")).await;
+    store.persist_chunks(seeded, "m2", 3, &chunks(1, 1.0)).await.expect("persist");
+    let refused = process(store.as_ref(), &document(m2.id, 36, "refused")).await;
+    let neighbour = process(store.as_ref(), &document(c.id, 37, "neighbour")).await;
+    let batch =
+        [DocumentChunks { document_id: refused, chunks: &e }, DocumentChunks { document_id: neighbour, chunks: &e }];
+    let results = store.persist_documents("m", 3, &batch).await;
+    assert!(matches!(results[0], Err(StoreError::ModelMismatch { .. })), "{:?}", results[0]);
+    assert!(results[1].as_ref().is_ok_and(|p| p.inserted), "{:?}", results[1]);
 }
 
 async fn catch_up_replays_the_change_log_of_its_collection_in_order(env: TestEnv) {

@@ -64,6 +64,11 @@ pub struct EmbedderSettings {
     pub max_tokens_per_request: usize,
     /// Milliseconds a partial batch waits for more inputs before it is sent.
     pub max_wait_ms: u64,
+    /// Whether an idle embedder (no request in flight) sends what is queued at once rather
+    /// than waiting `max_wait_ms` for a fuller batch. Inputs still gather into full batches
+    /// while requests are in flight; without it, small documents each wait `max_wait_ms`, and
+    /// the documents in flight (the prefetch) cap throughput at prefetch / max_wait.
+    pub send_when_idle: bool,
     /// Requests in flight at once per worker.
     pub max_concurrent_requests: usize,
     /// Requests per minute for all workers together (shared through Redis); 0 = unlimited.
@@ -111,6 +116,7 @@ impl Default for EmbedderSettings {
             batch_size: 64,
             max_tokens_per_request: 100_000,
             max_wait_ms: 20,
+            send_when_idle: true,
             max_concurrent_requests: 4,
             requests_per_minute: 0,
             tokens_per_minute: 0,

@@ -1,8 +1,8 @@
 //! The embed stage: batches chunks **across documents** and routes the vectors back.
 //!
 //! A batch is sent when it holds `batch_size` inputs, or when the next input would take it over
-//! `max_tokens_per_request`, or when its oldest input has waited `max_wait_ms`, or when intake
-//! has ended. At most `max_concurrent_requests` batches are in flight; while they are, intake
+//! `max_tokens_per_request`, or when its oldest input has waited `max_wait_ms`, or (with
+//! `send_when_idle`) when no request is in flight, or when intake has ended. At most `max_concurrent_requests` batches are in flight; while they are, intake
 //! pauses once enough inputs are queued (backpressure). Results come back per input, so a
 //! failure fails only the documents it touches. A document leaves the stage when all its
 //! vectors are back, in chunk order.
@@ -91,6 +91,7 @@ struct Batcher {
     inflight: FuturesUnordered<BoxFuture<'static, BatchResult>>,
     max_wait: Duration,
     max_inflight: usize,
+    send_when_idle: bool,
 }
 
 /// Runs the embed stage until its input closes and everything in it is settled.
@@ -110,13 +111,19 @@ pub(crate) async fn run(
         inflight: FuturesUnordered::new(),
         max_wait: Duration::from_millis(ctx.embed_max_wait_ms),
         max_inflight: limits.max_concurrent_requests,
+        send_when_idle: ctx.embed_send_when_idle,
     };
     let mut input_open = true;
     loop {
         while b.queue.has_full_batch() && b.inflight.len() < b.max_inflight {
             b.launch();
         }
-        if !input_open && !b.queue.is_empty() && b.inflight.len() < b.max_inflight {
+        // Waiting for a fuller batch only pays while a request is in flight (inputs gather
+        // behind it); an idle embedder takes what is queued now (`send_when_idle`). Otherwise
+        // small documents each wait max_wait_ms, and the documents in flight (the prefetch)
+        // cap throughput at prefetch / max_wait.
+        let idle = b.send_when_idle && b.inflight.is_empty();
+        if !b.queue.is_empty() && (idle || !input_open) && b.inflight.len() < b.max_inflight {
             b.launch();
         }
         if !input_open && b.queue.is_empty() && b.inflight.is_empty() {

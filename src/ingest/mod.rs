@@ -100,8 +100,20 @@ async fn run_pipeline(ctx: Arc<IngestContext>, deliveries: Deliveries, shutdown:
         stage(extract_rx, Some(to_chunk), cfg.extract_concurrency, f, |w| stages::extract(s, f, w)),
         stage(chunk_rx, Some(to_embed), cfg.chunk_concurrency, f, |w| stages::chunk(s, f, w)),
         batcher::run(embed_rx, to_persist, s.clone(), f.clone()),
-        stage(persist_rx, None::<mpsc::Sender<()>>, cfg.persist_concurrency, f, |w| stages::persist(s, f, w)),
+        persist_stage(persist_rx, cfg.persist_batch, cfg.persist_concurrency, |batch| stages::persist(s, f, batch)),
     );
+}
+
+/// The persist stage: takes what is ready, up to `batch` documents, and persists it together;
+/// at most `concurrency` batches at once.
+async fn persist_stage<F, Fut>(rx: mpsc::Receiver<Work<stages::Embedded>>, batch: usize, concurrency: usize, step: F)
+where
+    F: Fn(Vec<Work<stages::Embedded>>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut rx = rx;
+    let items = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    items.ready_chunks(batch).for_each_concurrent(concurrency, step).await;
 }
 
 /// Decodes deliveries into jobs until the stream ends or `shutdown`; undecodable messages are

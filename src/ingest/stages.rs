@@ -10,7 +10,7 @@ use crate::blobs::sha256_hex;
 use crate::chunk::{Chunk, ChunkInput};
 use crate::error::Failure;
 use crate::extract::{ExtractError, Extracted, OwnedHints};
-use crate::store::{Claim, DocumentStatus, NewChunk, NewDocument};
+use crate::store::{Claim, Collection, DocumentChunks, DocumentStatus, NewChunk, NewDocument, Persisted};
 use crate::telemetry::metrics;
 
 /// Chunks with their vectors, ready to persist.
@@ -41,7 +41,7 @@ pub(crate) async fn dedup(s: &Arc<IngestContext>, f: &Finisher, job: Job) -> Res
         Ok(Err(failure)) => return Err(failed(job, None, failure)),
         Err(e) => return Err(failed(job, None, Failure::transient("internal", format!("fetch task: {e}")))),
     };
-    let collection = match s.store.ensure_collection(job.upload.collection.as_str()).await {
+    let collection = match s.collection(job.upload.collection.as_str()).await {
         Ok(c) => c,
         Err(e) => return Err(failed(job, None, e)),
     };
@@ -178,15 +178,80 @@ pub(crate) async fn chunk(
     }
 }
 
-/// Writes the document's chunks in one transaction, adds the vectors to the index, then
-/// publishes `document.ingested` and acks.
-pub(crate) async fn persist(s: &Arc<IngestContext>, f: &Finisher, w: Work<Embedded>) -> Result<Option<()>, Failed> {
-    let timer = metrics::stage("persist");
-    let rows: Vec<NewChunk> = w
-        .data
+/// Writes a batch of documents' chunks in one transaction, adds their vectors to the index (one
+/// add per collection), then publishes `document.ingested` and acks each. A document that fails
+/// fails alone; a crash anywhere before an ack leaves that message to be delivered again.
+pub(crate) async fn persist(s: &Arc<IngestContext>, f: &Finisher, batch: Vec<Work<Embedded>>) {
+    let timers: Vec<_> = batch.iter().map(|_| metrics::stage("persist")).collect();
+    let mut works = Vec::with_capacity(batch.len());
+    let mut rows = Vec::with_capacity(batch.len());
+    for w in batch {
+        let Work { job, doc, data } = w;
+        rows.push(new_chunks(data));
+        works.push(Work { job, doc, data: () });
+    }
+    let documents: Vec<DocumentChunks<'_>> =
+        works.iter().zip(&rows).map(|(w, chunks)| DocumentChunks { document_id: w.doc.document_id, chunks }).collect();
+    let embedder = s.embedding.embedder();
+    let results = s.store.persist_documents(embedder.model_id(), embedder.dimensions(), &documents).await;
+    drop(documents);
+    drop(timers);
+    if s.crash_at(FaultPoint::AfterPersist) {
+        return;
+    }
+    // Stored documents by collection, so each collection's index takes one add.
+    let mut stored: Vec<(Work<()>, Persisted, u64)> = Vec::with_capacity(works.len());
+    for ((w, result), chunks) in works.into_iter().zip(results).zip(&rows) {
+        match result {
+            Ok(persisted) => {
+                let tokens = chunks.iter().map(|r| u64::try_from(r.token_count).unwrap_or(0)).sum();
+                stored.push((w, persisted, tokens));
+            }
+            Err(e) => f.fail(failed(w.job, Some(w.doc), e)).await,
+        }
+    }
+    drop(rows);
+    let timers: Vec<_> = stored.iter().map(|_| metrics::stage("index")).collect();
+    let mut collections: Vec<Collection> = stored.iter().map(|(w, _, _)| w.doc.collection.clone()).collect();
+    collections.sort_by_key(|c| c.id);
+    collections.dedup_by_key(|c| c.id);
+    let mut refused = std::collections::HashMap::new();
+    for collection in &collections {
+        let (mut ids, mut vectors) = (Vec::new(), Vec::new());
+        for (w, persisted, _) in &stored {
+            if w.doc.collection.id == collection.id {
+                ids.extend_from_slice(&persisted.stored.ids);
+                vectors.extend_from_slice(&persisted.stored.vectors);
+            }
+        }
+        if let Err(e) = s.indexes.add(collection, ids, vectors).await {
+            refused.insert(collection.id, Failure::from(e));
+        }
+    }
+    drop(timers);
+    if s.crash_at(FaultPoint::AfterIndex) {
+        return;
+    }
+    let refused = &refused;
+    let settled = stored.into_iter().map(|(w, persisted, tokens)| async move {
+        if let Some(failure) = refused.get(&w.doc.collection.id) {
+            return f.fail(failed(w.job, Some(w.doc), failure.clone())).await;
+        }
+        let count = persisted.stored.ids.len() as i64;
+        if persisted.inserted {
+            metrics::CHUNKS.inc_by(count as u64);
+            metrics::CHUNK_TOKENS.inc_by(tokens);
+        }
+        f.succeed(w.job, &w.doc, count, !persisted.inserted, DocumentStatus::Ingested).await;
+    });
+    futures::future::join_all(settled).await;
+}
+
+fn new_chunks(embedded: Embedded) -> Vec<NewChunk> {
+    embedded
         .chunks
         .into_iter()
-        .zip(w.data.vectors)
+        .zip(embedded.vectors)
         .enumerate()
         .map(|(i, (c, embedding))| NewChunk {
             ordinal: i as i32,
@@ -199,31 +264,5 @@ pub(crate) async fn persist(s: &Arc<IngestContext>, f: &Finisher, w: Work<Embedd
             text: c.text,
             embedding,
         })
-        .collect();
-    let tokens: u64 = rows.iter().map(|r| u64::try_from(r.token_count).unwrap_or(0)).sum();
-    let embedder = s.embedding.embedder();
-    let persisted =
-        match s.store.persist_chunks(w.doc.document_id, embedder.model_id(), embedder.dimensions(), &rows).await {
-            Ok(p) => p,
-            Err(e) => return Err(failed(w.job, Some(w.doc), e)),
-        };
-    drop(timer);
-    if s.crash_at(FaultPoint::AfterPersist) {
-        return Ok(None);
-    }
-    let timer = metrics::stage("index");
-    let count = persisted.stored.ids.len() as i64;
-    if let Err(e) = s.indexes.add(&w.doc.collection, persisted.stored.ids, persisted.stored.vectors).await {
-        return Err(failed(w.job, Some(w.doc), e));
-    }
-    drop(timer);
-    if s.crash_at(FaultPoint::AfterIndex) {
-        return Ok(None);
-    }
-    if persisted.inserted {
-        metrics::CHUNKS.inc_by(count as u64);
-        metrics::CHUNK_TOKENS.inc_by(tokens);
-    }
-    f.succeed(w.job, &w.doc, count, !persisted.inserted, DocumentStatus::Ingested).await;
-    Ok(None)
+        .collect()
 }

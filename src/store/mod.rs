@@ -153,6 +153,15 @@ pub struct StoredVectors {
     pub vectors: Vec<f32>,
 }
 
+/// One document's chunks, for [`Store::persist_documents`].
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentChunks<'a> {
+    /// The claimed document.
+    pub document_id: i64,
+    /// Its chunks with their embeddings.
+    pub chunks: &'a [NewChunk],
+}
+
 /// Result of [`Store::persist_chunks`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Persisted {
@@ -386,7 +395,22 @@ pub trait Store: Send + Sync {
         model: &str,
         dimensions: usize,
         chunks: &[NewChunk],
-    ) -> Result<Persisted, StoreError>;
+    ) -> Result<Persisted, StoreError> {
+        let one = [DocumentChunks { document_id, chunks }];
+        let mut results = self.persist_documents(model, dimensions, &one).await;
+        results.pop().unwrap_or_else(|| Err(StoreError::Query("persist returned no result".into())))
+    }
+    /// [`Store::persist_chunks`] for several documents with one commit (many small documents
+    /// cost one transaction, not one each): one result per document, in order. A document
+    /// refused for itself (deleted, another model) does not hold the others back, and when the
+    /// shared transaction fails, each document is tried on its own, so one bad document never
+    /// fails its neighbours.
+    async fn persist_documents(
+        &self,
+        model: &str,
+        dimensions: usize,
+        documents: &[DocumentChunks<'_>],
+    ) -> Vec<Result<Persisted, StoreError>>;
     /// Stored vectors of one document (for re-indexing after a redelivery).
     async fn document_vectors(&self, document_id: i64, dimensions: usize) -> Result<StoredVectors, StoreError>;
     /// Soft-deletes the documents `target` names (in `collection` if given) that are not deleted

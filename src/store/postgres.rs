@@ -8,8 +8,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{
-    ChunkHit, Claim, Collection, Deleted, DocumentRef, DocumentStatus, FailedDocument, FeedbackEntry, GenerationRecord,
-    LogEntry, LogOp, NewChunk, NewDocument, Persisted, PoolStats, QueryLogEntry, StatusRow, Store, StoreError,
+    ChunkHit, Claim, Collection, Deleted, DocumentChunks, DocumentRef, DocumentStatus, FailedDocument, FeedbackEntry,
+    GenerationRecord, LogEntry, LogOp, NewDocument, Persisted, PoolStats, QueryLogEntry, StatusRow, Store, StoreError,
     StoredModel, StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector, log_op,
 };
 use crate::config::DatabaseSettings;
@@ -75,6 +75,126 @@ impl PgStore {
     /// A migration fails or the database is unreachable.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations/postgres").run(&self.pool).await.map_err(|e| StoreError::Migrate(e.to_string()))
+    }
+
+    /// Persists `documents` in one transaction, with a fixed number of statements whatever
+    /// their number (round trips, not rows, are what small documents cost). A document refused
+    /// for itself (deleted, another model) gets its error and the rest still commit; a database
+    /// error fails the whole call.
+    async fn persist_together(
+        &self,
+        model: &str,
+        dimensions: usize,
+        documents: &[DocumentChunks<'_>],
+    ) -> Result<Vec<Result<Persisted, StoreError>>, StoreError> {
+        let mut results: Vec<Option<Result<Persisted, StoreError>>> = documents.iter().map(|_| None).collect();
+        let ids: Vec<i64> = documents.iter().map(|d| d.document_id).collect();
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // Rows are locked in id order, so concurrent batches cannot deadlock.
+        let rows = sqlx::query(
+            "SELECT d.id, d.status, d.collection_id, c.name, c.embedding_model, c.embedding_dimensions
+             FROM documents d JOIN collections c ON c.id = d.collection_id
+             WHERE d.id = ANY($1) ORDER BY d.id FOR UPDATE OF d FOR KEY SHARE OF c",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            found.insert(row.try_get::<i64, _>("id").map_err(map_err)?, row);
+        }
+        // Which documents get chunks now, with their collection; models fixed on first use.
+        let mut writes: Vec<(usize, i64)> = Vec::with_capacity(documents.len());
+        let mut admitted: Vec<i64> = Vec::new();
+        for (i, document) in documents.iter().enumerate() {
+            let Some(row) = found.get(&document.document_id) else {
+                results[i] = Some(Err(StoreError::Query(format!("document {} does not exist", document.document_id))));
+                continue;
+            };
+            let collection_id: i64 = row.try_get("collection_id").map_err(map_err)?;
+            match status_of(row)? {
+                DocumentStatus::Ingested => {
+                    let stored = Self::read_vectors(&mut tx, document.document_id, dimensions).await?;
+                    results[i] = Some(Ok(Persisted { inserted: false, stored }));
+                    continue;
+                }
+                DocumentStatus::Deleted => {
+                    results[i] = Some(Err(StoreError::Deleted(document.document_id)));
+                    continue;
+                }
+                _ => {}
+            }
+            let stored = StoredModel {
+                collection: row.try_get("name").map_err(map_err)?,
+                model: row.try_get("embedding_model").map_err(map_err)?,
+                dimensions: row.try_get("embedding_dimensions").map_err(map_err)?,
+            };
+            match admit_model(stored, model, dimensions) {
+                Ok(first_use) => {
+                    if first_use && !admitted.contains(&collection_id) {
+                        admitted.push(collection_id);
+                    }
+                    writes.push((i, collection_id));
+                }
+                Err(error) => results[i] = Some(Err(error)),
+            }
+        }
+        if !admitted.is_empty() {
+            sqlx::query(
+                "UPDATE collections SET embedding_model = $2, embedding_dimensions = $3
+                 WHERE id = ANY($1)",
+            )
+            .bind(&admitted)
+            .bind(model)
+            .bind(i32::try_from(dimensions).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        let stored = insert_batch(&mut tx, model, documents, &writes).await?;
+        // The log last, under each collection's lock (gap-safe replay), so the lock is held for
+        // these two statements and the commit only.
+        let mut log_collections: Vec<i64> = Vec::with_capacity(writes.len());
+        let mut log_ids: Vec<String> = Vec::with_capacity(writes.len());
+        for (&(_, collection_id), chunk_ids) in writes.iter().zip(&stored) {
+            log_collections.push(collection_id);
+            let list: Vec<String> = chunk_ids.iter().map(i64::to_string).collect();
+            log_ids.push(format!("{{{}}}", list.join(",")));
+        }
+        if !writes.is_empty() {
+            let mut locks = log_collections.clone();
+            locks.sort_unstable();
+            locks.dedup();
+            let locks: Vec<i32> = locks.iter().map(|&c| i32::try_from(c).unwrap_or(i32::MAX)).collect();
+            sqlx::query("SELECT pg_advisory_xact_lock($1, c) FROM unnest($2::int[]) AS c ORDER BY c")
+                .bind(LOCK_NAMESPACE)
+                .bind(&locks)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            sqlx::query(
+                "INSERT INTO index_log (collection_id, op, chunk_ids)
+                 SELECT t.c, $2, t.ids::bigint[]
+                 FROM unnest($1::bigint[], $3::text[]) WITH ORDINALITY AS t(c, ids, n) ORDER BY t.n",
+            )
+            .bind(&log_collections)
+            .bind(LogOp::Add.as_str())
+            .bind(&log_ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        for (&(i, _), chunk_ids) in writes.iter().zip(stored) {
+            let chunks = documents[i].chunks;
+            let mut vectors = Vec::with_capacity(chunks.len() * dimensions);
+            for chunk in chunks {
+                vectors.extend_from_slice(&chunk.embedding);
+            }
+            results[i] = Some(Ok(Persisted { inserted: true, stored: StoredVectors { ids: chunk_ids, vectors } }));
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::Query("no result".into())))).collect())
     }
 
     async fn read_vectors(
@@ -241,52 +361,26 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn persist_chunks(
+    async fn persist_documents(
         &self,
-        document_id: i64,
         model: &str,
         dimensions: usize,
-        chunks: &[NewChunk],
-    ) -> Result<Persisted, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let doc = sqlx::query(
-            "SELECT d.status, d.collection_id, c.name, c.embedding_model, c.embedding_dimensions
-             FROM documents d JOIN collections c ON c.id = d.collection_id
-             WHERE d.id = $1 FOR UPDATE OF d FOR KEY SHARE OF c",
-        )
-        .bind(document_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let collection_id: i64 = doc.try_get("collection_id").map_err(map_err)?;
-        match status_of(&doc)? {
-            DocumentStatus::Ingested => {
-                let stored = Self::read_vectors(&mut tx, document_id, dimensions).await?;
-                tx.commit().await.map_err(map_err)?;
-                return Ok(Persisted { inserted: false, stored });
+        documents: &[DocumentChunks<'_>],
+    ) -> Vec<Result<Persisted, StoreError>> {
+        match self.persist_together(model, dimensions, documents).await {
+            Ok(results) => results,
+            Err(error) if documents.len() == 1 => vec![Err(error)],
+            Err(error) => {
+                // One document's bad row must not fail its neighbours: each on its own.
+                tracing::debug!(%error, documents = documents.len(), "batched persist failed; persisting one by one");
+                let mut results = Vec::with_capacity(documents.len());
+                for document in documents {
+                    let one = self.persist_together(model, dimensions, std::slice::from_ref(document)).await;
+                    results.push(one.and_then(|mut r| r.pop().unwrap_or(Err(StoreError::Query("no result".into())))));
+                }
+                results
             }
-            DocumentStatus::Deleted => return Err(StoreError::Deleted(document_id)),
-            _ => {}
         }
-        check_model(&mut tx, &doc, collection_id, model, dimensions).await?;
-        let stored = insert_chunks(&mut tx, document_id, collection_id, model, chunks).await?;
-        sqlx::query(
-            "UPDATE documents SET status = 'ingested', chunk_count = $2, failure_reason = NULL,
-                 ingested_at = now(), updated_at = now()
-             WHERE id = $1",
-        )
-        .bind(document_id)
-        .bind(i32::try_from(chunks.len()).unwrap_or(i32::MAX))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        append_log(&mut tx, collection_id, LogOp::Add, &stored).await?;
-        tx.commit().await.map_err(map_err)?;
-        let mut vectors = Vec::with_capacity(chunks.len() * dimensions);
-        for chunk in chunks {
-            vectors.extend_from_slice(&chunk.embedding);
-        }
-        Ok(Persisted { inserted: true, stored: StoredVectors { ids: stored, vectors } })
     }
 
     async fn document_vectors(&self, document_id: i64, dimensions: usize) -> Result<StoredVectors, StoreError> {
@@ -783,80 +877,107 @@ async fn append_log(
     Ok(())
 }
 
-/// Fixes the collection's model on first use and refuses any other model or dimension after.
-async fn check_model(
+/// Marks the documents of `writes` (index into `documents`, collection id) ingested and inserts
+/// all their chunks, each step one statement; returns each written document's chunk ids in
+/// ordinal order.
+async fn insert_batch(
     tx: &mut Transaction<'_, Postgres>,
-    doc: &sqlx::postgres::PgRow,
-    collection_id: i64,
     model: &str,
-    dimensions: usize,
-) -> Result<(), StoreError> {
-    let stored = StoredModel {
-        collection: doc.try_get("name").map_err(map_err)?,
-        model: doc.try_get("embedding_model").map_err(map_err)?,
-        dimensions: doc.try_get("embedding_dimensions").map_err(map_err)?,
-    };
-    if admit_model(stored, model, dimensions)? {
-        sqlx::query("UPDATE collections SET embedding_model = $2, embedding_dimensions = $3 WHERE id = $1")
-            .bind(collection_id)
-            .bind(model)
-            .bind(i32::try_from(dimensions).unwrap_or(i32::MAX))
-            .execute(&mut **tx)
-            .await
-            .map_err(map_err)?;
+    documents: &[DocumentChunks<'_>],
+    writes: &[(usize, i64)],
+) -> Result<Vec<Vec<i64>>, StoreError> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(())
-}
-
-/// Bulk-inserts a document's chunks with one statement; returns their ids in ordinal order.
-async fn insert_chunks(
-    tx: &mut Transaction<'_, Postgres>,
-    document_id: i64,
-    collection_id: i64,
-    model: &str,
-    chunks: &[NewChunk],
-) -> Result<Vec<i64>, StoreError> {
-    // Leftovers of a document that was deleted and is now uploaded again.
-    sqlx::query("DELETE FROM chunks WHERE document_id = $1")
-        .bind(document_id)
+    let document_ids: Vec<i64> = writes.iter().map(|&(i, _)| documents[i].document_id).collect();
+    let counts: Vec<i32> =
+        writes.iter().map(|&(i, _)| i32::try_from(documents[i].chunks.len()).unwrap_or(i32::MAX)).collect();
+    // Leftovers of documents that were deleted and are now uploaded again.
+    sqlx::query("DELETE FROM chunks WHERE document_id = ANY($1)")
+        .bind(&document_ids)
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
-    let ordinals: Vec<i32> = chunks.iter().map(|c| c.ordinal).collect();
-    let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
-    let tokens: Vec<i32> = chunks.iter().map(|c| c.token_count).collect();
-    let starts: Vec<i32> = chunks.iter().map(|c| c.char_start).collect();
-    let ends: Vec<i32> = chunks.iter().map(|c| c.char_end).collect();
-    let page_starts: Vec<Option<i32>> = chunks.iter().map(|c| c.page_start).collect();
-    let page_ends: Vec<Option<i32>> = chunks.iter().map(|c| c.page_end).collect();
-    let headings: Vec<Option<&str>> = chunks.iter().map(|c| c.heading_path.as_deref()).collect();
-    let embeddings: Vec<Vec<u8>> = chunks.iter().map(|c| encode_vector(&c.embedding)).collect();
-    let rows = sqlx::query(
+    let rows = writes.iter().map(|&(i, c)| (documents[i].document_id, c, documents[i].chunks));
+    let mut cols = ChunkColumns::default();
+    for (document_id, collection_id, chunks) in rows {
+        for c in chunks {
+            cols.documents.push(document_id);
+            cols.collections.push(collection_id);
+            cols.ordinals.push(c.ordinal);
+            cols.texts.push(c.text.as_str());
+            cols.tokens.push(c.token_count);
+            cols.starts.push(c.char_start);
+            cols.ends.push(c.char_end);
+            cols.page_starts.push(c.page_start);
+            cols.page_ends.push(c.page_end);
+            cols.headings.push(c.heading_path.as_deref());
+            cols.embeddings.push(encode_vector(&c.embedding));
+        }
+    }
+    let inserted = sqlx::query(
         "INSERT INTO chunks (document_id, collection_id, model, ordinal, text, token_count, char_start,
                              char_end, page_start, page_end, heading_path, embedding)
-         SELECT $1, $2, $3, * FROM UNNEST($4::int[], $5::text[], $6::int[], $7::int[], $8::int[],
-                                          $9::int[], $10::int[], $11::text[], $12::bytea[])
-         RETURNING id, ordinal",
+         SELECT t.d, t.c, $3, t.o, t.x, t.k, t.s, t.e, t.ps, t.pe, t.h, t.v
+         FROM UNNEST($1::bigint[], $2::bigint[], $4::int[], $5::text[], $6::int[], $7::int[], $8::int[],
+                     $9::int[], $10::int[], $11::text[], $12::bytea[]) AS t(d, c, o, x, k, s, e, ps, pe, h, v)
+         RETURNING id, document_id, ordinal",
     )
-    .bind(document_id)
-    .bind(collection_id)
+    .bind(&cols.documents)
+    .bind(&cols.collections)
     .bind(model)
-    .bind(&ordinals)
-    .bind(&texts)
-    .bind(&tokens)
-    .bind(&starts)
-    .bind(&ends)
-    .bind(&page_starts)
-    .bind(&page_ends)
-    .bind(&headings)
-    .bind(&embeddings)
+    .bind(&cols.ordinals)
+    .bind(&cols.texts)
+    .bind(&cols.tokens)
+    .bind(&cols.starts)
+    .bind(&cols.ends)
+    .bind(&cols.page_starts)
+    .bind(&cols.page_ends)
+    .bind(&cols.headings)
+    .bind(&cols.embeddings)
     .fetch_all(&mut **tx)
     .await
     .map_err(map_err)?;
-    let mut ids: Vec<(i32, i64)> = Vec::with_capacity(rows.len());
-    for row in rows {
-        ids.push((row.try_get("ordinal").map_err(map_err)?, row.try_get("id").map_err(map_err)?));
+    sqlx::query(
+        "UPDATE documents SET status = 'ingested', chunk_count = u.n, failure_reason = NULL,
+             ingested_at = now(), updated_at = now()
+         FROM unnest($1::bigint[], $2::int[]) AS u(id, n) WHERE documents.id = u.id",
+    )
+    .bind(&document_ids)
+    .bind(&counts)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    let mut by_document: std::collections::HashMap<i64, Vec<(i32, i64)>> = std::collections::HashMap::new();
+    for row in inserted {
+        let document_id: i64 = row.try_get("document_id").map_err(map_err)?;
+        by_document
+            .entry(document_id)
+            .or_default()
+            .push((row.try_get("ordinal").map_err(map_err)?, row.try_get("id").map_err(map_err)?));
     }
-    ids.sort_unstable();
-    Ok(ids.into_iter().map(|(_, id)| id).collect())
+    Ok(document_ids
+        .iter()
+        .map(|id| {
+            let mut ids = by_document.remove(id).unwrap_or_default();
+            ids.sort_unstable();
+            ids.into_iter().map(|(_, id)| id).collect()
+        })
+        .collect())
+}
+
+/// The columns of a multi-document chunk insert.
+#[derive(Default)]
+struct ChunkColumns<'a> {
+    documents: Vec<i64>,
+    collections: Vec<i64>,
+    ordinals: Vec<i32>,
+    texts: Vec<&'a str>,
+    tokens: Vec<i32>,
+    starts: Vec<i32>,
+    ends: Vec<i32>,
+    page_starts: Vec<Option<i32>>,
+    page_ends: Vec<Option<i32>>,
+    headings: Vec<Option<&'a str>>,
+    embeddings: Vec<Vec<u8>>,
 }

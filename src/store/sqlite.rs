@@ -11,8 +11,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    ChunkHit, Claim, Collection, Deleted, DocumentRef, DocumentStatus, FailedDocument, FeedbackEntry, GenerationRecord,
-    LogEntry, LogOp, NewChunk, NewDocument, Persisted, PoolStats, QueryLogEntry, StatusRow, Store, StoreError,
+    ChunkHit, Claim, Collection, Deleted, DocumentChunks, DocumentRef, DocumentStatus, FailedDocument, FeedbackEntry,
+    GenerationRecord, LogEntry, LogOp, NewDocument, Persisted, PoolStats, QueryLogEntry, StatusRow, Store, StoreError,
     StoredModel, StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector, log_op,
 };
 use crate::embedded::Database;
@@ -24,6 +24,30 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Persists `documents` in one transaction. A document refused for itself (deleted, another
+    /// model) gets its error and the rest still commit; a database error fails the whole call.
+    async fn persist_together(
+        &self,
+        model: &str,
+        dimensions: usize,
+        documents: &[DocumentChunks<'_>],
+    ) -> Result<Vec<Result<Persisted, StoreError>>, StoreError> {
+        // Encode outside the write lock: the lock is held for the inserts only.
+        let embeddings: Vec<Vec<Vec<u8>>> =
+            documents.iter().map(|d| d.chunks.iter().map(|c| encode_vector(&c.embedding)).collect()).collect();
+        let mut results = Vec::with_capacity(documents.len());
+        let mut tx = self.db.begin_write().await.map_err(map_err)?;
+        for (document, embeddings) in documents.iter().zip(&embeddings) {
+            match persist_one(&mut tx, document, embeddings, model, dimensions).await {
+                Err(error @ (StoreError::Deleted(_) | StoreError::ModelMismatch { .. })) => results.push(Err(error)),
+                Err(error) => return Err(error),
+                Ok(persisted) => results.push(Ok(persisted)),
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(results)
+    }
+
     /// The store in an opened (and migrated) embedded database.
     pub fn new(db: Database) -> Self {
         Self { db }
@@ -73,6 +97,89 @@ fn collect_vectors(rows: &[SqliteRow], dimensions: usize) -> Result<StoredVector
 fn status_of(row: &SqliteRow) -> Result<DocumentStatus, StoreError> {
     let text: String = row.try_get("status").map_err(map_err)?;
     text.parse().map_err(StoreError::Query)
+}
+
+/// One document's part of [`SqliteStore::persist_together`]; refuses before writing anything.
+async fn persist_one(
+    tx: &mut Transaction<'_, Sqlite>,
+    document: &DocumentChunks<'_>,
+    embeddings: &[Vec<u8>],
+    model: &str,
+    dimensions: usize,
+) -> Result<Persisted, StoreError> {
+    let DocumentChunks { document_id, chunks } = *document;
+    let doc = sqlx::query(
+        "SELECT d.status, d.collection_id, c.name, c.embedding_model, c.embedding_dimensions
+         FROM documents d JOIN collections c ON c.id = d.collection_id
+         WHERE d.id = ?1",
+    )
+    .bind(document_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    let collection_id: i64 = doc.try_get("collection_id").map_err(map_err)?;
+    match status_of(&doc)? {
+        DocumentStatus::Ingested => {
+            let stored = read_vectors(tx, document_id, dimensions).await?;
+            return Ok(Persisted { inserted: false, stored });
+        }
+        DocumentStatus::Deleted => return Err(StoreError::Deleted(document_id)),
+        _ => {}
+    }
+    check_model(tx, &doc, collection_id, model, dimensions).await?;
+    // Leftovers of a document that was deleted and is now uploaded again.
+    sqlx::query("DELETE FROM chunks WHERE document_id = ?1")
+        .bind(document_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    let mut ids = Vec::with_capacity(chunks.len());
+    for (chunk, embedding) in chunks.iter().zip(embeddings) {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO chunks (document_id, collection_id, model, ordinal, text, token_count, char_start,
+                                 char_end, page_start, page_end, heading_path, embedding)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             RETURNING id",
+        )
+        .bind(document_id)
+        .bind(collection_id)
+        .bind(model)
+        .bind(chunk.ordinal)
+        .bind(&chunk.text)
+        .bind(chunk.token_count)
+        .bind(chunk.char_start)
+        .bind(chunk.char_end)
+        .bind(chunk.page_start)
+        .bind(chunk.page_end)
+        .bind(&chunk.heading_path)
+        .bind(embedding)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(map_err)?;
+        ids.push((chunk.ordinal, id));
+    }
+    sqlx::query(
+        "UPDATE documents SET status = 'ingested', chunk_count = ?2, failure_reason = NULL,
+             ingested_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+         WHERE id = ?1",
+    )
+    .bind(document_id)
+    .bind(i32::try_from(chunks.len()).unwrap_or(i32::MAX))
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    ids.sort_unstable();
+    let chunk_ids: Vec<i64> = ids.iter().map(|(_, id)| *id).collect();
+    append_log(tx, collection_id, LogOp::Add, &chunk_ids).await?;
+    let mut vectors = Vec::with_capacity(chunks.len() * dimensions);
+    for chunk in chunks {
+        vectors.extend_from_slice(&chunk.embedding);
+    }
+    Ok(Persisted {
+        inserted: true,
+        stored: StoredVectors { ids: ids.into_iter().map(|(_, id)| id).collect(), vectors },
+    })
 }
 
 async fn read_vectors(
@@ -208,90 +315,26 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn persist_chunks(
+    async fn persist_documents(
         &self,
-        document_id: i64,
         model: &str,
         dimensions: usize,
-        chunks: &[NewChunk],
-    ) -> Result<Persisted, StoreError> {
-        // Encode outside the write lock: the lock is held for the inserts only.
-        let embeddings: Vec<Vec<u8>> = chunks.iter().map(|c| encode_vector(&c.embedding)).collect();
-        let mut tx = self.db.begin_write().await.map_err(map_err)?;
-        let doc = sqlx::query(
-            "SELECT d.status, d.collection_id, c.name, c.embedding_model, c.embedding_dimensions
-             FROM documents d JOIN collections c ON c.id = d.collection_id
-             WHERE d.id = ?1",
-        )
-        .bind(document_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let collection_id: i64 = doc.try_get("collection_id").map_err(map_err)?;
-        match status_of(&doc)? {
-            DocumentStatus::Ingested => {
-                let stored = read_vectors(&mut tx, document_id, dimensions).await?;
-                tx.commit().await.map_err(map_err)?;
-                return Ok(Persisted { inserted: false, stored });
+        documents: &[DocumentChunks<'_>],
+    ) -> Vec<Result<Persisted, StoreError>> {
+        match self.persist_together(model, dimensions, documents).await {
+            Ok(results) => results,
+            Err(error) if documents.len() == 1 => vec![Err(error)],
+            Err(error) => {
+                // One document's bad row must not fail its neighbours: each on its own.
+                tracing::debug!(%error, documents = documents.len(), "batched persist failed; persisting one by one");
+                let mut results = Vec::with_capacity(documents.len());
+                for document in documents {
+                    let one = self.persist_together(model, dimensions, std::slice::from_ref(document)).await;
+                    results.push(one.and_then(|mut r| r.pop().unwrap_or(Err(StoreError::Query("no result".into())))));
+                }
+                results
             }
-            DocumentStatus::Deleted => return Err(StoreError::Deleted(document_id)),
-            _ => {}
         }
-        check_model(&mut tx, &doc, collection_id, model, dimensions).await?;
-        // Leftovers of a document that was deleted and is now uploaded again.
-        sqlx::query("DELETE FROM chunks WHERE document_id = ?1")
-            .bind(document_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        let mut ids = Vec::with_capacity(chunks.len());
-        for (chunk, embedding) in chunks.iter().zip(&embeddings) {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO chunks (document_id, collection_id, model, ordinal, text, token_count, char_start,
-                                     char_end, page_start, page_end, heading_path, embedding)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 RETURNING id",
-            )
-            .bind(document_id)
-            .bind(collection_id)
-            .bind(model)
-            .bind(chunk.ordinal)
-            .bind(&chunk.text)
-            .bind(chunk.token_count)
-            .bind(chunk.char_start)
-            .bind(chunk.char_end)
-            .bind(chunk.page_start)
-            .bind(chunk.page_end)
-            .bind(&chunk.heading_path)
-            .bind(embedding)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            ids.push((chunk.ordinal, id));
-        }
-        sqlx::query(
-            "UPDATE documents SET status = 'ingested', chunk_count = ?2, failure_reason = NULL,
-                 ingested_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
-                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-             WHERE id = ?1",
-        )
-        .bind(document_id)
-        .bind(i32::try_from(chunks.len()).unwrap_or(i32::MAX))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        ids.sort_unstable();
-        let chunk_ids: Vec<i64> = ids.iter().map(|(_, id)| *id).collect();
-        append_log(&mut tx, collection_id, LogOp::Add, &chunk_ids).await?;
-        tx.commit().await.map_err(map_err)?;
-        let mut vectors = Vec::with_capacity(chunks.len() * dimensions);
-        for chunk in chunks {
-            vectors.extend_from_slice(&chunk.embedding);
-        }
-        Ok(Persisted {
-            inserted: true,
-            stored: StoredVectors { ids: ids.into_iter().map(|(_, id)| id).collect(), vectors },
-        })
     }
 
     async fn document_vectors(&self, document_id: i64, dimensions: usize) -> Result<StoredVectors, StoreError> {

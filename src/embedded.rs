@@ -57,6 +57,9 @@ impl Database {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        // Under the open lock: the first connection to a new file switches it to WAL, which
+        // SQLite may refuse at once ("database is locked") while another process does the same.
+        let lock = open_lock(path).await.map_err(fail)?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // Writers queue here behind each other; a long queue is still progress.
@@ -64,7 +67,9 @@ impl Database {
             .connect_with(options.clone())
             .await
             .map_err(|e| fail(format!("cannot open: {e}")))?;
-        migrate(path, &writer).await.map_err(fail)?;
+        let migrated = sqlx::migrate!("./migrations/sqlite").run(&writer).await;
+        drop(lock);
+        migrated.map_err(|e| fail(format!("migration failed: {e}")))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
@@ -98,16 +103,12 @@ impl Database {
     }
 }
 
-/// Applies `migrations/sqlite`, holding an exclusive lock on `<db>.migrate.lock` so that two
-/// processes starting at once on a new folder do not race (SQLite has no advisory locks).
-async fn migrate(path: &Path, pool: &SqlitePool) -> Result<(), String> {
+/// An exclusive lock on `<db>.migrate.lock`, held while a process opens the file for writing and
+/// applies `migrations/sqlite`, so that two processes starting at once on a new folder do not
+/// race (SQLite has no advisory locks).
+async fn open_lock(path: &Path) -> Result<std::fs::File, String> {
     let lock_path = path.with_extension("migrate.lock");
-    let lock = tokio::task::spawn_blocking(move || lock_file(&lock_path))
-        .await
-        .map_err(|e| format!("migration lock task: {e}"))??;
-    let result = sqlx::migrate!("./migrations/sqlite").run(pool).await.map_err(|e| format!("migration failed: {e}"));
-    drop(lock);
-    result
+    tokio::task::spawn_blocking(move || lock_file(&lock_path)).await.map_err(|e| format!("open lock task: {e}"))?
 }
 
 /// An open file holding an exclusive `flock` until dropped.

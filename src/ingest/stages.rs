@@ -1,6 +1,7 @@
 //! The per-document stages: dedup, extract, chunk, persist + index. Each takes a job, does one
 //! thing, and either forwards it, finishes it, or fails it with a classified [`Failure`].
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::finish::Finisher;
@@ -212,20 +213,17 @@ pub(crate) async fn persist(s: &Arc<IngestContext>, f: &Finisher, batch: Vec<Wor
     }
     drop(rows);
     let timers: Vec<_> = stored.iter().map(|_| metrics::stage("index")).collect();
-    let mut collections: Vec<Collection> = stored.iter().map(|(w, _, _)| w.doc.collection.clone()).collect();
-    collections.sort_by_key(|c| c.id);
-    collections.dedup_by_key(|c| c.id);
-    let mut refused = std::collections::HashMap::new();
-    for collection in &collections {
-        let (mut ids, mut vectors) = (Vec::new(), Vec::new());
-        for (w, persisted, _) in &stored {
-            if w.doc.collection.id == collection.id {
-                ids.extend_from_slice(&persisted.stored.ids);
-                vectors.extend_from_slice(&persisted.stored.vectors);
-            }
-        }
+    let mut by_collection: BTreeMap<i64, (&Collection, Vec<i64>, Vec<f32>)> = BTreeMap::new();
+    for (w, persisted, _) in &stored {
+        let (_, ids, vectors) =
+            by_collection.entry(w.doc.collection.id).or_insert_with(|| (&w.doc.collection, Vec::new(), Vec::new()));
+        ids.extend_from_slice(&persisted.stored.ids);
+        vectors.extend_from_slice(&persisted.stored.vectors);
+    }
+    let mut refused = HashMap::new();
+    for (id, (collection, ids, vectors)) in by_collection {
         if let Err(e) = s.indexes.add(collection, ids, vectors).await {
-            refused.insert(collection.id, Failure::from(e));
+            refused.insert(id, Failure::from(e));
         }
     }
     drop(timers);

@@ -153,6 +153,32 @@ pub struct StoredVectors {
     pub vectors: Vec<f32>,
 }
 
+/// [`Store::persist_documents`] from an adapter's all-or-nothing `together`: the whole batch
+/// first, and when its transaction fails, each document on its own, so one bad document never
+/// fails its neighbours.
+pub(crate) async fn each_alone_on_failure<'a, 'b, F, Fut>(
+    documents: &'a [DocumentChunks<'b>],
+    together: F,
+) -> Vec<Result<Persisted, StoreError>>
+where
+    F: Fn(&'a [DocumentChunks<'b>]) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Result<Persisted, StoreError>>, StoreError>>,
+{
+    match together(documents).await {
+        Ok(results) => results,
+        Err(error) if documents.len() == 1 => vec![Err(error)],
+        Err(error) => {
+            tracing::debug!(%error, documents = documents.len(), "batched persist failed; persisting one by one");
+            let mut results = Vec::with_capacity(documents.len());
+            for document in documents {
+                let one = together(std::slice::from_ref(document)).await;
+                results.push(one.and_then(|mut r| r.pop().unwrap_or(Err(StoreError::Query("no result".into())))));
+            }
+            results
+        }
+    }
+}
+
 /// One document's chunks, for [`Store::persist_documents`].
 #[derive(Debug, Clone, Copy)]
 pub struct DocumentChunks<'a> {

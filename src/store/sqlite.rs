@@ -321,20 +321,7 @@ impl Store for SqliteStore {
         dimensions: usize,
         documents: &[DocumentChunks<'_>],
     ) -> Vec<Result<Persisted, StoreError>> {
-        match self.persist_together(model, dimensions, documents).await {
-            Ok(results) => results,
-            Err(error) if documents.len() == 1 => vec![Err(error)],
-            Err(error) => {
-                // One document's bad row must not fail its neighbours: each on its own.
-                tracing::debug!(%error, documents = documents.len(), "batched persist failed; persisting one by one");
-                let mut results = Vec::with_capacity(documents.len());
-                for document in documents {
-                    let one = self.persist_together(model, dimensions, std::slice::from_ref(document)).await;
-                    results.push(one.and_then(|mut r| r.pop().unwrap_or(Err(StoreError::Query("no result".into())))));
-                }
-                results
-            }
-        }
+        super::each_alone_on_failure(documents, |d| self.persist_together(model, dimensions, d)).await
     }
 
     async fn document_vectors(&self, document_id: i64, dimensions: usize) -> Result<StoredVectors, StoreError> {

@@ -12,3 +12,8 @@ fi
 # The local embedding model's tests run when its files are present (CI requires them).
 bash ops/fetch-model.sh || echo "warning: could not fetch the local model; its tests will be skipped" >&2
 cargo test --locked --all-targets "$@"
+# Then, alone, the tests that stop and start the servers every other test uses (the whole suite
+# only: arguments pick a part of it).
+if [ $# -eq 0 ]; then
+  cargo test --locked --test service_restarts -- --ignored --test-threads=1
+fi

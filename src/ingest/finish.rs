@@ -1,6 +1,8 @@
 //! Settling a message: success (event, then ack), permanent failure (document `failed`, dead
 //! letter with the reason, `document.failed`), or transient failure (delivered again after a
-//! delay, until the delivery limit, after which it is settled as a permanent failure).
+//! delay, until the delivery limit, after which it is settled as a permanent failure). While the
+//! store is unreachable a failed message is held until it answers again, so an outage costs each
+//! message one delivery, not all of them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +81,9 @@ impl Finisher {
             );
             metrics::DOCUMENTS.with_label_values(&["requeued"]).inc();
             metrics::ERRORS.with_label_values(&[failure.code.as_str(), "document"]).inc();
+            if failure.code == "database" {
+                self.until_store_answers().await;
+            }
             // Exponential delay, so a struggling dependency is not hammered.
             let delay = Duration::from_millis(500u64.saturating_mul(1 << (attempt - 1).min(6)));
             retry(&job.delivery, delay).await;
@@ -106,6 +111,24 @@ impl Finisher {
             retryable: false,
         };
         self.dead_letter(&job.delivery, &failure, &event).await;
+    }
+
+    /// Waits while the store does not answer (a restart, a failover), at most
+    /// [`STORE_OUTAGE_HOLD`]. Retrying meanwhile would only spend the message's deliveries: with
+    /// the delivery limit's exponential delays a message gives up within seconds, and a database
+    /// restart would fail every document in flight for good. The held message counts against
+    /// the prefetch, so intake pauses too.
+    async fn until_store_answers(&self) {
+        let give_up = tokio::time::Instant::now() + STORE_OUTAGE_HOLD;
+        let mut pause = Duration::from_millis(250);
+        while let Err(error) = self.ctx.store.ping().await {
+            if tokio::time::Instant::now() >= give_up {
+                return;
+            }
+            tracing::debug!(%error, "store unreachable; holding the message until it answers");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// A delete request: applied and acknowledged; retried while the store is unavailable;
@@ -183,6 +206,10 @@ impl Finisher {
         );
     }
 }
+
+/// How long a message whose failure was the store being unreachable waits for it to answer
+/// before it is handed back anyway.
+const STORE_OUTAGE_HOLD: Duration = Duration::from_secs(600);
 
 /// Hands the message back to be delivered again after `delay` (the queue keeps the time).
 async fn retry(delivery: &Delivery, delay: Duration) {

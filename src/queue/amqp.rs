@@ -29,19 +29,44 @@ use super::{
 };
 use crate::config::{BrokerSettings, redact_url};
 
-/// Reconnection attempts after the broker connection broke (250 ms doubling to 5 s apart):
-/// about five minutes of broker outage, then the connection is given up and `/ready` says so.
-const RECONNECT_ATTEMPTS: usize = 64;
+/// Delay between reconnection attempts: 250 ms, doubling to this.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// How long an operation that needs the connection waits for a reconnection in progress.
+const LINK_WAIT: Duration = Duration::from_secs(5);
 
 /// RabbitMQ's pseudo-queue for direct reply-to.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
-/// A RabbitMQ connection with the ragpipe topology declared.
+/// A RabbitMQ connection with the ragpipe topology declared, replaced by a new one whenever it
+/// breaks.
+///
+/// Reconnection is ours, not lapin's: lapin's auto-recovery gives up for good when one attempt
+/// reaches the broker but fails in the handshake (a broker still starting, a load balancer, a
+/// proxy that accepts and closes), leaving the connection "reconnecting" forever. Here a
+/// supervisor task opens a whole new connection with backoff, as long as the broker is alive.
+/// Consumers of the broken connection end; their callers (the ingest and query loops, the index
+/// follower) consume again. Unacknowledged messages are redelivered by the broker; settling them
+/// on the old connection fails (and is logged), which is harmless: every stage is idempotent.
 pub struct AmqpBroker {
-    connection: Connection,
-    publisher: Publisher,
+    shared: Arc<Shared>,
     /// This connection's requests waiting for replies (opened on the first request).
     replies: tokio::sync::Mutex<Option<Arc<Replies>>>,
+}
+
+/// What the broker and its supervisor share.
+struct Shared {
+    url: secrecy::SecretString,
+    settings: Arc<BrokerSettings>,
+    /// The current connection (replaced by the supervisor after a break).
+    link: tokio::sync::watch::Sender<Arc<Link>>,
+    /// Cancelled by [`Health::close`]: the supervisor stops reconnecting.
+    closed: tokio_util::sync::CancellationToken,
+}
+
+/// One connection, with its confirm-mode publishing channel and the topology declared.
+struct Link {
+    connection: Connection,
+    publisher: Publisher,
 }
 
 /// Where the replies to this connection's requests arrive: one channel consuming direct
@@ -51,6 +76,8 @@ pub struct AmqpBroker {
 struct Replies {
     channel: Channel,
     waiting: Arc<Waiting>,
+    /// The publisher of the connection the channel belongs to (its settings and confirm wait).
+    publisher: Publisher,
 }
 
 type Waiting = std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<ReplyMessage>>>;
@@ -82,36 +109,87 @@ impl AmqpBroker {
     /// No URL configured, the broker is unreachable, or a declaration conflicts with an existing
     /// queue of other arguments (RabbitMQ's PRECONDITION_FAILED: delete the queue or rename it).
     pub async fn connect(settings: &BrokerSettings) -> Result<Self, QueueError> {
-        let url = settings.url.as_ref().ok_or_else(|| QueueError::Unavailable("broker.url is not set".into()))?;
+        let url = settings.url.clone().ok_or_else(|| QueueError::Unavailable("broker.url is not set".into()))?;
+        let settings = Arc::new(settings.clone());
+        // A broker that is not there at start is an error at once; one that goes away later is
+        // reconnected to.
+        let link = Link::open(&url, &settings).await?;
+        let (link, _) = tokio::sync::watch::channel(Arc::new(link));
+        let shared = Arc::new(Shared { url, settings, link, closed: tokio_util::sync::CancellationToken::new() });
+        tokio::spawn(supervise(Arc::downgrade(&shared), shared.closed.clone()));
+        Ok(Self { shared, replies: tokio::sync::Mutex::new(None) })
+    }
+
+    fn settings(&self) -> &BrokerSettings {
+        &self.shared.settings
+    }
+
+    /// The current connection; while a reconnection is under way, waits a little for it.
+    async fn link(&self) -> Result<Arc<Link>, QueueError> {
+        let mut watch = self.shared.link.subscribe();
+        let deadline = tokio::time::Instant::now() + LINK_WAIT;
+        loop {
+            let link = watch.borrow_and_update().clone();
+            if link.connection.status().connected() {
+                return Ok(link);
+            }
+            if tokio::time::timeout_at(deadline, watch.changed()).await.is_err() {
+                return Err(QueueError::Unavailable("not connected to RabbitMQ (reconnecting)".into()));
+            }
+        }
+    }
+}
+
+/// Watches the current connection and replaces it with a new one when it breaks, trying again
+/// with backoff for as long as the broker is alive (an outage of any length ends in a reconnect;
+/// `/ready` says the queue is down meanwhile).
+async fn supervise(shared: std::sync::Weak<Shared>, closed: tokio_util::sync::CancellationToken) {
+    loop {
+        let Some(link) = shared.upgrade().map(|s| s.link.borrow().clone()) else { return };
+        let mut events = link.connection.events_listener();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        while link.connection.status().connected() {
+            tokio::select! {
+                () = closed.cancelled() => return,
+                Some(_) = events.next() => {}
+                _ = tick.tick() => {}
+            }
+        }
+        drop(link);
+        tracing::warn!("the RabbitMQ connection broke; reconnecting");
+        let mut delay = Duration::from_millis(250);
+        loop {
+            tokio::select! {
+                () = closed.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            let Some(s) = shared.upgrade() else { return };
+            match Link::open(&s.url, &s.settings).await {
+                Ok(link) => {
+                    s.link.send_replace(Arc::new(link));
+                    tracing::info!("reconnected to RabbitMQ");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?delay, "cannot reconnect to RabbitMQ yet");
+                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                }
+            }
+        }
+    }
+}
+
+impl Link {
+    /// Opens a connection, its confirm-mode publishing channel, and declares the topology.
+    async fn open(url: &secrecy::SecretString, settings: &Arc<BrokerSettings>) -> Result<Self, QueueError> {
         let unreachable = |e: lapin::Error| QueueError::Unavailable(format!("{}: {e}", redact_url(url)));
-        // A broker that is not there at start is an error at once (with recovery on, lapin would
-        // keep trying to connect); one that goes away later is reconnected to.
-        let probe = ConnectionProperties::default().with_connection_name("ragpipe (probe)".into());
-        let probe = Connection::connect(url.expose_secret(), probe).await.map_err(unreachable)?;
-        let _ = probe.close(200, "probe".into()).await;
-        // After a broken connection lapin reconnects, with backoff, and replays the topology:
-        // exchanges, queues, bindings, consumers, QoS and confirm mode. What was unacknowledged
-        // on the old connection is redelivered by the broker; settling it on the new one fails
-        // (and is logged), which is harmless: every stage is idempotent.
-        let properties = ConnectionProperties::default()
-            .with_connection_name("ragpipe".into())
-            .enable_auto_recover()
-            .configure_backoff(|backoff| {
-                backoff
-                    .with_min_delay(Duration::from_millis(250))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_max_times(RECONNECT_ATTEMPTS)
-            });
+        let properties = ConnectionProperties::default().with_connection_name("ragpipe".into());
         let connection = Connection::connect(url.expose_secret(), properties).await.map_err(unreachable)?;
         let channel = connection.create_channel().await.map_err(unavailable)?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
-        let broker = Self {
-            connection,
-            publisher: Publisher { channel, settings: Arc::new(settings.clone()) },
-            replies: tokio::sync::Mutex::new(None),
-        };
-        broker.declare_topology().await?;
-        Ok(broker)
+        let link = Self { connection, publisher: Publisher { channel, settings: settings.clone() } };
+        link.declare_topology().await?;
+        Ok(link)
     }
 
     async fn declare_topology(&self) -> Result<(), QueueError> {
@@ -201,13 +279,13 @@ impl Publisher {
         mandatory: bool,
     ) -> Result<(), QueueError> {
         let options = BasicPublishOptions { mandatory, ..BasicPublishOptions::default() };
-        let confirm = channel
-            .unwrap_or(&self.channel)
-            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
-            .await
-            .map_err(unavailable)?;
+        let channel = channel.unwrap_or(&self.channel);
+        // Sending is bounded too: a publish racing a connection break may never be written.
+        let confirmed = async {
+            channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await
+        };
         let timeout = Duration::from_secs(self.settings.confirm_timeout_secs);
-        match tokio::time::timeout(timeout, confirm).await {
+        match tokio::time::timeout(timeout, confirmed).await {
             Err(_) => Err(QueueError::NotConfirmed(format!("no confirm within {timeout:?}"))),
             Ok(Err(e)) => Err(unavailable(e)),
             Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
@@ -280,7 +358,7 @@ struct AmqpSettle {
 #[async_trait]
 impl Settle for AmqpSettle {
     async fn ack(&self) -> Result<(), QueueError> {
-        self.acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(unavailable)
+        settle(self.acker.ack(BasicAckOptions::default())).await
     }
 
     async fn retry_after(&self, delay: Duration) -> Result<(), QueueError> {
@@ -291,7 +369,7 @@ impl Settle for AmqpSettle {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let options = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
-            if let Err(error) = acker.nack(options).await {
+            if let Err(error) = settle(acker.nack(options)).await {
                 tracing::warn!(%error, "requeue failed; the broker redelivers on reconnect");
             }
         });
@@ -316,6 +394,18 @@ impl Settle for AmqpSettle {
 pub const PART_TYPE: &str = "ragpipe.reply.part";
 /// The AMQP `type` of a final reply.
 pub const REPLY_TYPE: &str = "ragpipe.reply";
+
+/// How long an ack or nack may take to be written before it counts as failed.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Awaits an ack or nack, bounded: one racing a connection break may never be written, and the
+/// message is redelivered anyway once the connection is gone.
+async fn settle(sent: impl std::future::Future<Output = lapin::Result<bool>>) -> Result<(), QueueError> {
+    match tokio::time::timeout(SETTLE_TIMEOUT, sent).await {
+        Ok(result) => result.map(|_| ()).map_err(unavailable),
+        Err(_) => Err(QueueError::Unavailable(format!("not settled within {SETTLE_TIMEOUT:?}: connection lost"))),
+    }
+}
 
 /// Sends a query's reply (and any streamed parts before it) to its `reply_to`, then acks the
 /// request.
@@ -351,28 +441,30 @@ impl Reply for AmqpReply {
     }
 
     async fn discard(&self) -> Result<(), QueueError> {
-        self.acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(unavailable)
+        settle(self.acker.ack(BasicAckOptions::default())).await
     }
 }
 
 #[async_trait]
 impl UploadQueue for AmqpBroker {
     async fn publish(&self, body: &[u8]) -> Result<(), QueueError> {
-        let s = &self.publisher.settings;
-        self.publisher.publish(None, &s.ingest_exchange, &s.ingest_routing_key, body, json_properties(), true).await
+        let s = self.settings();
+        let link = self.link().await?;
+        link.publisher.publish(None, &s.ingest_exchange, &s.ingest_routing_key, body, json_properties(), true).await
     }
 
     async fn consume(&self) -> Result<Deliveries, QueueError> {
-        let s = &self.publisher.settings;
-        let publisher = self.publisher.clone();
-        let stream = AmqpBroker::consume(self, &s.ingest_queue, s.prefetch).await?;
+        let s = self.settings();
+        let link = self.link().await?;
+        let publisher = link.publisher.clone();
+        let stream = link.consume(&s.ingest_queue, s.prefetch).await?;
         Ok(stream.map(move |item| item.map(|d| upload_delivery(d, &publisher))).boxed())
     }
 
     async fn has_consumers(&self) -> Result<bool, QueueError> {
-        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let channel = self.link().await?.connection.create_channel().await.map_err(unavailable)?;
         let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let name = &self.publisher.settings.ingest_queue;
+        let name = &self.settings().ingest_queue;
         let queue = channel
             .queue_declare(name.as_str().into(), passive, FieldTable::default())
             .await
@@ -382,10 +474,10 @@ impl UploadQueue for AmqpBroker {
     }
 
     async fn depths(&self) -> Result<QueueDepths, QueueError> {
-        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let channel = self.link().await?.connection.create_channel().await.map_err(unavailable)?;
         let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
         let mut counts = [0u64; 3];
-        let s = &self.publisher.settings;
+        let s = self.settings();
         for (slot, name) in counts.iter_mut().zip([&s.ingest_queue, &s.dead_letter_queue, &s.query_queue]) {
             let queue = channel
                 .queue_declare(name.as_str().into(), passive, FieldTable::default())
@@ -399,8 +491,8 @@ impl UploadQueue for AmqpBroker {
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         // Taken without acking, then the channel is closed: RabbitMQ puts them all back.
-        let channel = self.connection.create_channel().await.map_err(unavailable)?;
-        let queue = &self.publisher.settings.dead_letter_queue;
+        let channel = self.link().await?.connection.create_channel().await.map_err(unavailable)?;
+        let queue = &self.settings().dead_letter_queue;
         let mut out = Vec::new();
         while out.len() < limit {
             let got = channel
@@ -432,12 +524,12 @@ impl UploadQueue for AmqpBroker {
 impl EventBus for AmqpBroker {
     async fn publish(&self, routing_key: &str, body: &[u8]) -> Result<(), QueueError> {
         // Not mandatory: an event nobody listens to is not an error.
-        let exchange = &self.publisher.settings.events_exchange;
-        self.publisher.publish(None, exchange, routing_key, body, json_properties(), false).await
+        let exchange = &self.settings().events_exchange;
+        self.link().await?.publisher.publish(None, exchange, routing_key, body, json_properties(), false).await
     }
 
     async fn subscribe(&self, patterns: &[&str]) -> Result<Events, QueueError> {
-        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let channel = self.link().await?.connection.create_channel().await.map_err(unavailable)?;
         let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
         let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.map_err(unavailable)?;
         let name: ShortString = queue.name().clone();
@@ -445,7 +537,7 @@ impl EventBus for AmqpBroker {
             channel
                 .queue_bind(
                     name.clone(),
-                    self.publisher.settings.events_exchange.as_str().into(),
+                    self.settings().events_exchange.as_str().into(),
                     (*pattern).into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
@@ -468,9 +560,10 @@ impl EventBus for AmqpBroker {
 #[async_trait]
 impl RequestReply for AmqpBroker {
     async fn serve(&self) -> Result<Requests, QueueError> {
-        let s = &self.publisher.settings;
-        let publisher = self.publisher.clone();
-        let stream = AmqpBroker::consume(self, &s.query_queue, s.query_prefetch).await?;
+        let s = self.settings();
+        let link = self.link().await?;
+        let publisher = link.publisher.clone();
+        let stream = link.consume(&s.query_queue, s.query_prefetch).await?;
         // Deliveries are taken off the consumer as they arrive, so a request's `expiration` counts
         // from its delivery even while it waits behind others for a free worker slot (RabbitMQ
         // itself drops requests that expire in the queue). The prefetch bounds the buffer.
@@ -532,8 +625,8 @@ impl RequestReply for AmqpBroker {
             .with_reply_to(DIRECT_REPLY_TO.into())
             .with_correlation_id(correlation_id.as_str().into())
             .with_expiration(expiration.as_str().into());
-        let queue = &self.publisher.settings.query_queue;
-        self.publisher.publish(Some(&replies.channel), "", queue, body, properties, true).await?;
+        let queue = &self.settings().query_queue;
+        replies.publisher.publish(Some(&replies.channel), "", queue, body, properties, true).await?;
         let messages = futures::stream::unfold(Some((rx, awaiting)), move |state| async move {
             let (mut rx, awaiting) = state?;
             match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -558,7 +651,8 @@ impl AmqpBroker {
         {
             return Ok(replies.clone());
         }
-        let channel = self.connection.create_channel().await.map_err(unavailable)?;
+        let link = self.link().await?;
+        let channel = link.connection.create_channel().await.map_err(unavailable)?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
         let options = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
         let mut consumer = channel
@@ -581,7 +675,7 @@ impl AmqpBroker {
             // The channel is gone: every request still waiting hears so at once.
             routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
         });
-        let replies = Arc::new(Replies { channel, waiting });
+        let replies = Arc::new(Replies { channel, waiting, publisher: link.publisher.clone() });
         *slot = Some(replies.clone());
         Ok(replies)
     }
@@ -590,11 +684,13 @@ impl AmqpBroker {
 #[async_trait]
 impl Health for AmqpBroker {
     fn is_connected(&self) -> bool {
-        self.connection.status().connected()
+        self.shared.link.borrow().connection.status().connected()
     }
 
     async fn close(&self) {
-        if let Err(error) = self.connection.close(200, "shutting down".into()).await {
+        self.shared.closed.cancel();
+        let link = self.shared.link.borrow().clone();
+        if let Err(error) = link.connection.close(200, "shutting down".into()).await {
             tracing::debug!(%error, "closing the broker connection");
         }
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, Transaction};
 use tokio::sync::OnceCell;
@@ -99,7 +100,23 @@ impl Database {
     /// # Errors
     /// The writer is busy beyond the timeouts, or the file is unusable.
     pub async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await
+        crate::store::timed_acquire("writer", self.writer.begin_with("BEGIN IMMEDIATE")).await
+    }
+
+    /// A connection for reads (the wait is measured).
+    ///
+    /// # Errors
+    /// No connection within the pool's timeout.
+    pub async fn read(&self) -> Result<PoolConnection<Sqlite>, sqlx::Error> {
+        crate::store::timed_acquire("reader", self.reader.acquire()).await
+    }
+
+    /// The write connection, for one statement (the wait is measured).
+    ///
+    /// # Errors
+    /// The writer is busy beyond the pool's timeout.
+    pub async fn write(&self) -> Result<PoolConnection<Sqlite>, sqlx::Error> {
+        crate::store::timed_acquire("writer", self.writer.acquire()).await
     }
 }
 

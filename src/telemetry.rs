@@ -16,7 +16,8 @@ pub fn init() {
     let _ = if std::io::stderr().is_terminal() {
         builder.compact().try_init()
     } else {
-        builder.json().flatten_event(true).try_init()
+        // Each line lists its spans' fields (upload, document, collection, stage, query id).
+        builder.json().flatten_event(true).with_current_span(false).with_span_list(true).try_init()
     };
 }
 
@@ -247,6 +248,18 @@ pub mod metrics {
     pub static DB_POOL: LazyLock<IntGaugeVec> =
         LazyLock::new(|| gauge_vec("ragpipe_db_pool_connections", "Database pool connections", &["pool", "state"]));
 
+    /// Seconds work waited for a database connection, per pool (`main`; embedded: `reader`,
+    /// `writer`). For a transaction this includes its BEGIN: on SQLite, the wait for the file's
+    /// write lock, which other processes may hold.
+    pub static DB_POOL_WAIT: LazyLock<HistogramVec> = LazyLock::new(|| {
+        histogram_vec(
+            "ragpipe_db_pool_wait_seconds",
+            "Seconds waited for a database connection",
+            vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0],
+            &["pool"],
+        )
+    });
+
     /// Creates the series every dashboard and alert relies on, so each is exported (at 0) from
     /// start-up rather than from its first event: a rate over a missing series is no data, not 0.
     pub fn register_defaults() {
@@ -302,6 +315,7 @@ pub mod metrics {
         LazyLock::force(&INDEX_LAG);
         LazyLock::force(&INDEX_REBUILD_OK);
         LazyLock::force(&DB_POOL);
+        LazyLock::force(&DB_POOL_WAIT);
     }
 
     /// Renders every registered metric in the Prometheus text format.

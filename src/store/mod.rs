@@ -311,6 +311,56 @@ pub struct StatusRow {
     pub tokens: i64,
 }
 
+/// What the query log holds for a period, for `ragpipe status`: the cache layers' hit rates,
+/// failures, latency, cost and clients' ratings, across every query worker.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuerySummary {
+    /// Queries logged (answered or failed; feedback messages are not queries).
+    pub queries: i64,
+    /// Of those, the ones answered with an error reply (expired and timed out included).
+    pub errors: i64,
+    /// Answered queries by the cache layer that answered: `response`, `retrieval`, or `none`
+    /// (searched and built afresh), in that order, each present.
+    pub by_cache_layer: Vec<(String, i64)>,
+    /// Mean time to answer, over answered queries.
+    pub mean_latency_ms: Option<f64>,
+    /// Estimated LLM cost of the answers (cached ones cost nothing).
+    pub llm_cost_usd: f64,
+    /// Ratings received: thumbs up.
+    pub feedback_up: i64,
+    /// Ratings received: thumbs down.
+    pub feedback_down: i64,
+}
+
+impl QuerySummary {
+    /// Builds the summary from grouped rows: (cache layer or `None`, failed, count, summed
+    /// latency in ms, summed cost) and the rating counts. Both adapters group alike through this.
+    pub(crate) fn from_groups(groups: &[(Option<String>, bool, i64, f64, f64)], up: i64, down: i64) -> Self {
+        let mut summary = Self { feedback_up: up, feedback_down: down, ..Self::default() };
+        let mut layers: Vec<(String, i64)> =
+            ["response", "retrieval", "none"].iter().map(|l| ((*l).to_owned(), 0)).collect();
+        let (mut answered, mut latency) = (0_i64, 0.0);
+        for (layer, failed, count, latency_sum, cost) in groups {
+            summary.queries += count;
+            summary.llm_cost_usd += cost;
+            if *failed {
+                summary.errors += count;
+                continue;
+            }
+            answered += count;
+            latency += latency_sum;
+            let name = layer.as_deref().unwrap_or("none");
+            match layers.iter_mut().find(|(l, _)| l == name) {
+                Some((_, n)) => *n += count,
+                None => layers.push((name.to_owned(), *count)),
+            }
+        }
+        summary.by_cache_layer = layers;
+        summary.mean_latency_ms = (answered > 0).then(|| latency / answered as f64);
+        summary
+    }
+}
+
 /// A document that failed for good.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailedDocument {
@@ -511,6 +561,8 @@ pub trait Store: Send + Sync {
     async fn record_feedback(&self, feedback: &FeedbackEntry) -> Result<(), StoreError>;
     /// Document and chunk counts per collection and status.
     async fn status(&self) -> Result<Vec<StatusRow>, StoreError>;
+    /// The query log and ratings since `since`, summarised.
+    async fn query_summary(&self, since: chrono::DateTime<chrono::Utc>) -> Result<QuerySummary, StoreError>;
     /// Documents that failed for good (all collections, or one), oldest first, with where their
     /// original bytes are: what `ragpipe ingest --retry-failed` sends again.
     async fn failed_documents(&self, collection: Option<&str>) -> Result<Vec<FailedDocument>, StoreError>;
@@ -518,6 +570,18 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Occupancy of each connection pool, for metrics.
     fn pools(&self) -> Vec<PoolStats>;
+}
+
+/// Awaits `acquire` (a pool's `acquire()` or `begin()`), recording the wait in
+/// `ragpipe_db_pool_wait_seconds{pool}`: a pool too small for the load shows there first.
+pub(crate) async fn timed_acquire<T>(
+    pool: &'static str,
+    acquire: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    let started = std::time::Instant::now();
+    let result = acquire.await;
+    crate::telemetry::metrics::DB_POOL_WAIT.with_label_values(&[pool]).observe(started.elapsed().as_secs_f64());
+    result
 }
 
 /// One connection pool's occupancy.

@@ -9,8 +9,9 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::{
     ChunkHit, Claim, Collection, Deleted, DocumentChunks, DocumentRef, DocumentStatus, FailedDocument, FeedbackEntry,
-    GenerationRecord, LogEntry, LogOp, NewDocument, Persisted, PoolStats, QueryLogEntry, StatusRow, Store, StoreError,
-    StoredModel, StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector, log_op,
+    GenerationRecord, LogEntry, LogOp, NewDocument, Persisted, PoolStats, QueryLogEntry, QuerySummary, StatusRow,
+    Store, StoreError, StoredModel, StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector,
+    log_op,
 };
 use crate::config::DatabaseSettings;
 
@@ -69,6 +70,16 @@ impl PgStore {
         &self.pool
     }
 
+    /// A connection from the pool (the wait is measured).
+    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, StoreError> {
+        super::timed_acquire("main", self.pool.acquire()).await.map_err(map_err)
+    }
+
+    /// A transaction on a connection from the pool (the wait is measured).
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        super::timed_acquire("main", self.pool.begin()).await.map_err(map_err)
+    }
+
     /// Applies the embedded migrations (`migrations/postgres`).
     ///
     /// # Errors
@@ -89,7 +100,7 @@ impl PgStore {
     ) -> Result<Vec<Result<Persisted, StoreError>>, StoreError> {
         let mut results: Vec<Option<Result<Persisted, StoreError>>> = documents.iter().map(|_| None).collect();
         let ids: Vec<i64> = documents.iter().map(|d| d.document_id).collect();
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = self.begin().await?;
         // Rows are locked in id order, so concurrent batches cannot deadlock.
         let rows = sqlx::query(
             "SELECT d.id, d.status, d.collection_id, c.name, c.embedding_model, c.embedding_dimensions
@@ -260,7 +271,7 @@ impl Store for PgStore {
              RETURNING id, name",
         )
         .bind(name)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         Ok(Collection { id: row.try_get("id").map_err(map_err)?, name: row.try_get("name").map_err(map_err)? })
@@ -269,7 +280,7 @@ impl Store for PgStore {
     async fn collection(&self, name: &str) -> Result<Option<Collection>, StoreError> {
         let row = sqlx::query("SELECT id, name FROM collections WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await
             .map_err(map_err)?;
         row.map(|r| Ok(Collection { id: r.try_get("id").map_err(map_err)?, name: r.try_get("name").map_err(map_err)? }))
@@ -292,7 +303,7 @@ impl Store for PgStore {
         .bind(doc.size_bytes)
         .bind(&doc.storage_path)
         .bind(&doc.metadata)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         if let Some(document_id) = inserted {
@@ -304,7 +315,7 @@ impl Store for PgStore {
         )
         .bind(doc.collection_id)
         .bind(&doc.sha256)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         let document_id: i64 = row.try_get("id").map_err(map_err)?;
@@ -325,7 +336,7 @@ impl Store for PgStore {
                 .bind(&doc.filename)
                 .bind(&doc.content_type)
                 .bind(&doc.metadata)
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await
                 .map_err(map_err)?;
                 Ok(Claim::Process { document_id })
@@ -341,7 +352,7 @@ impl Store for PgStore {
         )
         .bind(document_id)
         .bind(reason)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -355,7 +366,7 @@ impl Store for PgStore {
         )
         .bind(document_id)
         .bind(reason)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -371,7 +382,7 @@ impl Store for PgStore {
     }
 
     async fn document_vectors(&self, document_id: i64, dimensions: usize) -> Result<StoredVectors, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = self.begin().await?;
         let stored = Self::read_vectors(&mut tx, document_id, dimensions).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(stored)
@@ -382,7 +393,7 @@ impl Store for PgStore {
         target: &DocumentRef,
         collection: Option<&str>,
     ) -> Result<Vec<Deleted>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = self.begin().await?;
         let column = match target {
             DocumentRef::Id(_) => "d.id",
             DocumentRef::Sha256(_) => "d.sha256",
@@ -444,7 +455,7 @@ impl Store for PgStore {
         .bind(collection_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         rows.iter()
@@ -461,19 +472,19 @@ impl Store for PgStore {
     async fn last_log_seq(&self, collection_id: i64) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM index_log WHERE collection_id = $1")
             .bind(collection_id)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn().await?)
             .await
             .map_err(map_err)
     }
 
     async fn identity(&self) -> Result<String, StoreError> {
-        sqlx::query_scalar("SELECT id FROM store_identity").fetch_one(&self.pool).await.map_err(map_err)
+        sqlx::query_scalar("SELECT id FROM store_identity").fetch_one(&mut *self.conn().await?).await.map_err(map_err)
     }
 
     async fn vectors_by_ids(&self, ids: &[i64], dimensions: usize) -> Result<StoredVectors, StoreError> {
         let rows = sqlx::query("SELECT id, embedding FROM chunks WHERE id = ANY($1) ORDER BY id")
             .bind(ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await
             .map_err(map_err)?;
         collect_vectors(&rows, dimensions)
@@ -489,7 +500,7 @@ impl Store for PgStore {
                AND d.status = 'ingested'",
         )
         .bind(ids)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         let mut hits = Vec::with_capacity(rows.len());
@@ -529,7 +540,7 @@ impl Store for PgStore {
         .bind(entry.input_tokens)
         .bind(entry.output_tokens)
         .bind(entry.cost_usd)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -540,7 +551,7 @@ impl Store for PgStore {
             .bind(&feedback.query_id)
             .bind(&feedback.rating)
             .bind(&feedback.comment)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await
             .map_err(map_err)?;
         Ok(())
@@ -555,7 +566,7 @@ impl Store for PgStore {
                     ON t.document_id = d.id
              GROUP BY c.name, d.status ORDER BY c.name, d.status",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         rows.iter()
@@ -571,6 +582,27 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn query_summary(&self, since: chrono::DateTime<chrono::Utc>) -> Result<QuerySummary, StoreError> {
+        let groups: Vec<(Option<String>, bool, i64, f64, f64)> = sqlx::query_as(
+            "SELECT cache_layer, error_code IS NOT NULL, count(*), coalesce(sum(latency_ms), 0)::float8,
+                    coalesce(sum(cost_usd), 0)::float8
+             FROM query_log WHERE created_at >= $1 GROUP BY 1, 2",
+        )
+        .bind(since)
+        .fetch_all(&mut *self.conn().await?)
+        .await
+        .map_err(map_err)?;
+        let (up, down): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE rating = 'up'), count(*) FILTER (WHERE rating = 'down')
+             FROM query_feedback WHERE created_at >= $1",
+        )
+        .bind(since)
+        .fetch_one(&mut *self.conn().await?)
+        .await
+        .map_err(map_err)?;
+        Ok(QuerySummary::from_groups(&groups, up, down))
+    }
+
     async fn failed_documents(&self, collection: Option<&str>) -> Result<Vec<FailedDocument>, StoreError> {
         let rows = sqlx::query(
             "SELECT d.id, c.name, d.filename, d.content_type, d.storage_path, d.metadata, d.failure_reason
@@ -579,7 +611,7 @@ impl Store for PgStore {
              ORDER BY d.id",
         )
         .bind(collection)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         rows.iter()
@@ -598,7 +630,7 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
+        sqlx::query("SELECT 1").execute(&mut *self.conn().await?).await.map_err(map_err)?;
         Ok(())
     }
 
@@ -608,7 +640,7 @@ impl Store for PgStore {
 
     async fn collections(&self) -> Result<Vec<Collection>, StoreError> {
         let rows = sqlx::query("SELECT id, name FROM collections ORDER BY name")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await
             .map_err(map_err)?;
         rows.iter()
@@ -634,7 +666,7 @@ impl Store for PgStore {
         .bind(collection_id)
         .bind(after_id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         collect_vectors(&rows, dimensions)
@@ -647,7 +679,7 @@ impl Store for PgStore {
                     (SELECT coalesce(max(seq), 0) FROM index_log WHERE collection_id = $1)",
         )
         .bind(collection_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await
         .map_err(map_err)
     }
@@ -668,7 +700,7 @@ impl Store for PgStore {
         .bind(record.log_seq)
         .bind(&record.reason)
         .bind(&record.timings)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -681,7 +713,7 @@ impl Store for PgStore {
              FROM index_generations WHERE collection_id = $1 ORDER BY id DESC LIMIT 1",
         )
         .bind(collection_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         row.map(|r| {
@@ -722,7 +754,7 @@ impl Store for PgStore {
         .bind(scheduled_for)
         .bind(holder)
         .bind(lease.as_secs_f64())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         Ok(claimed.is_some())
@@ -732,7 +764,7 @@ impl Store for PgStore {
         sqlx::query("UPDATE scheduled_runs SET finished_at = now() WHERE job = $1 AND scheduled_for = $2")
             .bind(job)
             .bind(scheduled_for)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await
             .map_err(map_err)?;
         Ok(())
@@ -754,7 +786,7 @@ impl Store for PgStore {
         .bind(model)
         .bind(after_id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         rows.iter().map(|r| Ok((r.try_get("id").map_err(map_err)?, r.try_get("text").map_err(map_err)?))).collect()
@@ -771,14 +803,14 @@ impl Store for PgStore {
         .bind(&ids)
         .bind(model)
         .bind(&bytes)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await
         .map_err(map_err)?;
         Ok(())
     }
 
     async fn switch_model(&self, collection_id: i64, model: &str, dimensions: usize) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = self.begin().await?;
         // Persists hold KEY SHARE on the collection row: this waits for those in flight, and
         // the ones after it see the new model.
         sqlx::query("SELECT id FROM collections WHERE id = $1 FOR UPDATE")
@@ -831,7 +863,7 @@ impl Store for PgStore {
         let row: Option<(Option<String>, Option<i32>)> =
             sqlx::query_as("SELECT embedding_model, embedding_dimensions FROM collections WHERE id = $1")
                 .bind(collection_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await
                 .map_err(map_err)?;
         Ok(row.and_then(|(m, d)| Some((m?, i64::from(d?)))))

@@ -12,8 +12,9 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     ChunkHit, Claim, Collection, Deleted, DocumentChunks, DocumentRef, DocumentStatus, FailedDocument, FeedbackEntry,
-    GenerationRecord, LogEntry, LogOp, NewDocument, Persisted, PoolStats, QueryLogEntry, StatusRow, Store, StoreError,
-    StoredModel, StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector, log_op,
+    GenerationRecord, LogEntry, LogOp, NewDocument, Persisted, PoolStats, QueryLogEntry, QuerySummary, StatusRow,
+    Store, StoreError, StoredModel, StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector,
+    log_op,
 };
 use crate::embedded::Database;
 
@@ -207,7 +208,7 @@ impl Store for SqliteStore {
              RETURNING id, name",
         )
         .bind(name)
-        .fetch_one(self.db.writer())
+        .fetch_one(&mut *self.db.write().await.map_err(map_err)?)
         .await
         .map_err(map_err)?;
         Ok(Collection { id: row.try_get("id").map_err(map_err)?, name: row.try_get("name").map_err(map_err)? })
@@ -216,7 +217,7 @@ impl Store for SqliteStore {
     async fn collection(&self, name: &str) -> Result<Option<Collection>, StoreError> {
         let row = sqlx::query("SELECT id, name FROM collections WHERE name = ?1")
             .bind(name)
-            .fetch_optional(self.db.reader())
+            .fetch_optional(&mut *self.db.read().await.map_err(map_err)?)
             .await
             .map_err(map_err)?;
         row.map(|r| Ok(Collection { id: r.try_get("id").map_err(map_err)?, name: r.try_get("name").map_err(map_err)? }))
@@ -294,7 +295,7 @@ impl Store for SqliteStore {
         )
         .bind(document_id)
         .bind(reason)
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write().await.map_err(map_err)?)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -309,7 +310,7 @@ impl Store for SqliteStore {
         )
         .bind(document_id)
         .bind(reason)
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write().await.map_err(map_err)?)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -327,7 +328,7 @@ impl Store for SqliteStore {
     async fn document_vectors(&self, document_id: i64, dimensions: usize) -> Result<StoredVectors, StoreError> {
         let rows = sqlx::query("SELECT id, embedding FROM chunks WHERE document_id = ?1 ORDER BY ordinal")
             .bind(document_id)
-            .fetch_all(self.db.reader())
+            .fetch_all(&mut *self.db.read().await.map_err(map_err)?)
             .await
             .map_err(map_err)?;
         collect_vectors(&rows, dimensions)
@@ -397,7 +398,7 @@ impl Store for SqliteStore {
         .bind(collection_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(self.db.reader())
+        .fetch_all(&mut *self.db.read().await.map_err(map_err)?)
         .await
         .map_err(map_err)?;
         rows.iter()
@@ -415,20 +416,23 @@ impl Store for SqliteStore {
     async fn last_log_seq(&self, collection_id: i64) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM index_log WHERE collection_id = ?1")
             .bind(collection_id)
-            .fetch_one(self.db.reader())
+            .fetch_one(&mut *self.db.read().await.map_err(map_err)?)
             .await
             .map_err(map_err)
     }
 
     async fn identity(&self) -> Result<String, StoreError> {
-        sqlx::query_scalar("SELECT id FROM store_identity").fetch_one(self.db.reader()).await.map_err(map_err)
+        sqlx::query_scalar("SELECT id FROM store_identity")
+            .fetch_one(&mut *self.db.read().await.map_err(map_err)?)
+            .await
+            .map_err(map_err)
     }
 
     async fn vectors_by_ids(&self, ids: &[i64], dimensions: usize) -> Result<StoredVectors, StoreError> {
         let rows =
             sqlx::query("SELECT id, embedding FROM chunks WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id")
                 .bind(json_ids(ids))
-                .fetch_all(self.db.reader())
+                .fetch_all(&mut *self.db.read().await.map_err(map_err)?)
                 .await
                 .map_err(map_err)?;
         collect_vectors(&rows, dimensions)
@@ -444,7 +448,7 @@ impl Store for SqliteStore {
                AND d.deleted_at IS NULL AND d.status = 'ingested'",
         )
         .bind(json_ids(ids))
-        .fetch_all(self.db.reader())
+        .fetch_all(&mut *self.db.read().await.map_err(map_err)?)
         .await
         .map_err(map_err)?;
         let mut hits = Vec::with_capacity(rows.len());
@@ -485,7 +489,7 @@ impl Store for SqliteStore {
         .bind(entry.input_tokens)
         .bind(entry.output_tokens)
         .bind(entry.cost_usd)
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write().await.map_err(map_err)?)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -496,7 +500,7 @@ impl Store for SqliteStore {
             .bind(&feedback.query_id)
             .bind(&feedback.rating)
             .bind(&feedback.comment)
-            .execute(self.db.writer())
+            .execute(&mut *self.db.write().await.map_err(map_err)?)
             .await
             .map_err(map_err)?;
         Ok(())
@@ -511,7 +515,7 @@ impl Store for SqliteStore {
                     ON t.document_id = d.id
              GROUP BY c.name, d.status ORDER BY c.name, d.status",
         )
-        .fetch_all(self.db.reader())
+        .fetch_all(&mut *self.db.read().await.map_err(map_err)?)
         .await
         .map_err(map_err)?;
         rows.iter()
@@ -527,6 +531,29 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn query_summary(&self, since: chrono::DateTime<chrono::Utc>) -> Result<QuerySummary, StoreError> {
+        // Timestamps are ISO-8601 UTC text of one width: they compare as strings.
+        let since = since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let groups: Vec<(Option<String>, bool, i64, f64, f64)> = sqlx::query_as(
+            "SELECT cache_layer, error_code IS NOT NULL, count(*), CAST(coalesce(sum(latency_ms), 0) AS REAL),
+                    CAST(coalesce(sum(cost_usd), 0) AS REAL)
+             FROM query_log WHERE created_at >= ?1 GROUP BY 1, 2",
+        )
+        .bind(&since)
+        .fetch_all(&mut *self.db.read().await.map_err(map_err)?)
+        .await
+        .map_err(map_err)?;
+        let (up, down): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(rating = 'up'), 0), coalesce(sum(rating = 'down'), 0)
+             FROM query_feedback WHERE created_at >= ?1",
+        )
+        .bind(&since)
+        .fetch_one(&mut *self.db.read().await.map_err(map_err)?)
+        .await
+        .map_err(map_err)?;
+        Ok(QuerySummary::from_groups(&groups, up, down))
+    }
+
     async fn failed_documents(&self, collection: Option<&str>) -> Result<Vec<FailedDocument>, StoreError> {
         let rows = sqlx::query(
             "SELECT d.id, c.name, d.filename, d.content_type, d.storage_path, d.metadata, d.failure_reason
@@ -535,7 +562,7 @@ impl Store for SqliteStore {
              ORDER BY d.id",
         )
         .bind(collection)
-        .fetch_all(self.db.reader())
+        .fetch_all(&mut *self.db.read().await.map_err(map_err)?)
         .await
         .map_err(map_err)?;
         rows.iter()
@@ -555,7 +582,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(self.db.reader()).await.map_err(map_err)?;
+        sqlx::query("SELECT 1").execute(&mut *self.db.read().await.map_err(map_err)?).await.map_err(map_err)?;
         Ok(())
     }
 
@@ -565,7 +592,7 @@ impl Store for SqliteStore {
 
     async fn collections(&self) -> Result<Vec<Collection>, StoreError> {
         let rows = sqlx::query("SELECT id, name FROM collections ORDER BY name")
-            .fetch_all(self.db.reader())
+            .fetch_all(&mut *self.db.read().await.map_err(map_err)?)
             .await
             .map_err(map_err)?;
         rows.iter()
@@ -590,7 +617,7 @@ impl Store for SqliteStore {
         .bind(collection_id)
         .bind(after_id)
         .bind(limit)
-        .fetch_all(self.db.reader())
+        .fetch_all(&mut *self.db.read().await.map_err(map_err)?)
         .await
         .map_err(map_err)?;
         collect_vectors(&rows, dimensions)
@@ -603,7 +630,7 @@ impl Store for SqliteStore {
                     (SELECT coalesce(max(seq), 0) FROM index_log WHERE collection_id = ?1)",
         )
         .bind(collection_id)
-        .fetch_one(self.db.reader())
+        .fetch_one(&mut *self.db.read().await.map_err(map_err)?)
         .await
         .map_err(map_err)
     }
@@ -638,7 +665,7 @@ impl Store for SqliteStore {
              FROM index_generations WHERE collection_id = ?1 ORDER BY id DESC LIMIT 1",
         )
         .bind(collection_id)
-        .fetch_optional(self.db.reader())
+        .fetch_optional(&mut *self.db.read().await.map_err(map_err)?)
         .await
         .map_err(map_err)?;
         row.map(|r| {
@@ -719,7 +746,7 @@ impl Store for SqliteStore {
         .bind(model)
         .bind(after_id)
         .bind(limit)
-        .fetch_all(self.db.reader())
+        .fetch_all(&mut *self.db.read().await.map_err(map_err)?)
         .await
         .map_err(map_err)?;
         rows.iter().map(|r| Ok((r.try_get("id").map_err(map_err)?, r.try_get("text").map_err(map_err)?))).collect()
@@ -791,7 +818,7 @@ impl Store for SqliteStore {
         let row: Option<(Option<String>, Option<i64>)> =
             sqlx::query_as("SELECT embedding_model, embedding_dimensions FROM collections WHERE id = ?1")
                 .bind(collection_id)
-                .fetch_optional(self.db.reader())
+                .fetch_optional(&mut *self.db.read().await.map_err(map_err)?)
                 .await
                 .map_err(map_err)?;
         Ok(row.and_then(|(m, d)| Some((m?, d?))))

@@ -157,6 +157,8 @@ pub struct QueryContext {
     pub cache: Arc<dyn Cache>,
     /// The caches' TTLs.
     pub cache_settings: CacheSettings,
+    /// Query log writes still running (they do not delay replies; shutdown waits for them).
+    pub log_writes: tokio_util::task::TaskTracker,
 }
 
 /// What keeps a process's indexes current: events from other processes, catch-up, snapshots.
@@ -231,6 +233,7 @@ impl Services {
             llm_settings: self.settings.llm.clone(),
             cache: self.cache.clone(),
             cache_settings: self.settings.cache.clone(),
+            log_writes: tokio_util::task::TaskTracker::new(),
         }
     }
 

@@ -98,6 +98,25 @@ fn errors_in(log: &Path) -> Vec<String> {
     text.lines().filter(|line| line.contains("\"level\":\"ERROR\"")).map(str::to_owned).collect()
 }
 
+/// Every "upload done" line (JSON) names its upload, collection, document and stage through its
+/// spans, and at least `uploads` such lines were written.
+fn assert_upload_lines_carry_their_context(log: &Path, uploads: usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut seen = 0;
+    for line in text.lines().filter(|l| l.contains("\"upload done\"")) {
+        let json: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let spans = json["spans"].as_array().unwrap_or_else(|| panic!("no spans: {line}"));
+        let field = |name: &str| spans.iter().find_map(|s| s.get(name).cloned()).unwrap_or_default();
+        assert_eq!(field("upload_id"), json["upload_id"], "{line}");
+        assert_eq!(field("collection"), "stopped", "{line}");
+        assert!(field("document_id").is_i64(), "{line}");
+        // Persisted now, or found done already (a redelivery after the SIGTERM).
+        assert!(field("stage") == "persist" || field("stage") == "dedup", "{line}");
+        seen += 1;
+    }
+    assert!(seen >= uploads, "{seen} upload lines for {uploads} uploads");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_ingest_loses_and_duplicates_nothing_and_logs_no_error() {
     let env = TestEnv::new().await;
@@ -123,6 +142,7 @@ async fn sigterm_mid_ingest_loses_and_duplicates_nothing_and_logs_no_error() {
     terminate(worker, &log);
     let errors = errors_in(&log);
     assert!(errors.is_empty(), "a clean shutdown logs no error:\n{}", errors.join("\n"));
+    assert_upload_lines_carry_their_context(&log, uploads.len());
 
     let n = uploads.len() as i64;
     assert_eq!(env.count("SELECT count(*) FROM documents").await, n);

@@ -16,6 +16,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::finish::Finisher;
 use super::stages::Embedded;
@@ -235,8 +236,9 @@ impl Batcher {
     /// Forwards a complete document to persist, or fails it.
     async fn settle(&mut self, p: Pending, tx: &mpsc::Sender<Work<Embedded>>, finisher: &Finisher) {
         let Work { job, doc, data: chunks } = p.work;
+        let span = job.stage_span("embed");
         if let Some(failure) = p.failure {
-            finisher.fail(Failed { job, doc: Some(doc), failure }).await;
+            finisher.fail(Failed { job, doc: Some(doc), failure }).instrument(span).await;
             return;
         }
         let vectors: Option<Vec<Vec<f32>>> = p.vectors.into_iter().collect();
@@ -246,7 +248,7 @@ impl Batcher {
             }
             None => {
                 let failure = Failure::transient("embedding", "some vectors were missing from the provider's reply");
-                finisher.fail(Failed { job, doc: Some(doc), failure }).await;
+                finisher.fail(Failed { job, doc: Some(doc), failure }).instrument(span).await;
             }
         }
     }

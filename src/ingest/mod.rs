@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use self::finish::Finisher;
 use crate::app::IngestContext;
@@ -34,6 +35,43 @@ pub(crate) struct Job {
     delivery: Delivery,
     upload: UploadMessage,
     received: Instant,
+    /// The upload's log context (`upload_id`, `collection`, `document_id` once claimed): every
+    /// line logged while a stage works on it carries these and the stage's name.
+    span: tracing::Span,
+}
+
+impl Job {
+    fn new(delivery: Delivery, upload: UploadMessage, received: Instant) -> Self {
+        let span = tracing::info_span!(
+            "upload",
+            upload_id = %upload.upload_id,
+            collection = %upload.collection,
+            document_id = tracing::field::Empty,
+        );
+        Self { delivery, upload, received, span }
+    }
+
+    /// The span of `stage` working on this upload.
+    fn stage_span(&self, stage: &'static str) -> tracing::Span {
+        tracing::info_span!(parent: &self.span, "stage", stage)
+    }
+}
+
+/// What a stage takes: a job, alone or with its document.
+trait HasJob {
+    fn job(&self) -> &Job;
+}
+
+impl HasJob for Job {
+    fn job(&self) -> &Job {
+        self
+    }
+}
+
+impl<T> HasJob for Work<T> {
+    fn job(&self) -> &Job {
+        &self.job
+    }
 }
 
 /// The document row an upload maps to, known from the dedup stage on.
@@ -96,11 +134,14 @@ async fn run_pipeline(ctx: Arc<IngestContext>, deliveries: Deliveries, shutdown:
     let f = &finisher;
     tokio::join!(
         intake(deliveries, to_dedup, f, shutdown),
-        stage(dedup_rx, Some(to_extract), cfg.dedup_concurrency, f, |job| stages::dedup(s, f, job)),
-        stage(extract_rx, Some(to_chunk), cfg.extract_concurrency, f, |w| stages::extract(s, f, w)),
-        stage(chunk_rx, Some(to_embed), cfg.chunk_concurrency, f, |w| stages::chunk(s, f, w)),
-        batcher::run(embed_rx, to_persist, s.clone(), f.clone()),
-        persist_stage(persist_rx, cfg.persist_batch, cfg.persist_concurrency, |batch| stages::persist(s, f, batch)),
+        stage("dedup", dedup_rx, Some(to_extract), cfg.dedup_concurrency, f, |job| stages::dedup(s, f, job)),
+        stage("extract", extract_rx, Some(to_chunk), cfg.extract_concurrency, f, |w| stages::extract(s, f, w)),
+        stage("chunk", chunk_rx, Some(to_embed), cfg.chunk_concurrency, f, |w| stages::chunk(s, f, w)),
+        // Embedding batches mix documents: lines about a batch carry the stage alone.
+        batcher::run(embed_rx, to_persist, s.clone(), f.clone())
+            .instrument(tracing::info_span!("stage", stage = "embed")),
+        persist_stage(persist_rx, cfg.persist_batch, cfg.persist_concurrency, |batch| stages::persist(s, f, batch))
+            .instrument(tracing::info_span!("stage", stage = "persist")),
     );
 }
 
@@ -135,17 +176,19 @@ async fn intake(mut deliveries: Deliveries, next: mpsc::Sender<Job>, finisher: &
         let redelivered = if delivery.attempt > 1 { "true" } else { "false" };
         crate::telemetry::metrics::DELIVERIES.with_label_values(&["uploads", redelivered]).inc();
         if is_delete(&delivery.body) {
-            finisher.delete(delivery).await;
+            finisher.delete(delivery).instrument(tracing::info_span!("stage", stage = "delete")).await;
             continue;
         }
         match decode_upload(&delivery.body) {
             Ok(upload) => {
-                let job = Job { delivery, upload, received };
-                if next.send(job).await.is_err() {
+                if next.send(Job::new(delivery, upload, received)).await.is_err() {
                     return;
                 }
             }
-            Err(failure) => finisher.reject_undecodable(delivery, failure).await,
+            Err(failure) => {
+                let span = tracing::info_span!("stage", stage = "intake");
+                finisher.reject_undecodable(delivery, failure).instrument(span).await;
+            }
         }
     }
 }
@@ -168,8 +211,9 @@ fn decode_upload(body: &[u8]) -> Result<UploadMessage, Failure> {
 }
 
 /// Runs `step` on every item of `rx` with at most `concurrency` at once, forwarding results to
-/// `next` and failures to the finisher.
-async fn stage<In, Out, F, Fut>(
+/// `next` and failures to the finisher, each item in its upload's span for stage `name`.
+async fn stage<In: HasJob, Out, F, Fut>(
+    name: &'static str,
     rx: mpsc::Receiver<In>,
     next: Option<mpsc::Sender<Out>>,
     concurrency: usize,
@@ -184,7 +228,8 @@ async fn stage<In, Out, F, Fut>(
     items
         .for_each_concurrent(concurrency, |item| {
             let next = next.clone();
-            let fut = step(item);
+            let span = item.job().stage_span(name);
+            let fut = step(item).instrument(span.clone());
             async move {
                 match fut.await {
                     Ok(Some(out)) => {
@@ -195,7 +240,7 @@ async fn stage<In, Out, F, Fut>(
                         }
                     }
                     Ok(None) => {}
-                    Err(failed) => finisher.fail(failed).await,
+                    Err(failed) => finisher.fail(failed).instrument(span).await,
                 }
             }
         })

@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use super::finish::Finisher;
 use super::{Doc, Failed, Job, Work};
 use crate::app::{FaultPoint, IngestContext};
@@ -61,6 +63,12 @@ pub(crate) async fn dedup(s: &Arc<IngestContext>, f: &Finisher, job: Job) -> Res
         Err(e) => return Err(failed(job, None, e)),
     };
     drop(timer);
+    let document_id = match &claim {
+        Claim::Process { document_id }
+        | Claim::Duplicate { document_id, .. }
+        | Claim::AlreadyDone { document_id, .. } => *document_id,
+    };
+    job.span.record("document_id", document_id);
     match claim {
         Claim::Process { document_id } => {
             let doc = Doc { collection, document_id, sha256, garbled_pages: 0 };
@@ -208,7 +216,10 @@ pub(crate) async fn persist(s: &Arc<IngestContext>, f: &Finisher, batch: Vec<Wor
                 let tokens = chunks.iter().map(|r| u64::try_from(r.token_count).unwrap_or(0)).sum();
                 stored.push((w, persisted, tokens));
             }
-            Err(e) => f.fail(failed(w.job, Some(w.doc), e)).await,
+            Err(e) => {
+                let span = w.job.stage_span("persist");
+                f.fail(failed(w.job, Some(w.doc), e)).instrument(span).await;
+            }
         }
     }
     drop(rows);
@@ -231,16 +242,20 @@ pub(crate) async fn persist(s: &Arc<IngestContext>, f: &Finisher, batch: Vec<Wor
         return;
     }
     let refused = &refused;
-    let settled = stored.into_iter().map(|(w, persisted, tokens)| async move {
-        if let Some(failure) = refused.get(&w.doc.collection.id) {
-            return f.fail(failed(w.job, Some(w.doc), failure.clone())).await;
+    let settled = stored.into_iter().map(|(w, persisted, tokens)| {
+        let span = w.job.stage_span("persist");
+        async move {
+            if let Some(failure) = refused.get(&w.doc.collection.id) {
+                return f.fail(failed(w.job, Some(w.doc), failure.clone())).await;
+            }
+            let count = persisted.stored.ids.len() as i64;
+            if persisted.inserted {
+                metrics::CHUNKS.inc_by(count as u64);
+                metrics::CHUNK_TOKENS.inc_by(tokens);
+            }
+            f.succeed(w.job, &w.doc, count, !persisted.inserted, DocumentStatus::Ingested).await;
         }
-        let count = persisted.stored.ids.len() as i64;
-        if persisted.inserted {
-            metrics::CHUNKS.inc_by(count as u64);
-            metrics::CHUNK_TOKENS.inc_by(tokens);
-        }
-        f.succeed(w.job, &w.doc, count, !persisted.inserted, DocumentStatus::Ingested).await;
+        .instrument(span)
     });
     futures::future::join_all(settled).await;
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use self::cache::{Keys, QueryCache, RetrievalInputs};
 use self::filter::Filter;
@@ -67,15 +68,23 @@ pub async fn run(ctx: Arc<QueryContext>, shutdown: CancellationToken) {
             Err(error) => tracing::error!(%error, "cannot consume queries"),
         }
         if shutdown.is_cancelled() {
-            return;
+            break;
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+    // The query log of the last replies is still being written: let it land.
+    ctx.log_writes.close();
+    if tokio::time::timeout(LOG_DRAIN, ctx.log_writes.wait()).await.is_err() {
+        tracing::warn!(pending = ctx.log_writes.len(), "query log writes still pending at shutdown; left unwritten");
+    }
 }
+
+/// How long shutdown waits for pending query log writes.
+const LOG_DRAIN: Duration = Duration::from_secs(5);
 
 /// Answers one request (or stores a feedback message). Queries are never retried here: a client
 /// that got no reply retries on its own terms.
@@ -92,8 +101,14 @@ async fn handle(s: &Arc<QueryContext>, request: Request) {
         }
         return;
     }
-    let started = Instant::now();
     let query_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("query", %query_id, collection = tracing::field::Empty);
+    answer_request(s, request, query_id).instrument(span).await;
+}
+
+/// Answers one query request (never more than one reply), then logs it.
+async fn answer_request(s: &Arc<QueryContext>, request: Request, query_id: String) {
+    let started = Instant::now();
     let mut log = log_entry(&query_id, &request.body, s.settings.max_query_chars);
     let decoded: Result<QueryRequest, _> = messages::decode(&request.body);
     let deadline = deadline(&s.settings, request.deadline, decoded.as_ref().ok());
@@ -206,11 +221,14 @@ fn log_entry(query_id: &str, body: &[u8], max_chars: usize) -> QueryLogEntry {
 fn write_log(s: &QueryContext, mut entry: QueryLogEntry, started: Instant) {
     entry.latency_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
     let store = s.store.clone();
-    tokio::spawn(async move {
-        if let Err(error) = store.log_query(&entry).await {
-            tracing::warn!(%error, "query log write failed");
+    s.log_writes.spawn(
+        async move {
+            if let Err(error) = store.log_query(&entry).await {
+                tracing::warn!(%error, "query log write failed");
+            }
         }
-    });
+        .instrument(tracing::Span::current()),
+    );
 }
 
 /// Where the parts of a streamed answer go (`stream: true`), numbered from 0; the final reply
@@ -287,6 +305,7 @@ async fn answer(
     };
     let top_k = request.top_k.unwrap_or(cfg.default_top_k);
     log.collection = names.join(",");
+    tracing::Span::current().record("collection", log.collection.as_str());
     log.query = request.query.chars().take(cfg.max_query_chars).collect();
     log.top_k = top_k.min(i32::MAX as usize) as i32;
     log.mode = Some(request.mode.unwrap_or(cfg.default_mode).as_str().to_owned());
@@ -398,7 +417,9 @@ async fn retrieve(
         Some(chunks) => chunks,
         None => {
             let wanted = Wanted { mode, top_k, min_score: request.min_score, filter: &filter };
-            let (chunks, searched) = search(s, &collections, query, &wanted, &mut timings).await?;
+            let (chunks, searched) = search(s, &collections, query, &wanted, &mut timings)
+                .instrument(tracing::info_span!("stage", stage = "retrieve"))
+                .await?;
             // (Lexical mode searches no vector index: `searched` is empty.)
             cacheable &= searched.iter().zip(&positions).all(|(g, p)| *g == p.2);
             if cacheable {
@@ -410,7 +431,11 @@ async fn retrieve(
     let answer = if request.answer == Some(true) {
         let t = Instant::now();
         let answer = match &s.llm {
-            Some(llm) => generated_answer(s, llm.as_ref(), query, &chunks, parts).await?,
+            Some(llm) => {
+                generated_answer(s, llm.as_ref(), query, &chunks, parts)
+                    .instrument(tracing::info_span!("stage", stage = "answer"))
+                    .await?
+            }
             None => {
                 let answer = extractive_answer(cfg, query, &chunks)?;
                 if let Some(parts) = parts {
@@ -758,14 +783,19 @@ fn ms(since: Instant) -> f64 {
 /// adopts a newer recorded generation, as a safety net for events missed while disconnected.
 pub async fn follow(ctx: Arc<IndexContext>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_secs(ctx.settings.snapshot_interval_secs));
-    let mut events = match ctx.events.subscribe(&[DOCUMENT_INGESTED, DOCUMENT_DELETED, INDEX_REBUILT]).await {
+    let patterns = [DOCUMENT_INGESTED, DOCUMENT_DELETED, INDEX_REBUILT];
+    let mut events = match ctx.events.subscribe(&patterns).await {
         Ok(events) => Some(events),
         Err(error) => {
-            tracing::warn!(%error, "cannot subscribe to events; following by polling only");
+            tracing::warn!(%error, "cannot subscribe to events; polling until subscribed again");
             None
         }
     };
+    // Without a subscription (broken connection), subscribe again with backoff; once back,
+    // catch up at once on what the missed events announced.
+    let mut resubscribe = Duration::from_millis(500);
     loop {
+        let subscribed = events.is_some();
         let event = async {
             match events.as_mut() {
                 Some(stream) => stream.next().await,
@@ -774,16 +804,20 @@ pub async fn follow(ctx: Arc<IndexContext>, shutdown: CancellationToken) {
         };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {
-                for name in ctx.indexes.open_collections().await {
-                    if let Err(error) = ctx.indexes.adopt_recorded_generation(&name).await {
-                        tracing::warn!(collection = %name, %error, "index reload failed");
+            () = tokio::time::sleep(resubscribe), if !subscribed => {
+                match ctx.events.subscribe(&patterns).await {
+                    Ok(stream) => {
+                        events = Some(stream);
+                        resubscribe = Duration::from_millis(500);
+                        refresh_all(&ctx).await;
                     }
-                    if let Err(error) = ctx.indexes.catch_up(&name).await {
-                        tracing::warn!(collection = %name, %error, "index catch-up failed");
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot subscribe to events yet");
+                        resubscribe = (resubscribe * 2).min(Duration::from_secs(10));
                     }
                 }
             }
+            _ = ticker.tick() => refresh_all(&ctx).await,
             item = event => match item {
                 Some(Ok(message)) if message.routing_key == INDEX_REBUILT => {
                     match serde_json::from_slice::<IndexRebuilt>(&message.body) {
@@ -806,11 +840,23 @@ pub async fn follow(ctx: Arc<IndexContext>, shutdown: CancellationToken) {
                     }
                 }
                 Some(Err(error)) => {
-                    tracing::warn!(%error, "event stream failed; following by polling only");
+                    tracing::warn!(%error, "event stream failed; subscribing again");
                     events = None;
                 }
                 None => events = None,
             },
+        }
+    }
+}
+
+/// Catches every open index up with the store and adopts a newer recorded generation.
+async fn refresh_all(ctx: &IndexContext) {
+    for name in ctx.indexes.open_collections().await {
+        if let Err(error) = ctx.indexes.adopt_recorded_generation(&name).await {
+            tracing::warn!(collection = %name, %error, "index reload failed");
+        }
+        if let Err(error) = ctx.indexes.catch_up(&name).await {
+            tracing::warn!(collection = %name, %error, "index catch-up failed");
         }
     }
 }

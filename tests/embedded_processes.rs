@@ -209,9 +209,17 @@ async fn the_cli_hands_its_uploads_to_a_worker_in_another_process_and_reports_th
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("5 ingested"), "{stdout}");
+    // Two queries, answered in their own processes: the query log (not a process's counters)
+    // is what `status` summarises.
+    for _ in 0..2 {
+        let out = ragpipe(&config, &["query", "how do I install it?", "-c", "handed"]);
+        assert!(out.contains("[1]"), "{out}");
+    }
     let status = Command::new(bin()).args(["status", "--config"]).arg(&config).output().expect("status");
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains("a worker is consuming uploads"), "{status}");
+    assert!(status.contains("2 queries, 0 failed"), "{status}");
+    assert!(status.contains("retrieval cache hit rate 0.0% (0 of 2 lookups)"), "{status}");
     assert!(status.contains("store  sqlite"), "{status}");
     let json = Command::new(bin()).args(["status", "--json", "--config"]).arg(&config).output().expect("status");
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json prints JSON");
@@ -219,6 +227,10 @@ async fn the_cli_hands_its_uploads_to_a_worker_in_another_process_and_reports_th
     let handed = json["documents"].as_array().expect("documents").iter().find(|d| d["collection"] == "handed");
     assert!(handed.is_some_and(|d| d["status"] == "ingested" && d["documents"] == 5), "{json}");
     assert!(json["indexes"].as_array().expect("indexes").iter().any(|i| i["collection"] == "handed"), "{json}");
+    let queries = &json["queries"];
+    assert_eq!((queries["queries"].as_i64(), queries["errors"].as_i64()), (Some(2), Some(0)), "{json}");
+    assert_eq!(queries["response_cache"]["lookups"], 2, "{json}");
+    assert!(queries["mean_latency_ms"].as_f64().is_some(), "{json}");
     stop(worker);
 }
 

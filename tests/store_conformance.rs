@@ -332,6 +332,42 @@ async fn status_counts_documents_and_queries_are_logged(env: TestEnv) {
     let bad = FeedbackEntry { query_id: "q-1".into(), rating: "meh".into(), comment: None };
     assert!(store.record_feedback(&bad).await.is_err(), "ratings are up or down");
     store.ping().await.expect("ping");
+
+    // The summary `ragpipe status` shows: cache layers, failures, latency, cost, ratings.
+    let logged = |id: &str, layer: Option<&str>, error: Option<&str>, latency_ms: i32| QueryLogEntry {
+        query_id: id.into(),
+        collection: "status".into(),
+        query: "again?".into(),
+        top_k: 2,
+        chunk_ids: vec![],
+        scores: vec![],
+        error_code: error.map(Into::into),
+        latency_ms,
+        mode: Some("dense".into()),
+        cache_layer: layer.map(Into::into),
+        input_tokens: None,
+        output_tokens: None,
+        cost_usd: None,
+    };
+    for entry in [
+        logged("q-2", Some("response"), None, 2),
+        logged("q-3", Some("response"), None, 4),
+        logged("q-4", Some("retrieval"), None, 6),
+        logged("q-5", None, Some("timeout"), 5_000),
+    ] {
+        store.log_query(&entry).await.expect("log");
+    }
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let summary = store.query_summary(hour_ago).await.expect("summary");
+    assert_eq!((summary.queries, summary.errors), (5, 1), "{summary:?}");
+    let layers = vec![("response".to_owned(), 2), ("retrieval".to_owned(), 1), ("none".to_owned(), 1)];
+    assert_eq!(summary.by_cache_layer, layers, "{summary:?}");
+    // (12 + 2 + 4 + 6) / 4 answered queries; the failed one is left out.
+    assert_eq!(summary.mean_latency_ms, Some(6.0), "{summary:?}");
+    assert!((summary.llm_cost_usd - 0.68).abs() < 1e-9, "{summary:?}");
+    assert_eq!((summary.feedback_up, summary.feedback_down), (2, 1), "{summary:?}");
+    let later = store.query_summary(chrono::Utc::now() + chrono::Duration::hours(1)).await.expect("summary");
+    assert_eq!((later.queries, later.feedback_up, later.mean_latency_ms), (0, 0, None), "{later:?}");
 }
 
 async fn rebuilds_read_live_vectors_in_pages_and_record_generations(env: TestEnv) {

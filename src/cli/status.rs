@@ -1,6 +1,8 @@
 //! `ragpipe status [--json] [--watch SECS]`: compute kernels, backends, documents per collection
-//! and status, queue depths, and per collection its index (kind, generation, log lag) and last
-//! rebuild. Gathered once into one report, printed as text or as JSON for machines.
+//! and status, queue depths, per collection its index (kind, generation, log lag) and last
+//! rebuild, and the last 24 hours of queries (cache hit rates, failures, latency, cost, ratings;
+//! from the query log, so every query worker counts). Gathered once into one report, printed as
+//! text or as JSON for machines.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -107,6 +109,10 @@ async fn gather(
         }
         Err(error) => json!({ "error": format!("unreachable: {error}") }),
     };
+    let queries = match store.query_summary(chrono::Utc::now() - chrono::Duration::hours(QUERY_HOURS)).await {
+        Ok(summary) => query_report(&summary),
+        Err(error) => json!({ "error": error.to_string() }),
+    };
     let index_dir = settings.index_dir();
     let mut indexes = Vec::new();
     for collection in store.collections().await.context("listing collections")? {
@@ -120,7 +126,64 @@ async fn gather(
         "queues": queues,
         "index_dir": index_dir.display().to_string(),
         "indexes": indexes,
+        "queries": queries,
     }))
+}
+
+/// The period `status` summarises queries over.
+const QUERY_HOURS: i64 = 24;
+
+/// The query summary with its rates: each cache layer's hit rate is over the lookups that reached
+/// it (the retrieval cache is asked only when the response cache missed).
+fn query_report(q: &store::QuerySummary) -> Value {
+    let count = |layer: &str| q.by_cache_layer.iter().find(|(l, _)| l == layer).map_or(0, |(_, n)| *n);
+    let answered = q.queries - q.errors;
+    let rate = |hits: i64, lookups: i64| (lookups > 0).then(|| hits as f64 / lookups as f64);
+    let (response, retrieval) = (count("response"), count("retrieval"));
+    let rated = q.feedback_up + q.feedback_down;
+    json!({
+        "hours": QUERY_HOURS,
+        "queries": q.queries,
+        "errors": q.errors,
+        "by_cache_layer": q.by_cache_layer.iter().map(|(l, n)| json!({ "layer": l, "queries": n })).collect::<Vec<_>>(),
+        "response_cache": { "hits": response, "lookups": answered, "hit_rate": rate(response, answered) },
+        "retrieval_cache": {
+            "hits": retrieval, "lookups": answered - response, "hit_rate": rate(retrieval, answered - response),
+        },
+        "mean_latency_ms": q.mean_latency_ms,
+        "llm_cost_usd": q.llm_cost_usd,
+        "feedback": { "up": q.feedback_up, "down": q.feedback_down, "satisfaction": rate(q.feedback_up, rated) },
+    })
+}
+
+fn render_queries(out: &mut String, q: &Value) {
+    let _ = writeln!(out, "queries (last {} h, every query worker):", q["hours"].as_i64().unwrap_or(QUERY_HOURS));
+    if let Some(error) = q["error"].as_str() {
+        let _ = writeln!(out, "  query log unreadable: {error}");
+        return;
+    }
+    let percent = |v: &Value| v.as_f64().map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0));
+    let latency = q["mean_latency_ms"].as_f64().map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"));
+    let _ = writeln!(out, "  {} queries, {} failed, mean answer time {latency}", q["queries"], q["errors"]);
+    for cache in ["response", "retrieval"] {
+        let c = &q[format!("{cache}_cache")];
+        let _ = writeln!(
+            out,
+            "  {cache} cache hit rate {} ({} of {} lookups)",
+            percent(&c["hit_rate"]),
+            c["hits"],
+            c["lookups"]
+        );
+    }
+    let f = &q["feedback"];
+    let _ = writeln!(
+        out,
+        "  LLM cost ${:.4}; feedback {} up, {} down ({} satisfied)",
+        q["llm_cost_usd"].as_f64().unwrap_or_default(),
+        f["up"],
+        f["down"],
+        percent(&f["satisfaction"])
+    );
 }
 
 /// Dead letters looked at (without removing them): counts by code among the first
@@ -337,5 +400,6 @@ fn render(r: &Value) -> String {
         };
         let _ = writeln!(out, "  {:<24} {rebuild}", "");
     }
+    render_queries(&mut out, &r["queries"]);
     out
 }

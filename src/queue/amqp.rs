@@ -31,6 +31,8 @@ use crate::config::{BrokerSettings, redact_url};
 
 /// Delay between reconnection attempts: 250 ms, doubling to this.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// How long one reconnection attempt (connect, handshake, topology) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an operation that needs the connection waits for a reconnection in progress.
 const LINK_WAIT: Duration = Duration::from_secs(5);
 
@@ -164,7 +166,12 @@ async fn supervise(shared: std::sync::Weak<Shared>, closed: tokio_util::sync::Ca
                 () = tokio::time::sleep(delay) => {}
             }
             let Some(s) = shared.upgrade() else { return };
-            match Link::open(&s.url, &s.settings).await {
+            // Bounded: a broker that accepts the connection and then says nothing must not
+            // stop the attempts.
+            let opened = tokio::time::timeout(OPEN_TIMEOUT, Link::open(&s.url, &s.settings))
+                .await
+                .unwrap_or_else(|_| Err(QueueError::Unavailable(format!("no answer within {OPEN_TIMEOUT:?}"))));
+            match opened {
                 Ok(link) => {
                     s.link.send_replace(Arc::new(link));
                     tracing::info!("reconnected to RabbitMQ");

@@ -255,10 +255,11 @@ pub struct IngestSettings {
     pub chunk_concurrency: usize,
     /// Persist transactions at once (each holds one pooled connection).
     pub persist_concurrency: usize,
-    /// Most documents written in one transaction: the persist stage takes what is ready at once,
-    /// up to this many, so a burst of small documents costs one commit and one index add, not
-    /// one each (1 = a transaction per document). Each message is still acknowledged only after
-    /// its own document is committed and indexed.
+    /// Most documents claimed or written in one transaction: the dedup stage's claims (one
+    /// transaction at a time) and the persist stage take what is ready at once, up to this many,
+    /// so a burst of small documents costs one commit and one index add, not one each (1 = a
+    /// transaction per document). Each message is still acknowledged only after its own document
+    /// is committed and indexed.
     pub persist_batch: usize,
     /// Largest inline (`content_b64`) upload accepted, in bytes.
     pub max_inline_bytes: usize,

@@ -14,6 +14,7 @@ on_both_backends!(
     rebuilds_read_live_vectors_in_pages_and_record_generations,
     a_scheduled_run_is_claimed_once_and_taken_over_only_when_stale,
     claims_are_idempotent_and_the_same_bytes_are_a_duplicate,
+    a_batch_of_claims_decides_as_one_claim_after_another,
     a_failed_document_is_resumed_by_the_next_upload_and_never_downgraded,
     persisting_twice_stores_once_and_returns_the_stored_vectors,
     a_batch_commits_together_and_a_refused_document_fails_alone,
@@ -84,6 +85,61 @@ async fn claims_are_idempotent_and_the_same_bytes_are_a_duplicate(env: TestEnv) 
     // The same bytes in another collection are another document.
     let other = store.ensure_collection("claims-2").await.expect("collection");
     assert_ne!(process(store.as_ref(), &document(other.id, 1, "u3")).await, id);
+}
+
+/// Claims of several uploads in one call: the same outcomes, in order, as claiming each alone in
+/// that order, across every case (new, the same bytes twice in the batch, a redelivery of a
+/// finished upload, a duplicate of a finished document, a failed and a deleted document taken
+/// over, another collection).
+async fn a_batch_of_claims_decides_as_one_claim_after_another(env: TestEnv) {
+    let store = env.store().await;
+    let c = store.ensure_collection("claim-batch").await.expect("collection");
+    let other = store.ensure_collection("claim-batch-2").await.expect("collection");
+    let done = process(store.as_ref(), &document(c.id, 40, "done")).await;
+    store.persist_chunks(done, "m", 3, &chunks(2, 4.0)).await.expect("persist");
+    let failed = process(store.as_ref(), &document(c.id, 41, "failed")).await;
+    store.mark_failed(failed, "corrupt").await.expect("fail");
+    let deleted = process(store.as_ref(), &document(c.id, 42, "deleted")).await;
+    store.delete_documents(&DocumentRef::Id(deleted), None).await.expect("delete");
+
+    let batch = [
+        document(c.id, 43, "new"),
+        document(c.id, 43, "new-again"),
+        document(c.id, 40, "done"),
+        document(c.id, 40, "copy-of-done"),
+        document(c.id, 41, "retry"),
+        document(c.id, 42, "reupload"),
+        document(other.id, 43, "elsewhere"),
+    ];
+    let claims: Vec<Claim> = store.claim_documents(&batch).await.into_iter().map(|r| r.expect("claim")).collect();
+    let Claim::Process { document_id: new } = claims[0] else { panic!("new bytes are processed: {claims:?}") };
+    let Claim::Process { document_id: elsewhere } = claims[6] else { panic!("another collection: {claims:?}") };
+    assert_ne!(new, elsewhere);
+    assert_eq!(
+        claims,
+        vec![
+            Claim::Process { document_id: new },
+            // Pending under the first upload of the bytes: both may proceed, persist settles.
+            Claim::Process { document_id: new },
+            Claim::AlreadyDone { document_id: done, chunks: 2, status: DocumentStatus::Ingested },
+            Claim::Duplicate { document_id: done, chunks: 2, status: DocumentStatus::Ingested },
+            Claim::Process { document_id: failed },
+            Claim::Process { document_id: deleted },
+            Claim::Process { document_id: elsewhere },
+        ]
+    );
+    // The new row belongs to the first upload; the ones taken over to their new uploads.
+    let owner = |id: i64| {
+        let env = &env;
+        async move { env.text(&format!("SELECT upload_id FROM documents WHERE id = {id}")).await }
+    };
+    assert_eq!(owner(new).await, "new");
+    assert_eq!(owner(failed).await, "retry");
+    assert_eq!(owner(deleted).await, "reupload");
+    assert!(store.failed_documents(None).await.expect("failed").is_empty(), "taken over: not failed");
+    // One claim of a batch of one is the single claim.
+    assert_eq!(store.claim_documents(&batch[2..3]).await.pop().expect("one").expect("claim"), claims[2]);
+    assert!(store.claim_documents(&[]).await.is_empty());
 }
 
 async fn a_failed_document_is_resumed_by_the_next_upload_and_never_downgraded(env: TestEnv) {

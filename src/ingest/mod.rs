@@ -1,7 +1,8 @@
 //! The staged ingest pipeline: tokio tasks joined by bounded channels.
 //!
 //! ```text
-//! consume ─▶ dedup ─▶ extract ─▶ chunk ─▶ embed (batched across documents) ─▶ persist + index ─▶ event, ack
+//! consume ─▶ dedup (fetch, store bytes; claim rows in batches) ─▶ extract ─▶ chunk
+//!         ─▶ embed (batched across documents) ─▶ persist + index (in batches) ─▶ event, ack
 //! ```
 //!
 //! Each stage has its own concurrency; channels are bounded, so a slow stage slows intake down
@@ -126,6 +127,7 @@ async fn run_pipeline(ctx: Arc<IngestContext>, deliveries: Deliveries, shutdown:
     let cfg = &ctx.settings;
     let finisher = Finisher::new(ctx.clone());
     let (to_dedup, dedup_rx) = mpsc::channel(cfg.channel_capacity);
+    let (to_claim, claim_rx) = mpsc::channel(cfg.channel_capacity);
     let (to_extract, extract_rx) = mpsc::channel(cfg.channel_capacity);
     let (to_chunk, chunk_rx) = mpsc::channel(cfg.channel_capacity);
     let (to_embed, embed_rx) = mpsc::channel(cfg.channel_capacity);
@@ -134,22 +136,25 @@ async fn run_pipeline(ctx: Arc<IngestContext>, deliveries: Deliveries, shutdown:
     let f = &finisher;
     tokio::join!(
         intake(deliveries, to_dedup, f, shutdown),
-        stage("dedup", dedup_rx, Some(to_extract), cfg.dedup_concurrency, f, |job| stages::dedup(s, f, job)),
+        stage("dedup", dedup_rx, Some(to_claim), cfg.dedup_concurrency, f, |job| stages::fetch(s, job)),
+        // One claim transaction at a time: what arrives meanwhile is claimed together next.
+        batched(claim_rx, cfg.persist_batch, 1, move |batch| stages::claim(s, f, batch, to_extract.clone()))
+            .instrument(tracing::info_span!("stage", stage = "dedup")),
         stage("extract", extract_rx, Some(to_chunk), cfg.extract_concurrency, f, |w| stages::extract(s, f, w)),
         stage("chunk", chunk_rx, Some(to_embed), cfg.chunk_concurrency, f, |w| stages::chunk(s, f, w)),
         // Embedding batches mix documents: lines about a batch carry the stage alone.
         batcher::run(embed_rx, to_persist, s.clone(), f.clone())
             .instrument(tracing::info_span!("stage", stage = "embed")),
-        persist_stage(persist_rx, cfg.persist_batch, cfg.persist_concurrency, |batch| stages::persist(s, f, batch))
+        batched(persist_rx, cfg.persist_batch, cfg.persist_concurrency, |batch| stages::persist(s, f, batch))
             .instrument(tracing::info_span!("stage", stage = "persist")),
     );
 }
 
-/// The persist stage: takes what is ready, up to `batch` documents, and persists it together;
-/// at most `concurrency` batches at once.
-async fn persist_stage<F, Fut>(rx: mpsc::Receiver<Work<stages::Embedded>>, batch: usize, concurrency: usize, step: F)
+/// A batched stage (claim, persist): takes what is ready, up to `batch` items, and hands it to
+/// `step` together; at most `concurrency` batches at once.
+async fn batched<In, F, Fut>(rx: mpsc::Receiver<In>, batch: usize, concurrency: usize, step: F)
 where
-    F: Fn(Vec<Work<stages::Embedded>>) -> Fut,
+    F: Fn(Vec<In>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let mut rx = rx;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::finish::Finisher;
@@ -26,8 +27,24 @@ fn failed(job: Job, doc: Option<Doc>, failure: impl Into<Failure>) -> Failed {
     Failed { job, doc, failure: failure.into() }
 }
 
-/// Fetches the bytes, stores them by hash, and claims the document row.
-pub(crate) async fn dedup(s: &Arc<IngestContext>, f: &Finisher, job: Job) -> Result<Option<Work<Arc<[u8]>>>, Failed> {
+/// An upload whose bytes are fetched and stored by hash, waiting for its document row.
+pub(crate) struct Fetched {
+    job: Job,
+    collection: Collection,
+    new: NewDocument,
+    bytes: Vec<u8>,
+    /// Counts the upload in the dedup stage until it is claimed.
+    timer: metrics::StageTimer,
+}
+
+impl super::HasJob for Fetched {
+    fn job(&self) -> &Job {
+        &self.job
+    }
+}
+
+/// Fetches the bytes and stores them by hash (the first half of dedup; [`claim`] is the other).
+pub(crate) async fn fetch(s: &Arc<IngestContext>, job: Job) -> Result<Option<Fetched>, Failed> {
     let timer = metrics::stage("dedup");
     let (upload, policy, blobs) = (job.upload.clone(), s.fetch_policy.clone(), s.blobs.clone());
     let fetched = tokio::task::spawn_blocking(move || {
@@ -50,7 +67,7 @@ pub(crate) async fn dedup(s: &Arc<IngestContext>, f: &Finisher, job: Job) -> Res
     };
     let new = NewDocument {
         collection_id: collection.id,
-        sha256: sha256.clone(),
+        sha256,
         upload_id: job.upload.upload_id.clone(),
         filename: job.upload.filename.clone(),
         content_type: job.upload.content_type.clone(),
@@ -58,39 +75,57 @@ pub(crate) async fn dedup(s: &Arc<IngestContext>, f: &Finisher, job: Job) -> Res
         storage_path: path.to_string_lossy().into_owned(),
         metadata: serde_json::to_value(&job.upload.metadata).unwrap_or_default(),
     };
-    let claim = match s.store.claim_document(&new).await {
-        Ok(claim) => claim,
-        Err(e) => return Err(failed(job, None, e)),
-    };
-    drop(timer);
-    let document_id = match &claim {
-        Claim::Process { document_id }
-        | Claim::Duplicate { document_id, .. }
-        | Claim::AlreadyDone { document_id, .. } => *document_id,
-    };
-    job.span.record("document_id", document_id);
-    match claim {
-        Claim::Process { document_id } => {
-            let doc = Doc { collection, document_id, sha256, garbled_pages: 0 };
-            Ok(Some(Work { job, doc, data: Arc::from(bytes) }))
-        }
-        Claim::Duplicate { document_id, chunks, status } => {
-            let doc = Doc { collection, document_id, sha256, garbled_pages: 0 };
-            f.succeed(job, &doc, chunks, true, status).await;
-            Ok(None)
-        }
-        Claim::AlreadyDone { document_id, chunks, status } => {
-            // A redelivery after a crash between commit and ack: make sure the vectors are indexed.
-            let doc = Doc { collection, document_id, sha256, garbled_pages: 0 };
-            if status == DocumentStatus::Ingested
-                && let Err(failure) = reindex_document(s, &doc).await
-            {
-                return Err(failed(job, Some(doc), failure));
+    Ok(Some(Fetched { job, collection, new, bytes, timer }))
+}
+
+/// Claims the document rows of a batch of fetched uploads in one store call, then sends each
+/// new document on to `next` and settles duplicates and redeliveries of finished uploads.
+pub(crate) async fn claim(
+    s: &Arc<IngestContext>,
+    f: &Finisher,
+    batch: Vec<Fetched>,
+    next: mpsc::Sender<Work<Arc<[u8]>>>,
+) {
+    let docs: Vec<NewDocument> = batch.iter().map(|b| b.new.clone()).collect();
+    let claims = s.store.claim_documents(&docs).await;
+    drop(docs);
+    let settled = batch.into_iter().zip(claims).map(|(fetched, claim)| {
+        let span = fetched.job.stage_span("dedup");
+        let next = next.clone();
+        async move {
+            let Fetched { job, collection, new, bytes, timer } = fetched;
+            drop(timer);
+            let claim = match claim {
+                Ok(claim) => claim,
+                Err(e) => return f.fail(failed(job, None, e)).await,
+            };
+            let (Claim::Process { document_id }
+            | Claim::Duplicate { document_id, .. }
+            | Claim::AlreadyDone { document_id, .. }) = claim;
+            job.span.record("document_id", document_id);
+            let doc = Doc { collection, document_id, sha256: new.sha256, garbled_pages: 0 };
+            match claim {
+                Claim::Process { .. } => {
+                    // Fails only when the next stage is gone (shutdown); the unacked message
+                    // then goes back to the queue.
+                    let _ = next.send(Work { job, doc, data: Arc::from(bytes) }).await;
+                }
+                Claim::Duplicate { chunks, status, .. } => f.succeed(job, &doc, chunks, true, status).await,
+                Claim::AlreadyDone { chunks, status, .. } => {
+                    // A redelivery after a crash between commit and ack: make sure the vectors
+                    // are indexed.
+                    if status == DocumentStatus::Ingested
+                        && let Err(failure) = reindex_document(s, &doc).await
+                    {
+                        return f.fail(failed(job, Some(doc), failure)).await;
+                    }
+                    f.succeed(job, &doc, chunks, false, status).await;
+                }
             }
-            f.succeed(job, &doc, chunks, false, status).await;
-            Ok(None)
         }
-    }
+        .instrument(span)
+    });
+    futures::future::join_all(settled).await;
 }
 
 async fn reindex_document(s: &IngestContext, doc: &Doc) -> Result<(), Failure> {

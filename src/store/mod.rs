@@ -153,25 +153,22 @@ pub struct StoredVectors {
     pub vectors: Vec<f32>,
 }
 
-/// [`Store::persist_documents`] from an adapter's all-or-nothing `together`: the whole batch
-/// first, and when its transaction fails, each document on its own, so one bad document never
-/// fails its neighbours.
-pub(crate) async fn each_alone_on_failure<'a, 'b, F, Fut>(
-    documents: &'a [DocumentChunks<'b>],
-    together: F,
-) -> Vec<Result<Persisted, StoreError>>
+/// A batched store call ([`Store::persist_documents`], [`Store::claim_documents`]) from an
+/// adapter's all-or-nothing `together`: the whole batch first, and when its transaction fails,
+/// each item on its own, so one bad document never fails its neighbours.
+pub(crate) async fn each_alone_on_failure<'a, T, R, F, Fut>(items: &'a [T], together: F) -> Vec<Result<R, StoreError>>
 where
-    F: Fn(&'a [DocumentChunks<'b>]) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<Result<Persisted, StoreError>>, StoreError>>,
+    F: Fn(&'a [T]) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Result<R, StoreError>>, StoreError>>,
 {
-    match together(documents).await {
+    match together(items).await {
         Ok(results) => results,
-        Err(error) if documents.len() == 1 => vec![Err(error)],
+        Err(error) if items.len() == 1 => vec![Err(error)],
         Err(error) => {
-            tracing::debug!(%error, documents = documents.len(), "batched persist failed; persisting one by one");
-            let mut results = Vec::with_capacity(documents.len());
-            for document in documents {
-                let one = together(std::slice::from_ref(document)).await;
+            tracing::debug!(%error, items = items.len(), "batched store call failed; trying each item alone");
+            let mut results = Vec::with_capacity(items.len());
+            for item in items {
+                let one = together(std::slice::from_ref(item)).await;
                 results.push(one.and_then(|mut r| r.pop().unwrap_or(Err(StoreError::Query("no result".into())))));
             }
             results
@@ -457,7 +454,15 @@ pub trait Store: Send + Sync {
     /// Looks a collection up by name.
     async fn collection(&self, name: &str) -> Result<Option<Collection>, StoreError>;
     /// Inserts the document or finds the existing one with the same `(collection, sha256)`.
-    async fn claim_document(&self, doc: &NewDocument) -> Result<Claim, StoreError>;
+    async fn claim_document(&self, doc: &NewDocument) -> Result<Claim, StoreError> {
+        let mut claims = self.claim_documents(std::slice::from_ref(doc)).await;
+        claims.pop().unwrap_or_else(|| Err(StoreError::Query("claim returned no result".into())))
+    }
+    /// [`Store::claim_document`] for several uploads with one commit: one result per upload, in
+    /// order, exactly as if each had been claimed alone in that order (the second of two uploads
+    /// of the same bytes finds the first's row). When the shared transaction fails, each is
+    /// claimed on its own.
+    async fn claim_documents(&self, docs: &[NewDocument]) -> Vec<Result<Claim, StoreError>>;
     /// Marks a document `failed` with a reason.
     async fn mark_failed(&self, document_id: i64, reason: &str) -> Result<(), StoreError>;
     /// Marks a document `no_text` (parsed fine, nothing to index).

@@ -1,5 +1,6 @@
 //! [`Store`] over PostgreSQL with a sized sqlx pool and embedded migrations.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,6 +26,111 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// Claims `docs` in one transaction with a fixed number of statements: one insert of every
+    /// new row, one lookup of the rows that were already there, and an update only for failed or
+    /// deleted documents taken over. A database error fails the whole call.
+    async fn claim_together(&self, docs: &[NewDocument]) -> Result<Vec<Result<Claim, StoreError>>, StoreError> {
+        let mut tx = self.begin().await?;
+        let column = |f: fn(&NewDocument) -> String| docs.iter().map(f).collect::<Vec<String>>();
+        let collections: Vec<i64> = docs.iter().map(|d| d.collection_id).collect();
+        let (shas, uploads) = (column(|d| d.sha256.clone()), column(|d| d.upload_id.clone()));
+        let rows = sqlx::query(
+            "INSERT INTO documents
+                 (collection_id, sha256, upload_id, filename, content_type, size_bytes, storage_path, metadata)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                                  $7::text[], $8::jsonb[])
+             ON CONFLICT (collection_id, sha256) DO NOTHING
+             RETURNING id, collection_id, sha256, upload_id",
+        )
+        .bind(&collections)
+        .bind(&shas)
+        .bind(&uploads)
+        .bind(column(|d| d.filename.clone()))
+        .bind(docs.iter().map(|d| d.content_type.clone()).collect::<Vec<Option<String>>>())
+        .bind(docs.iter().map(|d| d.size_bytes).collect::<Vec<i64>>())
+        .bind(column(|d| d.storage_path.clone()))
+        .bind(docs.iter().map(|d| d.metadata.clone()).collect::<Vec<serde_json::Value>>())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        // Of several uploads of the same bytes in one batch only the first row is inserted.
+        let mut inserted: HashMap<(i64, &str), (i64, String)> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let key = (
+                row.try_get::<i64, _>("collection_id").map_err(map_err)?,
+                row.try_get::<&str, _>("sha256").map_err(map_err)?,
+            );
+            inserted.insert(key, (row.try_get("id").map_err(map_err)?, row.try_get("upload_id").map_err(map_err)?));
+        }
+        let mut claims: Vec<Option<Claim>> = vec![None; docs.len()];
+        let mut first_taken = HashSet::new();
+        for (i, d) in docs.iter().enumerate() {
+            if let Some((id, upload)) = inserted.get(&(d.collection_id, d.sha256.as_str()))
+                && *upload == d.upload_id
+                && first_taken.insert((d.collection_id, d.sha256.as_str()))
+            {
+                claims[i] = Some(Claim::Process { document_id: *id });
+            }
+        }
+        if claims.iter().any(Option::is_none) {
+            let existing = sqlx::query(
+                "SELECT d.id, d.collection_id, d.sha256, d.status, d.upload_id, d.chunk_count::bigint AS chunks
+                 FROM documents d JOIN unnest($1::bigint[], $2::text[]) AS k (collection_id, sha256)
+                   ON d.collection_id = k.collection_id AND d.sha256 = k.sha256",
+            )
+            .bind(&collections)
+            .bind(&shas)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            let mut found = HashMap::with_capacity(existing.len());
+            for row in &existing {
+                let key = (
+                    row.try_get::<i64, _>("collection_id").map_err(map_err)?,
+                    row.try_get::<String, _>("sha256").map_err(map_err)?,
+                );
+                found.insert(key, row);
+            }
+            for (i, d) in docs.iter().enumerate() {
+                if claims[i].is_some() {
+                    continue;
+                }
+                let row = found.get(&(d.collection_id, d.sha256.clone())).ok_or_else(|| {
+                    StoreError::Query(format!(
+                        "document {} in collection {} vanished while claimed",
+                        d.sha256, d.collection_id
+                    ))
+                })?;
+                let document_id: i64 = row.try_get("id").map_err(map_err)?;
+                let status = status_of(row)?;
+                let owner: String = row.try_get("upload_id").map_err(map_err)?;
+                let chunks: i64 = row.try_get("chunks").map_err(map_err)?;
+                claims[i] = Some(match claim_existing(document_id, status, owner == d.upload_id, chunks) {
+                    Some(claim) => claim,
+                    None => {
+                        // Failed or deleted: this upload takes the document over and resumes it.
+                        sqlx::query(
+                            "UPDATE documents SET status = 'pending', failure_reason = NULL, deleted_at = NULL,
+                                 upload_id = $2, filename = $3, content_type = $4, metadata = $5, updated_at = now()
+                             WHERE id = $1 AND status IN ('failed', 'deleted')",
+                        )
+                        .bind(document_id)
+                        .bind(&d.upload_id)
+                        .bind(&d.filename)
+                        .bind(&d.content_type)
+                        .bind(&d.metadata)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                        Claim::Process { document_id }
+                    }
+                });
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(claims.into_iter().map(|c| c.ok_or_else(|| StoreError::Query("no claim".into()))).collect())
+    }
+
     /// Opens a pool sized from `[database]`.
     ///
     /// # Errors
@@ -287,61 +393,8 @@ impl Store for PgStore {
             .transpose()
     }
 
-    async fn claim_document(&self, doc: &NewDocument) -> Result<Claim, StoreError> {
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO documents
-                 (collection_id, sha256, upload_id, filename, content_type, size_bytes, storage_path, metadata)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (collection_id, sha256) DO NOTHING
-             RETURNING id",
-        )
-        .bind(doc.collection_id)
-        .bind(&doc.sha256)
-        .bind(&doc.upload_id)
-        .bind(&doc.filename)
-        .bind(&doc.content_type)
-        .bind(doc.size_bytes)
-        .bind(&doc.storage_path)
-        .bind(&doc.metadata)
-        .fetch_optional(&mut *self.conn().await?)
-        .await
-        .map_err(map_err)?;
-        if let Some(document_id) = inserted {
-            return Ok(Claim::Process { document_id });
-        }
-        let row = sqlx::query(
-            "SELECT id, status, upload_id, chunk_count::bigint AS chunks FROM documents
-             WHERE collection_id = $1 AND sha256 = $2",
-        )
-        .bind(doc.collection_id)
-        .bind(&doc.sha256)
-        .fetch_one(&mut *self.conn().await?)
-        .await
-        .map_err(map_err)?;
-        let document_id: i64 = row.try_get("id").map_err(map_err)?;
-        let status = status_of(&row)?;
-        let owner: String = row.try_get("upload_id").map_err(map_err)?;
-        let chunks: i64 = row.try_get("chunks").map_err(map_err)?;
-        match claim_existing(document_id, status, owner == doc.upload_id, chunks) {
-            Some(claim) => Ok(claim),
-            None => {
-                // Failed or deleted: this upload takes the document over and resumes it.
-                sqlx::query(
-                    "UPDATE documents SET status = 'pending', failure_reason = NULL, deleted_at = NULL,
-                         upload_id = $2, filename = $3, content_type = $4, metadata = $5, updated_at = now()
-                     WHERE id = $1 AND status IN ('failed', 'deleted')",
-                )
-                .bind(document_id)
-                .bind(&doc.upload_id)
-                .bind(&doc.filename)
-                .bind(&doc.content_type)
-                .bind(&doc.metadata)
-                .execute(&mut *self.conn().await?)
-                .await
-                .map_err(map_err)?;
-                Ok(Claim::Process { document_id })
-            }
-        }
+    async fn claim_documents(&self, docs: &[NewDocument]) -> Vec<Result<Claim, StoreError>> {
+        super::each_alone_on_failure(docs, |d| self.claim_together(d)).await
     }
 
     async fn mark_failed(&self, document_id: i64, reason: &str) -> Result<(), StoreError> {

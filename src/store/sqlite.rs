@@ -25,6 +25,17 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Claims `docs` in order in one write transaction; a database error fails the whole call.
+    async fn claim_together(&self, docs: &[NewDocument]) -> Result<Vec<Result<Claim, StoreError>>, StoreError> {
+        let mut tx = self.db.begin_write().await.map_err(map_err)?;
+        let mut claims = Vec::with_capacity(docs.len());
+        for doc in docs {
+            claims.push(Ok(claim_in(&mut tx, doc).await?));
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(claims)
+    }
+
     /// Persists `documents` in one transaction. A document refused for itself (deleted, another
     /// model) gets its error and the rest still commit; a database error fails the whole call.
     async fn persist_together(
@@ -224,66 +235,8 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn claim_document(&self, doc: &NewDocument) -> Result<Claim, StoreError> {
-        let metadata = serde_json::to_string(&doc.metadata).unwrap_or_else(|_| "{}".into());
-        let mut tx = self.db.begin_write().await.map_err(map_err)?;
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO documents
-                 (collection_id, sha256, upload_id, filename, content_type, size_bytes, storage_path, metadata)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (collection_id, sha256) DO NOTHING
-             RETURNING id",
-        )
-        .bind(doc.collection_id)
-        .bind(&doc.sha256)
-        .bind(&doc.upload_id)
-        .bind(&doc.filename)
-        .bind(&doc.content_type)
-        .bind(doc.size_bytes)
-        .bind(&doc.storage_path)
-        .bind(&metadata)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if let Some(document_id) = inserted {
-            tx.commit().await.map_err(map_err)?;
-            return Ok(Claim::Process { document_id });
-        }
-        let row = sqlx::query(
-            "SELECT id, status, upload_id, chunk_count FROM documents WHERE collection_id = ?1 AND sha256 = ?2",
-        )
-        .bind(doc.collection_id)
-        .bind(&doc.sha256)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let document_id: i64 = row.try_get("id").map_err(map_err)?;
-        let status = status_of(&row)?;
-        let owner: String = row.try_get("upload_id").map_err(map_err)?;
-        let chunks: i64 = row.try_get("chunk_count").map_err(map_err)?;
-        let claim = match claim_existing(document_id, status, owner == doc.upload_id, chunks) {
-            Some(claim) => claim,
-            None => {
-                // Failed or deleted: this upload takes the document over and resumes it.
-                sqlx::query(
-                    "UPDATE documents SET status = 'pending', failure_reason = NULL, deleted_at = NULL,
-                         upload_id = ?2, filename = ?3, content_type = ?4, metadata = ?5,
-                         updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                     WHERE id = ?1 AND status IN ('failed', 'deleted')",
-                )
-                .bind(document_id)
-                .bind(&doc.upload_id)
-                .bind(&doc.filename)
-                .bind(&doc.content_type)
-                .bind(&metadata)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                Claim::Process { document_id }
-            }
-        };
-        tx.commit().await.map_err(map_err)?;
-        Ok(claim)
+    async fn claim_documents(&self, docs: &[NewDocument]) -> Vec<Result<Claim, StoreError>> {
+        super::each_alone_on_failure(docs, |d| self.claim_together(d)).await
     }
 
     async fn mark_failed(&self, document_id: i64, reason: &str) -> Result<(), StoreError> {
@@ -866,4 +819,64 @@ async fn check_model(
             .map_err(map_err)?;
     }
     Ok(())
+}
+
+/// Claims one upload inside a write transaction (see [`Store::claim_document`]).
+async fn claim_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, doc: &NewDocument) -> Result<Claim, StoreError> {
+    let metadata = serde_json::to_string(&doc.metadata).unwrap_or_else(|_| "{}".into());
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO documents
+             (collection_id, sha256, upload_id, filename, content_type, size_bytes, storage_path, metadata)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (collection_id, sha256) DO NOTHING
+         RETURNING id",
+    )
+    .bind(doc.collection_id)
+    .bind(&doc.sha256)
+    .bind(&doc.upload_id)
+    .bind(&doc.filename)
+    .bind(&doc.content_type)
+    .bind(doc.size_bytes)
+    .bind(&doc.storage_path)
+    .bind(&metadata)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    if let Some(document_id) = inserted {
+        return Ok(Claim::Process { document_id });
+    }
+    let row = sqlx::query(
+        "SELECT id, status, upload_id, chunk_count FROM documents WHERE collection_id = ?1 AND sha256 = ?2",
+    )
+    .bind(doc.collection_id)
+    .bind(&doc.sha256)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    let document_id: i64 = row.try_get("id").map_err(map_err)?;
+    let status = status_of(&row)?;
+    let owner: String = row.try_get("upload_id").map_err(map_err)?;
+    let chunks: i64 = row.try_get("chunk_count").map_err(map_err)?;
+    let claim = match claim_existing(document_id, status, owner == doc.upload_id, chunks) {
+        Some(claim) => claim,
+        None => {
+            // Failed or deleted: this upload takes the document over and resumes it.
+            sqlx::query(
+                "UPDATE documents SET status = 'pending', failure_reason = NULL, deleted_at = NULL,
+                     upload_id = ?2, filename = ?3, content_type = ?4, metadata = ?5,
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE id = ?1 AND status IN ('failed', 'deleted')",
+            )
+            .bind(document_id)
+            .bind(&doc.upload_id)
+            .bind(&doc.filename)
+            .bind(&doc.content_type)
+            .bind(&metadata)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+            Claim::Process { document_id }
+        }
+    };
+    Ok(claim)
 }

@@ -1,6 +1,6 @@
 //! [`Store`] over PostgreSQL with a sized sqlx pool and embedded migrations.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,7 +40,7 @@ impl PgStore {
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
                                   $7::text[], $8::jsonb[])
              ON CONFLICT (collection_id, sha256) DO NOTHING
-             RETURNING id, collection_id, sha256, upload_id",
+             RETURNING id, collection_id, sha256",
         )
         .bind(&collections)
         .bind(&shas)
@@ -53,25 +53,22 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?;
-        // Of several uploads of the same bytes in one batch only the first row is inserted.
-        let mut inserted: HashMap<(i64, &str), (i64, String)> = HashMap::with_capacity(rows.len());
+        // A row inserted now is pending: every upload of those bytes in the batch processes it,
+        // as each would alone (persist settles who wins).
+        let mut inserted: HashMap<(i64, &str), i64> = HashMap::with_capacity(rows.len());
         for row in &rows {
             let key = (
                 row.try_get::<i64, _>("collection_id").map_err(map_err)?,
                 row.try_get::<&str, _>("sha256").map_err(map_err)?,
             );
-            inserted.insert(key, (row.try_get("id").map_err(map_err)?, row.try_get("upload_id").map_err(map_err)?));
+            inserted.insert(key, row.try_get("id").map_err(map_err)?);
         }
-        let mut claims: Vec<Option<Claim>> = vec![None; docs.len()];
-        let mut first_taken = HashSet::new();
-        for (i, d) in docs.iter().enumerate() {
-            if let Some((id, upload)) = inserted.get(&(d.collection_id, d.sha256.as_str()))
-                && *upload == d.upload_id
-                && first_taken.insert((d.collection_id, d.sha256.as_str()))
-            {
-                claims[i] = Some(Claim::Process { document_id: *id });
-            }
-        }
+        let mut claims: Vec<Option<Claim>> = docs
+            .iter()
+            .map(|d| {
+                inserted.get(&(d.collection_id, d.sha256.as_str())).map(|&document_id| Claim::Process { document_id })
+            })
+            .collect();
         if claims.iter().any(Option::is_none) {
             let existing = sqlx::query(
                 "SELECT d.id, d.collection_id, d.sha256, d.status, d.upload_id, d.chunk_count::bigint AS chunks
@@ -87,7 +84,7 @@ impl PgStore {
             for row in &existing {
                 let key = (
                     row.try_get::<i64, _>("collection_id").map_err(map_err)?,
-                    row.try_get::<String, _>("sha256").map_err(map_err)?,
+                    row.try_get::<&str, _>("sha256").map_err(map_err)?,
                 );
                 found.insert(key, row);
             }
@@ -95,7 +92,7 @@ impl PgStore {
                 if claims[i].is_some() {
                     continue;
                 }
-                let row = found.get(&(d.collection_id, d.sha256.clone())).ok_or_else(|| {
+                let row = found.get(&(d.collection_id, d.sha256.as_str())).ok_or_else(|| {
                     StoreError::Query(format!(
                         "document {} in collection {} vanished while claimed",
                         d.sha256, d.collection_id

@@ -36,28 +36,95 @@ impl SqliteStore {
         Ok(claims)
     }
 
-    /// Persists `documents` in one transaction. A document refused for itself (deleted, another
-    /// model) gets its error and the rest still commit; a database error fails the whole call.
+    /// Persists `documents` in one transaction, with a fixed number of statements whatever
+    /// their number, as PostgreSQL does: each statement is a round trip to sqlx's SQLite thread
+    /// (two thread switches), and per-document statements were most of what small documents
+    /// cost here. A document refused for itself (deleted, another model) gets its error and the
+    /// rest still commit; a database error fails the whole call.
     async fn persist_together(
         &self,
         model: &str,
         dimensions: usize,
         documents: &[DocumentChunks<'_>],
     ) -> Result<Vec<Result<Persisted, StoreError>>, StoreError> {
-        // Encode outside the write lock: the lock is held for the inserts only.
+        // Encode outside the write lock: the lock is held for the statements only.
         let embeddings: Vec<Vec<Vec<u8>>> =
             documents.iter().map(|d| d.chunks.iter().map(|c| encode_vector(&c.embedding)).collect()).collect();
-        let mut results = Vec::with_capacity(documents.len());
+        let mut results: Vec<Option<Result<Persisted, StoreError>>> = documents.iter().map(|_| None).collect();
+        let ids: Vec<i64> = documents.iter().map(|d| d.document_id).collect();
         let mut tx = self.db.begin_write().await.map_err(map_err)?;
-        for (document, embeddings) in documents.iter().zip(&embeddings) {
-            match persist_one(&mut tx, document, embeddings, model, dimensions).await {
-                Err(error @ (StoreError::Deleted(_) | StoreError::ModelMismatch { .. })) => results.push(Err(error)),
-                Err(error) => return Err(error),
-                Ok(persisted) => results.push(Ok(persisted)),
+        let rows = sqlx::query(
+            "SELECT d.id, d.status, d.collection_id, c.name, c.embedding_model, c.embedding_dimensions
+             FROM documents d JOIN collections c ON c.id = d.collection_id
+             WHERE d.id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_ids(&ids))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            found.insert(row.try_get::<i64, _>("id").map_err(map_err)?, row);
+        }
+        // Which documents get chunks now, with their collection; models fixed on first use.
+        let mut writes: Vec<(usize, i64)> = Vec::with_capacity(documents.len());
+        let mut admitted: Vec<i64> = Vec::new();
+        for (i, document) in documents.iter().enumerate() {
+            let Some(row) = found.get(&document.document_id) else {
+                results[i] = Some(Err(StoreError::Query(format!("document {} does not exist", document.document_id))));
+                continue;
+            };
+            let collection_id: i64 = row.try_get("collection_id").map_err(map_err)?;
+            match status_of(row)? {
+                DocumentStatus::Ingested => {
+                    let stored = read_vectors(&mut tx, document.document_id, dimensions).await?;
+                    results[i] = Some(Ok(Persisted { inserted: false, stored }));
+                    continue;
+                }
+                DocumentStatus::Deleted => {
+                    results[i] = Some(Err(StoreError::Deleted(document.document_id)));
+                    continue;
+                }
+                _ => {}
+            }
+            let stored = StoredModel {
+                collection: row.try_get("name").map_err(map_err)?,
+                model: row.try_get("embedding_model").map_err(map_err)?,
+                dimensions: row.try_get("embedding_dimensions").map_err(map_err)?,
+            };
+            match admit_model(stored, model, dimensions) {
+                Ok(first_use) => {
+                    if first_use && !admitted.contains(&collection_id) {
+                        admitted.push(collection_id);
+                    }
+                    writes.push((i, collection_id));
+                }
+                Err(error) => results[i] = Some(Err(error)),
             }
         }
+        if !admitted.is_empty() {
+            sqlx::query(
+                "UPDATE collections SET embedding_model = ?2, embedding_dimensions = ?3
+                 WHERE id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(json_ids(&admitted))
+            .bind(model)
+            .bind(i32::try_from(dimensions).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        let stored = insert_batch(&mut tx, model, documents, &embeddings, &writes).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(results)
+        for (&(i, _), chunk_ids) in writes.iter().zip(stored) {
+            let chunks = documents[i].chunks;
+            let mut vectors = Vec::with_capacity(chunks.len() * dimensions);
+            for chunk in chunks {
+                vectors.extend_from_slice(&chunk.embedding);
+            }
+            results[i] = Some(Ok(Persisted { inserted: true, stored: StoredVectors { ids: chunk_ids, vectors } }));
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::Query("no result".into())))).collect())
     }
 
     /// The store in an opened (and migrated) embedded database.
@@ -111,87 +178,93 @@ fn status_of(row: &SqliteRow) -> Result<DocumentStatus, StoreError> {
     text.parse().map_err(StoreError::Query)
 }
 
-/// One document's part of [`SqliteStore::persist_together`]; refuses before writing anything.
-async fn persist_one(
+/// Chunk rows per `INSERT` statement: 12 parameters each, well under SQLite's limit of 32,766.
+const CHUNK_ROWS_PER_INSERT: usize = 1000;
+
+/// Writes the chunks of the documents in `writes` (index into `documents`, collection id):
+/// leftovers of earlier uploads removed, chunks inserted, documents marked ingested, one index
+/// log entry per document. Returns each written document's chunk ids in ordinal order.
+async fn insert_batch(
     tx: &mut Transaction<'_, Sqlite>,
-    document: &DocumentChunks<'_>,
-    embeddings: &[Vec<u8>],
     model: &str,
-    dimensions: usize,
-) -> Result<Persisted, StoreError> {
-    let DocumentChunks { document_id, chunks } = *document;
-    let doc = sqlx::query(
-        "SELECT d.status, d.collection_id, c.name, c.embedding_model, c.embedding_dimensions
-         FROM documents d JOIN collections c ON c.id = d.collection_id
-         WHERE d.id = ?1",
-    )
-    .bind(document_id)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(map_err)?;
-    let collection_id: i64 = doc.try_get("collection_id").map_err(map_err)?;
-    match status_of(&doc)? {
-        DocumentStatus::Ingested => {
-            let stored = read_vectors(tx, document_id, dimensions).await?;
-            return Ok(Persisted { inserted: false, stored });
-        }
-        DocumentStatus::Deleted => return Err(StoreError::Deleted(document_id)),
-        _ => {}
+    documents: &[DocumentChunks<'_>],
+    embeddings: &[Vec<Vec<u8>>],
+    writes: &[(usize, i64)],
+) -> Result<Vec<Vec<i64>>, StoreError> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
     }
-    check_model(tx, &doc, collection_id, model, dimensions).await?;
-    // Leftovers of a document that was deleted and is now uploaded again.
-    sqlx::query("DELETE FROM chunks WHERE document_id = ?1")
-        .bind(document_id)
+    let document_ids: Vec<i64> = writes.iter().map(|&(i, _)| documents[i].document_id).collect();
+    // Leftovers of documents that were deleted and are now uploaded again.
+    sqlx::query("DELETE FROM chunks WHERE document_id IN (SELECT value FROM json_each(?1))")
+        .bind(json_ids(&document_ids))
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
-    let mut ids = Vec::with_capacity(chunks.len());
-    for (chunk, embedding) in chunks.iter().zip(embeddings) {
-        let id: i64 = sqlx::query_scalar(
+    let rows: Vec<_> = writes
+        .iter()
+        .flat_map(|&(i, collection_id)| {
+            let document_id = documents[i].document_id;
+            documents[i].chunks.iter().zip(&embeddings[i]).map(move |(c, e)| (document_id, collection_id, c, e))
+        })
+        .collect();
+    let mut by_document: std::collections::HashMap<i64, Vec<(i32, i64)>> = std::collections::HashMap::new();
+    for part in rows.chunks(CHUNK_ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
             "INSERT INTO chunks (document_id, collection_id, model, ordinal, text, token_count, char_start,
-                                 char_end, page_start, page_end, heading_path, embedding)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-             RETURNING id",
-        )
-        .bind(document_id)
-        .bind(collection_id)
-        .bind(model)
-        .bind(chunk.ordinal)
-        .bind(&chunk.text)
-        .bind(chunk.token_count)
-        .bind(chunk.char_start)
-        .bind(chunk.char_end)
-        .bind(chunk.page_start)
-        .bind(chunk.page_end)
-        .bind(&chunk.heading_path)
-        .bind(embedding)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(map_err)?;
-        ids.push((chunk.ordinal, id));
+                                 char_end, page_start, page_end, heading_path, embedding) ",
+        );
+        insert.push_values(part, |mut row, &(document_id, collection_id, c, embedding)| {
+            row.push_bind(document_id)
+                .push_bind(collection_id)
+                .push_bind(model)
+                .push_bind(c.ordinal)
+                .push_bind(c.text.as_str())
+                .push_bind(c.token_count)
+                .push_bind(c.char_start)
+                .push_bind(c.char_end)
+                .push_bind(c.page_start)
+                .push_bind(c.page_end)
+                .push_bind(c.heading_path.as_deref())
+                .push_bind(embedding.as_slice());
+        });
+        insert.push(" RETURNING id, document_id, ordinal");
+        for row in insert.build().fetch_all(&mut **tx).await.map_err(map_err)? {
+            let document_id: i64 = row.try_get("document_id").map_err(map_err)?;
+            let entry = (row.try_get("ordinal").map_err(map_err)?, row.try_get("id").map_err(map_err)?);
+            by_document.entry(document_id).or_default().push(entry);
+        }
     }
+    let counts: Vec<[i64; 2]> =
+        writes.iter().map(|&(i, _)| [documents[i].document_id, documents[i].chunks.len() as i64]).collect();
     sqlx::query(
-        "UPDATE documents SET status = 'ingested', chunk_count = ?2, failure_reason = NULL,
+        "UPDATE documents SET status = 'ingested', chunk_count = json_extract(u.value, '$[1]'),
+             failure_reason = NULL,
              ingested_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
              updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-         WHERE id = ?1",
+         FROM json_each(?1) AS u WHERE documents.id = json_extract(u.value, '$[0]')",
     )
-    .bind(document_id)
-    .bind(i32::try_from(chunks.len()).unwrap_or(i32::MAX))
+    .bind(serde_json::to_string(&counts).unwrap_or_else(|_| "[]".into()))
     .execute(&mut **tx)
     .await
     .map_err(map_err)?;
-    ids.sort_unstable();
-    let chunk_ids: Vec<i64> = ids.iter().map(|(_, id)| *id).collect();
-    append_log(tx, collection_id, LogOp::Add, &chunk_ids).await?;
-    let mut vectors = Vec::with_capacity(chunks.len() * dimensions);
-    for chunk in chunks {
-        vectors.extend_from_slice(&chunk.embedding);
+    let stored: Vec<Vec<i64>> = document_ids
+        .iter()
+        .map(|id| {
+            let mut ids = by_document.remove(id).unwrap_or_default();
+            ids.sort_unstable();
+            ids.into_iter().map(|(_, id)| id).collect()
+        })
+        .collect();
+    let entries: Vec<_> = writes.iter().map(|&(_, collection_id)| collection_id).zip(&stored).collect();
+    for part in entries.chunks(CHUNK_ROWS_PER_INSERT) {
+        let mut log = sqlx::QueryBuilder::<Sqlite>::new("INSERT INTO index_log (collection_id, op, chunk_ids) ");
+        log.push_values(part, |mut row, &(collection_id, chunk_ids)| {
+            row.push_bind(collection_id).push_bind(LogOp::Add.as_str()).push_bind(json_ids(chunk_ids));
+        });
+        log.build().execute(&mut **tx).await.map_err(map_err)?;
     }
-    Ok(Persisted {
-        inserted: true,
-        stored: StoredVectors { ids: ids.into_iter().map(|(_, id)| id).collect(), vectors },
-    })
+    Ok(stored)
 }
 
 async fn read_vectors(
@@ -793,31 +866,6 @@ async fn append_log(
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
-    Ok(())
-}
-
-/// Fixes the collection's model on first use and refuses any other model or dimension after.
-async fn check_model(
-    tx: &mut Transaction<'_, Sqlite>,
-    doc: &SqliteRow,
-    collection_id: i64,
-    model: &str,
-    dimensions: usize,
-) -> Result<(), StoreError> {
-    let stored = StoredModel {
-        collection: doc.try_get("name").map_err(map_err)?,
-        model: doc.try_get("embedding_model").map_err(map_err)?,
-        dimensions: doc.try_get("embedding_dimensions").map_err(map_err)?,
-    };
-    if admit_model(stored, model, dimensions)? {
-        sqlx::query("UPDATE collections SET embedding_model = ?2, embedding_dimensions = ?3 WHERE id = ?1")
-            .bind(collection_id)
-            .bind(model)
-            .bind(i32::try_from(dimensions).unwrap_or(i32::MAX))
-            .execute(&mut **tx)
-            .await
-            .map_err(map_err)?;
-    }
     Ok(())
 }
 

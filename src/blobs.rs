@@ -1,4 +1,10 @@
-//! Content-addressable storage of original bytes: `<root>/ab/cd/<sha256>`.
+//! Content-addressable storage of original bytes: `<root>/ab/<sha256>`.
+//!
+//! One level of 256 fan-out folders, as git keeps its objects: a second level (`ab/cd/`) made
+//! almost every small document create a folder (a new inode: 6 % of the embedded worker's CPU
+//! samples under `perf` in `benches/small_docs.sh`); 256 folders hold millions of blobs (ext4
+//! and XFS index large folders). Blobs written under the older `ab/cd/` layout stay where they
+//! are: documents keep the path they were stored at.
 //!
 //! The name is the full hash, never the upload's file name (the seed article stored files under
 //! their names and two uploads of `report.pdf` overwrote each other). Writes are atomic: temp
@@ -21,9 +27,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
-    /// Fan-out directories known to exist (at most 65,536): creating one again is a syscall
-    /// per blob that contends on the parent directory, a measurable share of small-document
-    /// ingest.
+    /// Fan-out directories known to exist (at most 256): creating one again is a syscall per
+    /// blob that contends on the parent directory.
     made: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
@@ -35,8 +40,7 @@ impl BlobStore {
 
     /// Where the blob with this hash lives (whether or not it exists).
     pub fn path_of(&self, sha256: &str) -> PathBuf {
-        let (a, b) = (&sha256[..2.min(sha256.len())], &sha256[2.min(sha256.len())..4.min(sha256.len())]);
-        self.root.join(a).join(b).join(sha256)
+        self.root.join(&sha256[..2.min(sha256.len())]).join(sha256)
     }
 
     /// Stores `bytes` under their hash unless already present; returns the path.
@@ -82,7 +86,7 @@ mod tests {
         let store = BlobStore::new(dir.path());
         let hash = sha256_hex(b"hello");
         let path = store.put(&hash, b"hello").expect("put");
-        assert!(path.ends_with(format!("2c/f2/{hash}")));
+        assert!(path.ends_with(format!("2c/{hash}")));
         assert_eq!(std::fs::read(&path).expect("read"), b"hello");
         assert_eq!(store.put(&hash, b"hello").expect("again"), path);
     }

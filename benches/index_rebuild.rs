@@ -94,6 +94,7 @@ async fn load(store: &dyn Store, collection: &ragpipe::store::Collection, target
             content_type: None,
             size_bytes: 1,
             storage_path: String::new(),
+            content: None,
             metadata: serde_json::json!({}),
         };
         let Claim::Process { document_id } = store.claim_document(&doc).await.expect("claim") else {

@@ -97,6 +97,8 @@ pub struct IngestContext {
     pub events: Arc<dyn EventBus>,
     /// Original bytes.
     pub blobs: BlobStore,
+    /// Uploads up to this size keep their bytes in the store instead of `blobs`.
+    pub in_database_max_bytes: usize,
     /// Embeddings.
     pub embedding: Arc<EmbeddingService>,
     /// Vector indexes.
@@ -210,6 +212,7 @@ impl Services {
             uploads: self.queue.uploads.clone(),
             events: self.queue.events.clone(),
             blobs: self.blobs.clone(),
+            in_database_max_bytes: self.settings.storage.in_database_max_bytes,
             embedding: self.embedding.clone(),
             indexes: self.indexes.clone(),
             sandbox: self.sandbox.clone(),

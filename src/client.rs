@@ -188,6 +188,20 @@ pub fn upload_for_file(
     Ok(upload)
 }
 
+/// Builds an inline (`content_b64`) upload of `bytes` named `filename`.
+pub fn upload_for_bytes(filename: &str, bytes: &[u8], collection: &CollectionName) -> UploadMessage {
+    UploadMessage {
+        v: VERSION,
+        upload_id: uuid::Uuid::new_v4().to_string(),
+        collection: collection.clone(),
+        filename: filename.to_owned(),
+        content_type: guess_content_type(Path::new(filename)).map(str::to_owned),
+        uri: None,
+        content_b64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        metadata: BTreeMap::new(),
+    }
+}
+
 /// One line of a `ragpipe ingest --from-jsonl` manifest: a file (`path`, relative to the
 /// manifest's directory) or a `uri` the worker fetches, with the metadata to store with it.
 #[derive(Debug, Clone, serde::Deserialize)]

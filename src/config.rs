@@ -194,6 +194,10 @@ pub struct StorageSettings {
     /// environment also a JSON array (`["/a", "/b"]`) or a comma-separated list (`/a,/b`).
     #[serde(deserialize_with = "path_list")]
     pub allowed_roots: Vec<PathBuf>,
+    /// Uploads of at most this many bytes keep their original bytes in their document's row
+    /// (committed with it) instead of a file of the blob store: a file costs a small document
+    /// more than everything else it does (an inode, two fsyncs). 0 = every upload gets a file.
+    pub in_database_max_bytes: usize,
 }
 
 /// A list of paths given as a list, a JSON array in a string, or a comma-separated string.
@@ -228,7 +232,12 @@ fn path_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Pa
 
 impl Default for StorageSettings {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("data"), root: None, allowed_roots: Vec::new() }
+        Self {
+            data_dir: PathBuf::from("data"),
+            root: None,
+            allowed_roots: Vec::new(),
+            in_database_max_bytes: 64 * 1024,
+        }
     }
 }
 

@@ -371,7 +371,9 @@ async fn failed_documents_are_sent_again_from_their_stored_bytes_once_the_cause_
     let dir = env.inbox().join("strict");
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("one.txt"), "A first document, longer than the strict limit allows.").expect("write");
-    std::fs::write(dir.join("two.txt"), "A second document, also longer than the strict limit.").expect("write");
+    // Large enough for the blob store; the first is small enough to be kept in its row.
+    let two = "A second document, also longer than the strict limit.\n".repeat(1400);
+    std::fs::write(dir.join("two.txt"), two).expect("write");
 
     // Too strict a limit: both fail for good.
     let output = Command::new(bin())
@@ -395,6 +397,7 @@ async fn failed_documents_are_sent_again_from_their_stored_bytes_once_the_cause_
             dead["latest"].as_array().expect("latest").iter().filter_map(|l| l["filename"].as_str()).collect();
         assert_eq!(latest.len(), 2, "{status}");
     }
+    assert_eq!(env.count("SELECT count(*) FROM documents WHERE content IS NOT NULL").await, 1, "one.txt in its row");
     // The files are gone from where they were: the stored bytes are what is sent again.
     std::fs::remove_dir_all(&dir).expect("remove");
 

@@ -69,6 +69,7 @@ async fn add_document(store: &dyn Store, collection: &Collection, model: &str, n
         content_type: None,
         size_bytes: 1,
         storage_path: String::new(),
+        content: None,
         metadata: serde_json::json!({}),
     };
     let Claim::Process { document_id } = store.claim_document(&doc).await.expect("claim") else { panic!("new") };

@@ -77,6 +77,7 @@ async fn store_vectors(
             content_type: Some("text/plain".into()),
             size_bytes: 100,
             storage_path: String::new(),
+            content: None,
             metadata: serde_json::json!({}),
         };
         let Claim::Process { document_id } = store.claim_document(&doc).await.expect("claim") else {

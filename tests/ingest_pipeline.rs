@@ -77,8 +77,13 @@ async fn twenty_text_and_markdown_files_are_ingested_and_unique_facts_are_found(
     assert_eq!(env.count("SELECT count(*) FROM documents WHERE status = 'ingested'").await, 20);
     let chunks = env.count("SELECT sum(chunk_count) FROM documents WHERE status = 'ingested'").await;
     assert_eq!(env.count("SELECT count(*) FROM chunks").await, chunks);
-    let blobs = walk_count(&env.settings.storage.blob_root());
-    assert_eq!(blobs, 20, "one content-addressed blob per distinct file");
+    // Each distinct file's bytes are kept once: a file in the blob store when large, in its
+    // document's row when small.
+    let limit = env.settings.storage.in_database_max_bytes as u64;
+    let large = files.iter().filter(|f| std::fs::metadata(f).expect("size").len() > limit).count();
+    assert!(large > 0 && large < 20, "the corpus has both sizes: {large} large");
+    assert_eq!(walk_count(&env.settings.storage.blob_root()), large, "one blob per large file");
+    assert_eq!(env.count("SELECT count(*) FROM documents WHERE content IS NOT NULL").await, (20 - large) as i64);
     worker.stop().await;
 }
 

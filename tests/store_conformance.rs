@@ -34,6 +34,7 @@ fn document(collection_id: i64, byte: u8, upload: &str) -> NewDocument {
         content_type: Some("text/plain".into()),
         size_bytes: 42,
         storage_path: "/blobs/x".into(),
+        content: None,
         metadata: serde_json::json!({"team": "ops"}),
     }
 }
@@ -157,6 +158,17 @@ async fn a_failed_document_is_resumed_by_the_next_upload_and_never_downgraded(en
     assert_eq!((f.content_type.as_deref(), &f.metadata), (Some("text/plain"), &serde_json::json!({"team": "ops"})));
     assert_eq!(store.failed_documents(Some("resume")).await.expect("by collection").len(), 1);
     assert!(store.failed_documents(Some("elsewhere")).await.expect("other collection").is_empty());
+    assert_eq!(f.content, None, "its bytes are in the blob store");
+    // A small upload's bytes kept in its row come back with it, byte for byte.
+    let bytes: Vec<u8> = (0..=255).chain([0, 255, 0]).collect();
+    let small =
+        NewDocument { storage_path: String::new(), content: Some(bytes.clone().into()), ..document(c.id, 9, "small") };
+    let small_id = process(store.as_ref(), &small).await;
+    store.mark_failed(small_id, "timed_out").await.expect("fail small");
+    let failed = store.failed_documents(Some("resume")).await.expect("failed documents");
+    let f = failed.iter().find(|f| f.document_id == small_id).expect("small listed");
+    assert_eq!((f.storage_path.as_str(), f.content.as_deref()), ("", Some(bytes.as_slice())));
+    assert_eq!(process(store.as_ref(), &document(c.id, 9, "small-again")).await, small_id);
     // The next upload of the bytes takes the document over.
     assert_eq!(process(store.as_ref(), &document(c.id, 2, "second")).await, id);
     assert!(store.failed_documents(None).await.expect("failed documents").is_empty(), "taken over: not failed");

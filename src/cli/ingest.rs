@@ -189,7 +189,10 @@ impl Source {
                 Some(path) => manifest.parent().unwrap_or(std::path::Path::new(".")).join(path),
                 None => return 0,
             },
-            Source::Failed(doc) => PathBuf::from(&doc.storage_path),
+            Source::Failed(doc) => match &doc.content {
+                Some(bytes) => return bytes.len() as u64,
+                None => PathBuf::from(&doc.storage_path),
+            },
         };
         std::fs::metadata(path).map_or(0, |m| m.len())
     }
@@ -202,11 +205,17 @@ impl Source {
                 entry.to_upload(base, collection, policy).with_context(|| self.to_string())?
             }
             Source::Failed(doc) => {
-                let path = std::path::Path::new(&doc.storage_path);
                 let own = CollectionName::new(doc.collection.as_str())?;
-                let mut upload = client::upload_for_file(path, &own, policy).with_context(|| {
-                    format!("reading the stored bytes of {self} (run this where the worker's blob store is)")
-                })?;
+                let mut upload = match &doc.content {
+                    // Kept in the store: sent inline, from anywhere.
+                    Some(bytes) => client::upload_for_bytes(&doc.filename, bytes, &own),
+                    None => {
+                        let path = std::path::Path::new(&doc.storage_path);
+                        client::upload_for_file(path, &own, policy).with_context(|| {
+                            format!("reading the stored bytes of {self} (run this where the worker's blob store is)")
+                        })?
+                    }
+                };
                 upload.filename.clone_from(&doc.filename);
                 upload.content_type.clone_from(&doc.content_type);
                 if let serde_json::Value::Object(metadata) = &doc.metadata {

@@ -27,12 +27,13 @@ fn failed(job: Job, doc: Option<Doc>, failure: impl Into<Failure>) -> Failed {
     Failed { job, doc, failure: failure.into() }
 }
 
-/// An upload whose bytes are fetched and stored by hash, waiting for its document row.
+/// An upload whose bytes are fetched (and stored by hash, unless small enough to go into its
+/// document row with the claim), waiting for its document row.
 pub(crate) struct Fetched {
     job: Job,
     collection: Collection,
     new: NewDocument,
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
     /// Counts the upload in the dedup stage until it is claimed.
     timer: metrics::StageTimer,
 }
@@ -43,17 +44,22 @@ impl super::HasJob for Fetched {
     }
 }
 
-/// Fetches the bytes and stores them by hash (the first half of dedup; [`claim`] is the other).
+/// Fetches the bytes and stores them by hash, or keeps small ones for the claim to store with
+/// the row (the first half of dedup; [`claim`] is the other).
 pub(crate) async fn fetch(s: &Arc<IngestContext>, job: Job) -> Result<Option<Fetched>, Failed> {
     let timer = metrics::stage("dedup");
     let (upload, policy, blobs) = (job.upload.clone(), s.fetch_policy.clone(), s.blobs.clone());
+    let in_database_max = s.in_database_max_bytes;
     let fetched = tokio::task::spawn_blocking(move || {
-        let bytes = crate::fetch::fetch(&upload, &policy)?;
+        let bytes: Arc<[u8]> = crate::fetch::fetch(&upload, &policy)?.into();
         let sha256 = sha256_hex(&bytes);
+        if bytes.len() <= in_database_max {
+            return Ok((bytes, sha256, None));
+        }
         let path = blobs
             .put(&sha256, &bytes)
             .map_err(|e| Failure::transient("storage", format!("cannot store the original bytes: {e}")))?;
-        Ok::<_, Failure>((bytes, sha256, path))
+        Ok::<_, Failure>((bytes, sha256, Some(path)))
     })
     .await;
     let (bytes, sha256, path) = match fetched {
@@ -72,7 +78,8 @@ pub(crate) async fn fetch(s: &Arc<IngestContext>, job: Job) -> Result<Option<Fet
         filename: job.upload.filename.clone(),
         content_type: job.upload.content_type.clone(),
         size_bytes: bytes.len() as i64,
-        storage_path: path.to_string_lossy().into_owned(),
+        storage_path: path.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        content: path.is_none().then(|| bytes.clone()),
         metadata: serde_json::to_value(&job.upload.metadata).unwrap_or_default(),
     };
     Ok(Some(Fetched { job, collection, new, bytes, timer }))
@@ -108,7 +115,7 @@ pub(crate) async fn claim(
                 Claim::Process { .. } => {
                     // Fails only when the next stage is gone (shutdown); the unacked message
                     // then goes back to the queue.
-                    let _ = next.send(Work { job, doc, data: Arc::from(bytes) }).await;
+                    let _ = next.send(Work { job, doc, data: bytes }).await;
                 }
                 Claim::Duplicate { chunks, status, .. } => f.succeed(job, &doc, chunks, true, status).await,
                 Claim::AlreadyDone { chunks, status, .. } => {

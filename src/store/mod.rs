@@ -87,8 +87,11 @@ pub struct NewDocument {
     pub content_type: Option<String>,
     /// Size in bytes.
     pub size_bytes: i64,
-    /// Where the bytes are kept (content-addressable path).
+    /// Where the bytes are kept (content-addressable path); empty when `content` holds them.
     pub storage_path: String,
+    /// The bytes themselves, for a small upload: kept in the document's row and committed with
+    /// its claim, so it needs no file of its own (see `[storage] in_database_max_bytes`).
+    pub content: Option<std::sync::Arc<[u8]>>,
     /// Upload metadata.
     pub metadata: serde_json::Value,
 }
@@ -369,8 +372,10 @@ pub struct FailedDocument {
     pub filename: String,
     /// The declared content type.
     pub content_type: Option<String>,
-    /// Where its original bytes are (the blob store).
+    /// Where its original bytes are (the blob store); empty when `content` holds them.
     pub storage_path: String,
+    /// Its original bytes, when kept in the store (a small upload).
+    pub content: Option<Vec<u8>>,
     /// The metadata it was uploaded with.
     pub metadata: serde_json::Value,
     /// Why it failed.

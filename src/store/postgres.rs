@@ -36,9 +36,10 @@ impl PgStore {
         let (shas, uploads) = (column(|d| d.sha256.clone()), column(|d| d.upload_id.clone()));
         let rows = sqlx::query(
             "INSERT INTO documents
-                 (collection_id, sha256, upload_id, filename, content_type, size_bytes, storage_path, metadata)
+                 (collection_id, sha256, upload_id, filename, content_type, size_bytes, storage_path, metadata,
+                  content)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
-                                  $7::text[], $8::jsonb[])
+                                  $7::text[], $8::jsonb[], $9::bytea[])
              ON CONFLICT (collection_id, sha256) DO NOTHING
              RETURNING id, collection_id, sha256",
         )
@@ -50,6 +51,7 @@ impl PgStore {
         .bind(docs.iter().map(|d| d.size_bytes).collect::<Vec<i64>>())
         .bind(column(|d| d.storage_path.clone()))
         .bind(docs.iter().map(|d| d.metadata.clone()).collect::<Vec<serde_json::Value>>())
+        .bind(docs.iter().map(|d| d.content.as_deref()).collect::<Vec<Option<&[u8]>>>())
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?;
@@ -655,7 +657,7 @@ impl Store for PgStore {
 
     async fn failed_documents(&self, collection: Option<&str>) -> Result<Vec<FailedDocument>, StoreError> {
         let rows = sqlx::query(
-            "SELECT d.id, c.name, d.filename, d.content_type, d.storage_path, d.metadata, d.failure_reason
+            "SELECT d.id, c.name, d.filename, d.content_type, d.storage_path, d.content, d.metadata, d.failure_reason
              FROM documents d JOIN collections c ON c.id = d.collection_id
              WHERE d.status = 'failed' AND ($1 IS NULL OR c.name = $1)
              ORDER BY d.id",
@@ -672,6 +674,7 @@ impl Store for PgStore {
                     filename: row.try_get("filename").map_err(map_err)?,
                     content_type: row.try_get("content_type").map_err(map_err)?,
                     storage_path: row.try_get("storage_path").map_err(map_err)?,
+                    content: row.try_get("content").map_err(map_err)?,
                     metadata: row.try_get("metadata").map_err(map_err)?,
                     failure_reason: row.try_get("failure_reason").map_err(map_err)?,
                 })

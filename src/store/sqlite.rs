@@ -582,7 +582,7 @@ impl Store for SqliteStore {
 
     async fn failed_documents(&self, collection: Option<&str>) -> Result<Vec<FailedDocument>, StoreError> {
         let rows = sqlx::query(
-            "SELECT d.id, c.name, d.filename, d.content_type, d.storage_path, d.metadata, d.failure_reason
+            "SELECT d.id, c.name, d.filename, d.content_type, d.storage_path, d.content, d.metadata, d.failure_reason
              FROM documents d JOIN collections c ON c.id = d.collection_id
              WHERE d.status = 'failed' AND (?1 IS NULL OR c.name = ?1)
              ORDER BY d.id",
@@ -599,6 +599,7 @@ impl Store for SqliteStore {
                     filename: row.try_get("filename").map_err(map_err)?,
                     content_type: row.try_get("content_type").map_err(map_err)?,
                     storage_path: row.try_get("storage_path").map_err(map_err)?,
+                    content: row.try_get("content").map_err(map_err)?,
                     metadata: serde_json::from_str(&row.try_get::<String, _>("metadata").map_err(map_err)?)
                         .unwrap_or_default(),
                     failure_reason: row.try_get("failure_reason").map_err(map_err)?,
@@ -874,8 +875,8 @@ async fn claim_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, doc: &NewDocumen
     let metadata = serde_json::to_string(&doc.metadata).unwrap_or_else(|_| "{}".into());
     let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO documents
-             (collection_id, sha256, upload_id, filename, content_type, size_bytes, storage_path, metadata)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             (collection_id, sha256, upload_id, filename, content_type, size_bytes, storage_path, metadata, content)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (collection_id, sha256) DO NOTHING
          RETURNING id",
     )
@@ -887,6 +888,7 @@ async fn claim_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, doc: &NewDocumen
     .bind(doc.size_bytes)
     .bind(&doc.storage_path)
     .bind(&metadata)
+    .bind(doc.content.as_deref())
     .fetch_optional(&mut **tx)
     .await
     .map_err(map_err)?;

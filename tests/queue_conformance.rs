@@ -11,6 +11,7 @@ use ragpipe::queue::{DeadLetterReason, Deliveries, Delivery, Queue};
 
 on_both_backends!(
     a_published_upload_is_delivered_once_and_gone_after_its_ack,
+    uploads_published_together_are_each_delivered_once,
     an_upload_handed_back_is_delivered_again_after_its_delay,
     an_upload_whose_consumer_went_away_unsettled_is_delivered_again,
     a_dead_lettered_upload_keeps_its_reason,
@@ -45,6 +46,26 @@ async fn a_published_upload_is_delivered_once_and_gone_after_its_ack(env: TestEn
     assert!(nothing_within(&mut deliveries, Duration::from_millis(500)).await, "acked means gone");
     let depths = queue.uploads.depths().await.expect("depths");
     assert_eq!((depths.ingest, depths.dead), (0, 0));
+}
+
+async fn uploads_published_together_are_each_delivered_once(env: TestEnv) {
+    let queue = env.queue().await;
+    queue.uploads.publish_all(&[]).await.expect("nothing to publish");
+    let bodies: Vec<Vec<u8>> = (0..150).map(|i| format!("upload {i}").into_bytes()).collect();
+    queue.uploads.publish_all(&bodies).await.expect("publish all");
+    assert_eq!(queue.uploads.depths().await.expect("depths").ingest, 150, "all durable on return");
+    let mut deliveries = queue.uploads.consume().await.expect("consume");
+    let mut got = Vec::new();
+    while got.len() < bodies.len() {
+        let delivery = next(&mut deliveries).await;
+        got.push(delivery.body.clone());
+        delivery.ack().await.expect("ack");
+    }
+    got.sort();
+    let mut want = bodies;
+    want.sort();
+    assert_eq!(got, want, "each once");
+    assert!(nothing_within(&mut deliveries, Duration::from_millis(500)).await, "and no more");
 }
 
 async fn an_upload_handed_back_is_delivered_again_after_its_delay(env: TestEnv) {

@@ -27,8 +27,10 @@ use crate::queue::{self, QueueKind};
 use crate::store;
 use crate::worker::{self, Role};
 
-/// Uploads published but not yet confirmed, at most.
-const PUBLISH_WINDOW: usize = 64;
+/// Uploads published together (one commit of the embedded queue; confirms awaited together).
+const PUBLISH_BATCH: usize = 64;
+/// Batches published but not yet confirmed, at most.
+const PUBLISH_WINDOW: usize = 2;
 
 /// Arguments of `ragpipe ingest`.
 #[derive(Debug, clap::Args)]
@@ -130,20 +132,27 @@ pub async fn run(args: Args, settings: Settings) -> anyhow::Result<ExitCode> {
     let mut pending = Vec::with_capacity(sources.len());
     let mut names = std::collections::HashMap::new();
     let mut sizes = std::collections::HashMap::new();
-    // Publishes are pipelined: up to PUBLISH_WINDOW await their confirms at once, instead of a
-    // broker round trip per file. Each is still confirmed (durable) before this command ends.
+    // Publishes go in batches, pipelined: up to PUBLISH_WINDOW batches await their confirms at
+    // once, instead of a round trip (or an embedded commit) per file. Each is still confirmed
+    // (durable) before this command ends.
     let mut confirming = FuturesUnordered::new();
-    for source in &sources {
+    for batch in sources.chunks(PUBLISH_BATCH) {
         if interrupted.is_cancelled() {
             break;
         }
-        let upload = source.upload(&collection, &policy)?;
-        let body = messages::encode(&upload);
+        let mut bodies = Vec::with_capacity(batch.len());
+        for source in batch {
+            let upload = source.upload(&collection, &policy)?;
+            bodies.push(messages::encode(&upload));
+            names.insert(upload.upload_id.clone(), source.to_string());
+            sizes.insert(upload.upload_id.clone(), source.size());
+            pending.push(upload.upload_id);
+        }
         let uploads = &queue.uploads;
-        confirming.push(async move { uploads.publish(&body).await.with_context(|| format!("publishing {source}")) });
-        names.insert(upload.upload_id.clone(), source.to_string());
-        sizes.insert(upload.upload_id.clone(), source.size());
-        pending.push(upload.upload_id);
+        let (first, n) = (&batch[0], batch.len());
+        confirming.push(async move {
+            uploads.publish_all(&bodies).await.with_context(|| format!("publishing {n} upload(s) from {first} on"))
+        });
         while confirming.len() >= PUBLISH_WINDOW {
             confirming.next().await.transpose()?;
         }

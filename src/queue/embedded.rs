@@ -39,6 +39,8 @@ use crate::embedded::Database;
 const EVENT_RETENTION: Duration = Duration::from_secs(3600);
 /// Events read per query by a subscriber.
 const EVENT_PAGE: i64 = 512;
+/// Jobs per `INSERT` of [`UploadQueue::publish_all`] (4 parameters each, under SQLite's limit).
+const JOBS_PER_INSERT: usize = 1000;
 
 /// The embedded queue on one SQLite database.
 pub struct EmbeddedQueue {
@@ -370,6 +372,23 @@ impl UploadQueue for EmbeddedQueue {
             .execute(self.db.writer())
             .await
             .map_err(db_error)?;
+        self.jobs_published.notify_waiters();
+        Ok(())
+    }
+
+    /// One statement (one commit, one turn of the write lock) for the whole list, in order: a
+    /// bulk ingest's `ragpipe ingest` then takes SQLite's lock once per list instead of once per
+    /// file, away from the worker that is ingesting them.
+    async fn publish_all(&self, bodies: &[Vec<u8>]) -> Result<(), QueueError> {
+        let now = now_ms();
+        for part in bodies.chunks(JOBS_PER_INSERT) {
+            let mut insert =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO jobs (queue, body, visible_at, enqueued_at) ");
+            insert.push_values(part, |mut row, body| {
+                row.push_bind(&self.uploads).push_bind(body.as_slice()).push_bind(now).push_bind(now);
+            });
+            insert.build().execute(self.db.writer()).await.map_err(db_error)?;
+        }
         self.jobs_published.notify_waiters();
         Ok(())
     }

@@ -139,6 +139,12 @@ pub struct QueueDepths {
 pub trait UploadQueue: Send + Sync {
     /// Publishes an upload; returns once it is durable (confirmed, or committed).
     async fn publish(&self, body: &[u8]) -> Result<(), QueueError>;
+    /// Publishes several uploads; returns once every one is durable. Not atomic: after an error
+    /// some may be published (publishing one again is harmless, ingest is idempotent). The
+    /// default publishes them concurrently, so their confirms are awaited together.
+    async fn publish_all(&self, bodies: &[Vec<u8>]) -> Result<(), QueueError> {
+        futures::future::try_join_all(bodies.iter().map(|body| self.publish(body))).await.map(|_| ())
+    }
     /// Consumes uploads, at most the configured prefetch unsettled at once.
     async fn consume(&self) -> Result<Deliveries, QueueError>;
     /// Whether some process is consuming uploads right now (a worker is running).

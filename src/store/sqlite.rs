@@ -25,12 +25,48 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Claims `docs` in order in one write transaction; a database error fails the whole call.
+    /// Claims `docs` in one write transaction, as PostgreSQL does: one multi-row insert of every
+    /// new row, then the uploads whose bytes were already there one by one, in order (rare in a
+    /// bulk ingest). A database error fails the whole call.
     async fn claim_together(&self, docs: &[NewDocument]) -> Result<Vec<Result<Claim, StoreError>>, StoreError> {
+        let metadata: Vec<String> =
+            docs.iter().map(|d| serde_json::to_string(&d.metadata).unwrap_or_else(|_| "{}".into())).collect();
         let mut tx = self.db.begin_write().await.map_err(map_err)?;
+        // A row inserted now is pending: every upload of those bytes in the batch processes it,
+        // as each would alone (persist settles who wins).
+        let mut inserted = std::collections::HashMap::with_capacity(docs.len());
+        let rows: Vec<(&NewDocument, &String)> = docs.iter().zip(&metadata).collect();
+        for part in rows.chunks(CLAIM_ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO documents
+                     (collection_id, sha256, upload_id, filename, content_type, size_bytes, storage_path, metadata,
+                      content) ",
+            );
+            insert.push_values(part, |mut row, &(d, metadata)| {
+                row.push_bind(d.collection_id)
+                    .push_bind(d.sha256.as_str())
+                    .push_bind(d.upload_id.as_str())
+                    .push_bind(d.filename.as_str())
+                    .push_bind(d.content_type.as_deref())
+                    .push_bind(d.size_bytes)
+                    .push_bind(d.storage_path.as_str())
+                    .push_bind(metadata.as_str())
+                    .push_bind(d.content.as_deref());
+            });
+            insert.push(" ON CONFLICT (collection_id, sha256) DO NOTHING RETURNING id, collection_id, sha256");
+            for row in insert.build().fetch_all(&mut *tx).await.map_err(map_err)? {
+                let key: (i64, String) =
+                    (row.try_get("collection_id").map_err(map_err)?, row.try_get("sha256").map_err(map_err)?);
+                inserted.insert(key, row.try_get::<i64, _>("id").map_err(map_err)?);
+            }
+        }
         let mut claims = Vec::with_capacity(docs.len());
-        for doc in docs {
-            claims.push(Ok(claim_in(&mut tx, doc).await?));
+        for (doc, metadata) in docs.iter().zip(&metadata) {
+            let claim = match inserted.get(&(doc.collection_id, doc.sha256.clone())) {
+                Some(&document_id) => Claim::Process { document_id },
+                None => claim_existing_in(&mut tx, doc, metadata).await?,
+            };
+            claims.push(Ok(claim));
         }
         tx.commit().await.map_err(map_err)?;
         Ok(claims)
@@ -870,31 +906,16 @@ async fn append_log(
     Ok(())
 }
 
-/// Claims one upload inside a write transaction (see [`Store::claim_document`]).
-async fn claim_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, doc: &NewDocument) -> Result<Claim, StoreError> {
-    let metadata = serde_json::to_string(&doc.metadata).unwrap_or_else(|_| "{}".into());
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO documents
-             (collection_id, sha256, upload_id, filename, content_type, size_bytes, storage_path, metadata, content)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT (collection_id, sha256) DO NOTHING
-         RETURNING id",
-    )
-    .bind(doc.collection_id)
-    .bind(&doc.sha256)
-    .bind(&doc.upload_id)
-    .bind(&doc.filename)
-    .bind(&doc.content_type)
-    .bind(doc.size_bytes)
-    .bind(&doc.storage_path)
-    .bind(&metadata)
-    .bind(doc.content.as_deref())
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(map_err)?;
-    if let Some(document_id) = inserted {
-        return Ok(Claim::Process { document_id });
-    }
+/// Document rows per `INSERT` of a claim batch: 9 parameters each, under SQLite's limit.
+const CLAIM_ROWS_PER_INSERT: usize = 1000;
+
+/// Claims one upload whose bytes already have a row in its collection, inside a write
+/// transaction (see [`Store::claim_document`]).
+async fn claim_existing_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    doc: &NewDocument,
+    metadata: &str,
+) -> Result<Claim, StoreError> {
     let row = sqlx::query(
         "SELECT id, status, upload_id, chunk_count FROM documents WHERE collection_id = ?1 AND sha256 = ?2",
     )
@@ -921,7 +942,7 @@ async fn claim_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, doc: &NewDocumen
             .bind(&doc.upload_id)
             .bind(&doc.filename)
             .bind(&doc.content_type)
-            .bind(&metadata)
+            .bind(metadata)
             .execute(&mut **tx)
             .await
             .map_err(map_err)?;

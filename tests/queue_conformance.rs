@@ -144,6 +144,22 @@ async fn subscribers_see_matching_events_published_after_they_subscribed(env: Te
     let first = next_event(&mut everything).await.routing_key;
     let keys = [first, next_event(&mut everything).await.routing_key];
     assert_eq!(keys, ["index.rebuilt", "document.failed"], "in publish order, nothing from before");
+    // Published together: each reaches the subscribers it matches.
+    let batch: Vec<(&str, Vec<u8>)> = vec![
+        ("document.ingested", b"a".to_vec()),
+        ("index.rebuilt", b"b".to_vec()),
+        ("document.ingested", b"c".to_vec()),
+    ];
+    queue.events.publish_all(&batch).await.expect("publish all");
+    let mut bodies = vec![next_event(&mut documents).await.body, next_event(&mut documents).await.body];
+    bodies.sort();
+    assert_eq!(bodies, [b"a".to_vec(), b"c".to_vec()], "the two document events");
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..3 {
+        all.push(next_event(&mut everything).await.body);
+    }
+    all.sort();
+    assert_eq!(all, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()], "all three");
 }
 
 async fn next_event(events: &mut ragpipe::queue::Events) -> ragpipe::queue::EventMessage {

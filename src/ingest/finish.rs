@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use super::{Doc, Failed, Job};
 use crate::app::IngestContext;
 use crate::error::Failure;
@@ -30,39 +32,38 @@ impl Finisher {
     /// event goes first so it is never lost: a crash before the ack redelivers the message,
     /// which finds the document done and publishes again (events are at-least-once).
     pub(crate) async fn succeed(&self, job: Job, doc: &Doc, chunks: i64, duplicate: bool, status: DocumentStatus) {
-        let event = DocumentIngested {
-            v: VERSION,
-            upload_id: job.upload.upload_id.clone(),
-            collection: doc.collection.name.clone(),
-            document_id: doc.document_id,
-            sha256: doc.sha256.clone(),
-            chunks,
-            duplicate,
-            status,
-            garbled_pages: doc.garbled_pages,
-        };
+        let event = ingested_event(&job, doc, chunks, duplicate, status);
         if let Err(error) = self.ctx.events.publish(DOCUMENT_INGESTED, &messages::encode(&event)).await {
             tracing::warn!(upload_id = %event.upload_id, %error, "could not publish document.ingested; retrying");
             retry(&job.delivery, Duration::from_secs(1)).await;
             return;
         }
-        if let Err(error) = job.delivery.ack().await {
-            tracing::warn!(upload_id = %event.upload_id, %error, "ack failed; the message will be delivered again");
+        acknowledge(job, doc, &event).await;
+    }
+
+    /// [`Finisher::succeed`] for a batch of newly stored documents: their events in one publish
+    /// (one commit of the embedded queue instead of one each), then each ack in its upload's
+    /// span for `stage`.
+    pub(crate) async fn succeed_all(&self, stage: &'static str, done: Vec<(Job, Doc, i64)>) {
+        if done.is_empty() {
+            return;
         }
-        let outcome = if duplicate { "duplicate" } else { status.as_str() };
-        metrics::DOCUMENTS.with_label_values(&[outcome]).inc();
-        metrics::GARBLED_PAGES.inc_by(u64::from(doc.garbled_pages));
-        metrics::STAGE_SECONDS.with_label_values(&["total"]).observe(job.received.elapsed().as_secs_f64());
-        tracing::info!(
-            upload_id = %event.upload_id,
-            collection = %event.collection,
-            document_id = event.document_id,
-            chunks,
-            outcome,
-            garbled_pages = doc.garbled_pages,
-            ms = job.received.elapsed().as_millis() as u64,
-            "upload done"
-        );
+        let events: Vec<DocumentIngested> = done
+            .iter()
+            .map(|(job, doc, chunks)| ingested_event(job, doc, *chunks, false, DocumentStatus::Ingested))
+            .collect();
+        let bodies: Vec<(&str, Vec<u8>)> = events.iter().map(|e| (DOCUMENT_INGESTED, messages::encode(e))).collect();
+        if let Err(error) = self.ctx.events.publish_all(&bodies).await {
+            tracing::warn!(uploads = done.len(), %error, "could not publish document.ingested; retrying");
+            let retries = done.iter().map(|(job, ..)| retry(&job.delivery, Duration::from_secs(1)));
+            futures::future::join_all(retries).await;
+            return;
+        }
+        let acks = done.into_iter().zip(&events).map(|((job, doc, _), event)| {
+            let span = job.stage_span(stage);
+            async move { acknowledge(job, &doc, event).await }.instrument(span)
+        });
+        futures::future::join_all(acks).await;
     }
 
     /// Settles a failed job: try again later if transient and attempts remain, otherwise fail
@@ -205,6 +206,41 @@ impl Finisher {
             "upload failed"
         );
     }
+}
+
+fn ingested_event(job: &Job, doc: &Doc, chunks: i64, duplicate: bool, status: DocumentStatus) -> DocumentIngested {
+    DocumentIngested {
+        v: VERSION,
+        upload_id: job.upload.upload_id.clone(),
+        collection: doc.collection.name.clone(),
+        document_id: doc.document_id,
+        sha256: doc.sha256.clone(),
+        chunks,
+        duplicate,
+        status,
+        garbled_pages: doc.garbled_pages,
+    }
+}
+
+/// Acks a job whose `document.ingested` event is published, and counts and logs it.
+async fn acknowledge(job: Job, doc: &Doc, event: &DocumentIngested) {
+    if let Err(error) = job.delivery.ack().await {
+        tracing::warn!(upload_id = %event.upload_id, %error, "ack failed; the message will be delivered again");
+    }
+    let outcome = if event.duplicate { "duplicate" } else { event.status.as_str() };
+    metrics::DOCUMENTS.with_label_values(&[outcome]).inc();
+    metrics::GARBLED_PAGES.inc_by(u64::from(doc.garbled_pages));
+    metrics::STAGE_SECONDS.with_label_values(&["total"]).observe(job.received.elapsed().as_secs_f64());
+    tracing::info!(
+        upload_id = %event.upload_id,
+        collection = %event.collection,
+        document_id = event.document_id,
+        chunks = event.chunks,
+        outcome,
+        garbled_pages = doc.garbled_pages,
+        ms = job.received.elapsed().as_millis() as u64,
+        "upload done"
+    );
 }
 
 /// How long a message whose failure was the store being unreachable waits for it to answer

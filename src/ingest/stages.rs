@@ -283,23 +283,32 @@ pub(crate) async fn persist(s: &Arc<IngestContext>, f: &Finisher, batch: Vec<Wor
     if s.crash_at(FaultPoint::AfterIndex) {
         return;
     }
+    // Newly stored documents are settled together (their events in one publish); a document
+    // another attempt stored first, or whose index refused it, alone.
+    let mut done = Vec::with_capacity(stored.len());
+    let mut others = Vec::new();
+    for (w, persisted, tokens) in stored {
+        let count = persisted.stored.ids.len() as i64;
+        if persisted.inserted && !refused.contains_key(&w.doc.collection.id) {
+            metrics::CHUNKS.inc_by(count as u64);
+            metrics::CHUNK_TOKENS.inc_by(tokens);
+            done.push((w.job, w.doc, count));
+        } else {
+            others.push((w, count));
+        }
+    }
     let refused = &refused;
-    let settled = stored.into_iter().map(|(w, persisted, tokens)| {
+    let settled = others.into_iter().map(|(w, count)| {
         let span = w.job.stage_span("persist");
         async move {
             if let Some(failure) = refused.get(&w.doc.collection.id) {
                 return f.fail(failed(w.job, Some(w.doc), failure.clone())).await;
             }
-            let count = persisted.stored.ids.len() as i64;
-            if persisted.inserted {
-                metrics::CHUNKS.inc_by(count as u64);
-                metrics::CHUNK_TOKENS.inc_by(tokens);
-            }
-            f.succeed(w.job, &w.doc, count, !persisted.inserted, DocumentStatus::Ingested).await;
+            f.succeed(w.job, &w.doc, count, true, DocumentStatus::Ingested).await;
         }
         .instrument(span)
     });
-    futures::future::join_all(settled).await;
+    futures::future::join(f.succeed_all("persist", done), futures::future::join_all(settled)).await;
 }
 
 fn new_chunks(embedded: Embedded) -> Vec<NewChunk> {

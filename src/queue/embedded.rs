@@ -39,7 +39,8 @@ use crate::embedded::Database;
 const EVENT_RETENTION: Duration = Duration::from_secs(3600);
 /// Events read per query by a subscriber.
 const EVENT_PAGE: i64 = 512;
-/// Jobs per `INSERT` of [`UploadQueue::publish_all`] (4 parameters each, under SQLite's limit).
+/// Rows per `INSERT` of [`UploadQueue::publish_all`] and [`EventBus::publish_all`] (4 and 3
+/// parameters each, under SQLite's limit).
 const JOBS_PER_INSERT: usize = 1000;
 
 /// The embedded queue on one SQLite database.
@@ -500,6 +501,29 @@ impl EventBus for EmbeddedQueue {
         self.last_event.send_replace(id);
         if self.events_published.fetch_add(1, Ordering::Relaxed) % 1000 == 999 {
             self.prune_events().await;
+        }
+        Ok(())
+    }
+
+    /// One statement for the whole list, in order (one turn of the write lock, which the
+    /// worker's claims and writes wait for).
+    async fn publish_all(&self, events: &[(&str, Vec<u8>)]) -> Result<(), QueueError> {
+        let now = now_ms();
+        for part in events.chunks(JOBS_PER_INSERT) {
+            let mut insert =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO events (routing_key, body, published_at) ");
+            insert.push_values(part, |mut row, (key, body)| {
+                row.push_bind(*key).push_bind(body.as_slice()).push_bind(now);
+            });
+            insert.push(" RETURNING id");
+            let ids: Vec<i64> = insert.build_query_scalar().fetch_all(self.db.writer()).await.map_err(db_error)?;
+            if let Some(&last) = ids.iter().max() {
+                self.last_event.send_replace(last);
+            }
+            let before = self.events_published.fetch_add(part.len() as u64, Ordering::Relaxed);
+            if before / 1000 != (before + part.len() as u64) / 1000 {
+                self.prune_events().await;
+            }
         }
         Ok(())
     }

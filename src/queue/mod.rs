@@ -172,6 +172,12 @@ pub type Events = BoxStream<'static, Result<EventMessage, QueueError>>;
 pub trait EventBus: Send + Sync {
     /// Publishes an event; returns once it is durable (confirmed, or committed).
     async fn publish(&self, routing_key: &str, body: &[u8]) -> Result<(), QueueError>;
+    /// Publishes several events (routing key, body); returns once every one is durable. Not
+    /// atomic: after an error some may be published (events are at-least-once). The default
+    /// publishes them concurrently, so their confirms are awaited together.
+    async fn publish_all(&self, events: &[(&str, Vec<u8>)]) -> Result<(), QueueError> {
+        futures::future::try_join_all(events.iter().map(|(key, body)| self.publish(key, body))).await.map(|_| ())
+    }
     /// Subscribes to events whose routing keys match the patterns (topic syntax: `document.*`,
     /// `#`); only events published after this returns are seen.
     async fn subscribe(&self, patterns: &[&str]) -> Result<Events, QueueError>;

@@ -12,6 +12,10 @@
 # Prints documents/s, chunks/s, and CPU seconds per document by process (worker with its
 # sandbox children, CLI, PostgreSQL, RabbitMQ, Redis), with the CPU model.
 #
+# LARGE=1 writes N copies of whole corpus files instead (large documents: LARGE=1 ... 180
+# "embedded distributed" is ~117,000 chunks, the check that small-document work costs large
+# documents nothing).
+#
 # Usage: bash benches/small_docs.sh [N=2078] [MODES="llamaindex embedded distributed"]
 #        (LLAMAINDEX_VENV, default /var/tmp/ragpipe-llamaindex-venv, is created when missing;
 #        RAGPIPE_BIN runs another build, e.g. an older commit's, instead of building this one.)
@@ -42,6 +46,16 @@ for d in ("../shared/corpus/text", "../shared/corpus/markdown"):
     for name in sorted(os.listdir(d)):
         text = open(os.path.join(d, name), encoding="utf-8", errors="replace").read()
         slices += [text[i:i + 2000] for i in range(0, len(text), 2000)]
+if os.environ.get("LARGE"):
+    # Whole corpus files instead of slices (each with a line that makes it unique).
+    whole = []
+    for d in ("../shared/corpus/text", "../shared/corpus/markdown"):
+        for name in sorted(os.listdir(d)):
+            whole.append(open(os.path.join(d, name), encoding="utf-8", errors="replace").read())
+    for i in range(n):
+        with open(os.path.join(out, f"doc-{i:06}.txt"), "w", encoding="utf-8") as f:
+            f.write(f"copy {i}\n" + whole[i % len(whole)])
+    sys.exit(0)
 for i in range(n):
     body = slices[i % len(slices)]
     if i >= len(slices):

@@ -615,6 +615,7 @@ impl PoolStats {
 }
 
 /// The collection's model as stored (`None` before its first vectors).
+#[derive(Clone)]
 pub(crate) struct StoredModel {
     /// Collection name, for the error.
     pub collection: String,
@@ -640,6 +641,89 @@ pub(crate) fn admit_model(stored: StoredModel, model: &str, dimensions: usize) -
         }),
         _ => Ok(true),
     }
+}
+
+/// A document of a persist batch as the store found its row (locked, in PostgreSQL).
+pub(crate) struct FoundDocument {
+    pub status: DocumentStatus,
+    pub collection_id: i64,
+    pub model: StoredModel,
+}
+
+/// What a batch persist does, decided alike by both adapters from the documents' rows.
+pub(crate) struct PersistPlan {
+    /// Each document's result where already known (refused, or read back); `None` until then.
+    pub results: Vec<Option<Result<Persisted, StoreError>>>,
+    /// Documents that get their chunks now: (index in the batch, collection id).
+    pub writes: Vec<(usize, i64)>,
+    /// Collections whose model this batch fixes (their first vectors).
+    pub admitted: Vec<i64>,
+    /// Documents another attempt already stored: the adapter reads their vectors back.
+    pub reread: Vec<usize>,
+}
+
+/// Plans a batch persist from the rows `found` by document id: a missing or deleted document,
+/// or one of a collection with another model, is refused alone; an ingested one is read back.
+pub(crate) fn plan_persist(
+    documents: &[DocumentChunks<'_>],
+    found: &std::collections::HashMap<i64, FoundDocument>,
+    model: &str,
+    dimensions: usize,
+) -> PersistPlan {
+    let mut plan = PersistPlan {
+        results: documents.iter().map(|_| None).collect(),
+        writes: Vec::with_capacity(documents.len()),
+        admitted: Vec::new(),
+        reread: Vec::new(),
+    };
+    for (i, document) in documents.iter().enumerate() {
+        let Some(row) = found.get(&document.document_id) else {
+            let missing = StoreError::Query(format!("document {} does not exist", document.document_id));
+            plan.results[i] = Some(Err(missing));
+            continue;
+        };
+        match row.status {
+            DocumentStatus::Ingested => {
+                plan.reread.push(i);
+                continue;
+            }
+            DocumentStatus::Deleted => {
+                plan.results[i] = Some(Err(StoreError::Deleted(document.document_id)));
+                continue;
+            }
+            _ => {}
+        }
+        match admit_model(row.model.clone(), model, dimensions) {
+            Ok(first_use) => {
+                if first_use && !plan.admitted.contains(&row.collection_id) {
+                    plan.admitted.push(row.collection_id);
+                }
+                plan.writes.push((i, row.collection_id));
+            }
+            Err(error) => plan.results[i] = Some(Err(error)),
+        }
+    }
+    plan
+}
+
+/// The results of a committed batch persist: `stored` holds the chunk ids of each of
+/// `plan.writes`, whose vectors are the documents' own.
+pub(crate) fn finish_persist(
+    plan: PersistPlan,
+    documents: &[DocumentChunks<'_>],
+    stored: Vec<Vec<i64>>,
+    dimensions: usize,
+) -> Vec<Result<Persisted, StoreError>> {
+    let mut results = plan.results;
+    for (&(i, _), chunk_ids) in plan.writes.iter().zip(stored) {
+        let chunks = documents[i].chunks;
+        let mut vectors = Vec::with_capacity(chunks.len() * dimensions);
+        for chunk in chunks {
+            vectors.extend_from_slice(&chunk.embedding);
+        }
+        results[i] = Some(Ok(Persisted { inserted: true, stored: StoredVectors { ids: chunk_ids, vectors } }));
+    }
+    results.into_iter().map(|r| r.unwrap_or(Err(StoreError::Query("no result".into())))).collect()
 }
 
 /// The claim for an upload whose bytes already have a document row in the collection, or `None`

@@ -12,9 +12,9 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     ChunkHit, Claim, Collection, Deleted, DocumentChunks, DocumentRef, DocumentStatus, FailedDocument, FeedbackEntry,
-    GenerationRecord, LogEntry, LogOp, NewDocument, Persisted, PoolStats, QueryLogEntry, QuerySummary, StatusRow,
-    Store, StoreError, StoredModel, StoredVectors, admit_model, claim_existing, decode_vector_into, encode_vector,
-    log_op,
+    FoundDocument, GenerationRecord, LogEntry, LogOp, NewDocument, Persisted, PoolStats, QueryLogEntry, QuerySummary,
+    StatusRow, Store, StoreError, StoredModel, StoredVectors, claim_existing, decode_vector_into, encode_vector,
+    finish_persist, log_op, plan_persist,
 };
 use crate::embedded::Database;
 
@@ -86,7 +86,6 @@ impl SqliteStore {
         // Encode outside the write lock: the lock is held for the statements only.
         let embeddings: Vec<Vec<Vec<u8>>> =
             documents.iter().map(|d| d.chunks.iter().map(|c| encode_vector(&c.embedding)).collect()).collect();
-        let mut results: Vec<Option<Result<Persisted, StoreError>>> = documents.iter().map(|_| None).collect();
         let ids: Vec<i64> = documents.iter().map(|d| d.document_id).collect();
         let mut tx = self.db.begin_write().await.map_err(map_err)?;
         let rows = sqlx::query(
@@ -100,67 +99,38 @@ impl SqliteStore {
         .map_err(map_err)?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
-            found.insert(row.try_get::<i64, _>("id").map_err(map_err)?, row);
-        }
-        // Which documents get chunks now, with their collection; models fixed on first use.
-        let mut writes: Vec<(usize, i64)> = Vec::with_capacity(documents.len());
-        let mut admitted: Vec<i64> = Vec::new();
-        for (i, document) in documents.iter().enumerate() {
-            let Some(row) = found.get(&document.document_id) else {
-                results[i] = Some(Err(StoreError::Query(format!("document {} does not exist", document.document_id))));
-                continue;
-            };
-            let collection_id: i64 = row.try_get("collection_id").map_err(map_err)?;
-            match status_of(row)? {
-                DocumentStatus::Ingested => {
-                    let stored = read_vectors(&mut tx, document.document_id, dimensions).await?;
-                    results[i] = Some(Ok(Persisted { inserted: false, stored }));
-                    continue;
-                }
-                DocumentStatus::Deleted => {
-                    results[i] = Some(Err(StoreError::Deleted(document.document_id)));
-                    continue;
-                }
-                _ => {}
-            }
             let stored = StoredModel {
                 collection: row.try_get("name").map_err(map_err)?,
                 model: row.try_get("embedding_model").map_err(map_err)?,
                 dimensions: row.try_get("embedding_dimensions").map_err(map_err)?,
             };
-            match admit_model(stored, model, dimensions) {
-                Ok(first_use) => {
-                    if first_use && !admitted.contains(&collection_id) {
-                        admitted.push(collection_id);
-                    }
-                    writes.push((i, collection_id));
-                }
-                Err(error) => results[i] = Some(Err(error)),
-            }
+            let document = FoundDocument {
+                status: status_of(row)?,
+                collection_id: row.try_get("collection_id").map_err(map_err)?,
+                model: stored,
+            };
+            found.insert(row.try_get::<i64, _>("id").map_err(map_err)?, document);
         }
-        if !admitted.is_empty() {
+        let mut plan = plan_persist(documents, &found, model, dimensions);
+        for &i in &plan.reread {
+            let stored = read_vectors(&mut tx, documents[i].document_id, dimensions).await?;
+            plan.results[i] = Some(Ok(Persisted { inserted: false, stored }));
+        }
+        if !plan.admitted.is_empty() {
             sqlx::query(
                 "UPDATE collections SET embedding_model = ?2, embedding_dimensions = ?3
                  WHERE id IN (SELECT value FROM json_each(?1))",
             )
-            .bind(json_ids(&admitted))
+            .bind(json_ids(&plan.admitted))
             .bind(model)
             .bind(i32::try_from(dimensions).unwrap_or(i32::MAX))
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
         }
-        let stored = insert_batch(&mut tx, model, documents, &embeddings, &writes).await?;
+        let stored = insert_batch(&mut tx, model, documents, &embeddings, &plan.writes).await?;
         tx.commit().await.map_err(map_err)?;
-        for (&(i, _), chunk_ids) in writes.iter().zip(stored) {
-            let chunks = documents[i].chunks;
-            let mut vectors = Vec::with_capacity(chunks.len() * dimensions);
-            for chunk in chunks {
-                vectors.extend_from_slice(&chunk.embedding);
-            }
-            results[i] = Some(Ok(Persisted { inserted: true, stored: StoredVectors { ids: chunk_ids, vectors } }));
-        }
-        Ok(results.into_iter().map(|r| r.unwrap_or(Err(StoreError::Query("no result".into())))).collect())
+        Ok(finish_persist(plan, documents, stored, dimensions))
     }
 
     /// The store in an opened (and migrated) embedded database.

@@ -662,6 +662,37 @@ pub(crate) struct PersistPlan {
     pub reread: Vec<usize>,
 }
 
+/// The rows a batch persist selected (`id, status, collection_id, name, embedding_model,
+/// embedding_dimensions`, the same columns in both adapters), by document id.
+pub(crate) fn found_documents<R>(
+    rows: &[R],
+    map_err: fn(sqlx::Error) -> StoreError,
+) -> Result<std::collections::HashMap<i64, FoundDocument>, StoreError>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let status: String = row.try_get("status").map_err(map_err)?;
+        let model = StoredModel {
+            collection: row.try_get("name").map_err(map_err)?,
+            model: row.try_get("embedding_model").map_err(map_err)?,
+            dimensions: row.try_get("embedding_dimensions").map_err(map_err)?,
+        };
+        let document = FoundDocument {
+            status: status.parse().map_err(StoreError::Query)?,
+            collection_id: row.try_get("collection_id").map_err(map_err)?,
+            model,
+        };
+        found.insert(row.try_get("id").map_err(map_err)?, document);
+    }
+    Ok(found)
+}
+
 /// Plans a batch persist from the rows `found` by document id: a missing or deleted document,
 /// or one of a collection with another model, is refused alone; an ingested one is read back.
 pub(crate) fn plan_persist(

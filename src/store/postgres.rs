@@ -10,9 +10,9 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::{
     ChunkHit, Claim, Collection, Deleted, DocumentChunks, DocumentRef, DocumentStatus, FailedDocument, FeedbackEntry,
-    FoundDocument, GenerationRecord, LogEntry, LogOp, NewDocument, Persisted, PoolStats, QueryLogEntry, QuerySummary,
-    StatusRow, Store, StoreError, StoredModel, StoredVectors, claim_existing, decode_vector_into, encode_vector,
-    finish_persist, log_op, plan_persist,
+    GenerationRecord, LogEntry, LogOp, NewDocument, Persisted, PoolStats, QueryLogEntry, QuerySummary, StatusRow,
+    Store, StoreError, StoredVectors, claim_existing, decode_vector_into, encode_vector, finish_persist,
+    found_documents, log_op, plan_persist,
 };
 use crate::config::DatabaseSettings;
 
@@ -215,20 +215,7 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let stored = StoredModel {
-                collection: row.try_get("name").map_err(map_err)?,
-                model: row.try_get("embedding_model").map_err(map_err)?,
-                dimensions: row.try_get("embedding_dimensions").map_err(map_err)?,
-            };
-            let document = FoundDocument {
-                status: status_of(row)?,
-                collection_id: row.try_get("collection_id").map_err(map_err)?,
-                model: stored,
-            };
-            found.insert(row.try_get::<i64, _>("id").map_err(map_err)?, document);
-        }
+        let found = found_documents(&rows, map_err)?;
         let mut plan = plan_persist(documents, &found, model, dimensions);
         for &i in &plan.reread {
             let stored = Self::read_vectors(&mut tx, documents[i].document_id, dimensions).await?;

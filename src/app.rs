@@ -113,7 +113,7 @@ pub struct IngestContext {
     pub faults: Option<FaultHook>,
     /// Collections met so far, by name: a collection row is never deleted and its id never
     /// changes, so each is looked up (or created) once per process, not once per document.
-    pub(crate) collections: std::sync::Mutex<std::collections::HashMap<String, Collection>>,
+    pub(crate) collections: KnownCollections,
 }
 
 impl IngestContext {
@@ -124,18 +124,33 @@ impl IngestContext {
 
     /// The collection named `name`, created if needed.
     pub(crate) async fn collection(&self, name: &str) -> Result<Collection, StoreError> {
-        let known = self.collections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned();
-        if let Some(collection) = known {
+        if let Some(collection) = self.collections.get(name) {
             return Ok(collection);
         }
         let collection = self.store.ensure_collection(name).await?;
-        self.collections
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(name.to_owned(), collection.clone());
+        self.collections.insert(&collection);
         Ok(collection)
     }
 }
+
+/// Collections met so far, by name. A collection row is never deleted and its id never changes,
+/// so each is read from the store once per process, not once per document or query.
+#[derive(Default)]
+pub(crate) struct KnownCollections(std::sync::Mutex<std::collections::HashMap<String, Collection>>);
+
+impl KnownCollections {
+    fn get(&self, name: &str) -> Option<Collection> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+    }
+
+    fn insert(&self, collection: &Collection) {
+        let mut known = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.insert(collection.name.clone(), collection.clone());
+    }
+}
+
+/// Query log entries a query role holds unwritten at most (a few seconds of its fastest rate).
+const QUERY_LOG_QUEUE: usize = 10_000;
 
 /// What the query role uses, and nothing else.
 pub struct QueryContext {
@@ -159,8 +174,25 @@ pub struct QueryContext {
     pub cache: Arc<dyn Cache>,
     /// The caches' TTLs.
     pub cache_settings: CacheSettings,
-    /// Query log writes still running (they do not delay replies; shutdown waits for them).
-    pub log_writes: tokio_util::task::TaskTracker,
+    /// The query log's queue (written behind the replies; shutdown waits for it).
+    pub log: crate::store::query_log::QueryLog,
+    /// Collections met so far, by name (see [`IngestContext::collections`]).
+    pub(crate) collections: KnownCollections,
+}
+
+impl QueryContext {
+    /// The collection named `name`, if it exists (one that does not is looked up again next
+    /// time: it may have been created since).
+    pub(crate) async fn collection(&self, name: &str) -> Result<Option<Collection>, StoreError> {
+        if let Some(collection) = self.collections.get(name) {
+            return Ok(Some(collection));
+        }
+        let found = self.store.collection(name).await?;
+        if let Some(collection) = &found {
+            self.collections.insert(collection);
+        }
+        Ok(found)
+    }
 }
 
 /// What keeps a process's indexes current: events from other processes, catch-up, snapshots.
@@ -219,7 +251,7 @@ impl Services {
             chunker: self.chunker.clone(),
             fetch_policy: self.fetch_policy.clone(),
             faults: self.faults.clone(),
-            collections: std::sync::Mutex::default(),
+            collections: KnownCollections::default(),
         }
     }
 
@@ -236,7 +268,8 @@ impl Services {
             llm_settings: self.settings.llm.clone(),
             cache: self.cache.clone(),
             cache_settings: self.settings.cache.clone(),
-            log_writes: tokio_util::task::TaskTracker::new(),
+            log: crate::store::query_log::QueryLog::new(QUERY_LOG_QUEUE),
+            collections: KnownCollections::default(),
         }
     }
 

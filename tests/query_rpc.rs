@@ -867,7 +867,11 @@ async fn fifty_concurrent_rpcs_over_direct_reply_to_are_each_answered_once() {
     client.send("last", br#"{"v":1,"query":"tides","collection":"fifty"}"#, None).await;
     assert_eq!(client.next().await.correlation_id, "last");
     client.close().await;
+    // The query log is written behind the replies, in batches; stopping the worker writes what
+    // is still queued: all 51 requests are in it at once, none twice.
     worker.stop().await;
+    assert_eq!(env.count("SELECT count(*) FROM query_log").await, 51);
+    assert_eq!(env.count("SELECT count(DISTINCT query_id) FROM query_log").await, 51);
 }
 
 async fn hierarchical_mode_takes_its_chunks_from_the_best_documents(mut env: TestEnv) {

@@ -23,6 +23,7 @@ on_both_backends!(
     a_collection_keeps_the_model_it_started_with,
     fetched_chunks_follow_the_requested_order_and_carry_citations,
     status_counts_documents_and_queries_are_logged,
+    a_query_log_batch_longer_than_one_statement_is_written_whole,
 );
 
 fn document(collection_id: i64, byte: u8, upload: &str) -> NewDocument {
@@ -371,7 +372,7 @@ async fn status_counts_documents_and_queries_are_logged(env: TestEnv) {
     );
 
     store
-        .log_query(&QueryLogEntry {
+        .log_queries(&[QueryLogEntry {
             query_id: "q-1".into(),
             collection: "status".into(),
             query: "how many?".into(),
@@ -385,7 +386,7 @@ async fn status_counts_documents_and_queries_are_logged(env: TestEnv) {
             input_tokens: Some(1200),
             output_tokens: Some(40),
             cost_usd: Some(0.68),
-        })
+        }])
         .await
         .expect("log");
     assert_eq!(
@@ -417,14 +418,14 @@ async fn status_counts_documents_and_queries_are_logged(env: TestEnv) {
         output_tokens: None,
         cost_usd: None,
     };
-    for entry in [
+    let batch = [
         logged("q-2", Some("response"), None, 2),
         logged("q-3", Some("response"), None, 4),
         logged("q-4", Some("retrieval"), None, 6),
         logged("q-5", None, Some("timeout"), 5_000),
-    ] {
-        store.log_query(&entry).await.expect("log");
-    }
+    ];
+    store.log_queries(&batch).await.expect("log");
+    store.log_queries(&[]).await.expect("an empty batch writes nothing");
     let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
     let summary = store.query_summary(hour_ago).await.expect("summary");
     assert_eq!((summary.queries, summary.errors), (5, 1), "{summary:?}");
@@ -504,4 +505,31 @@ async fn a_scheduled_run_is_claimed_once_and_taken_over_only_when_stale(env: Tes
     // ...but a finished run is never run again.
     store.finish_run("job", at).await.expect("finish");
     assert!(!store.claim_run("job", at, "d", std::time::Duration::ZERO).await.expect("claim"), "finished");
+}
+
+async fn a_query_log_batch_longer_than_one_statement_is_written_whole(env: TestEnv) {
+    let store = env.store().await;
+    // Three statements' worth (the last one partial), each entry distinct.
+    let n = 2 * ragpipe::store::QUERY_LOG_ROWS_PER_INSERT + 7;
+    let entries: Vec<QueryLogEntry> = (0..n)
+        .map(|i| QueryLogEntry {
+            query_id: format!("batch-{i}"),
+            collection: "batched".into(),
+            query: format!("question {i}"),
+            top_k: 3,
+            chunk_ids: vec![i as i64, i as i64 + 1],
+            scores: vec![0.5, 0.25],
+            error_code: None,
+            latency_ms: i as i32,
+            mode: Some("dense".into()),
+            cache_layer: None,
+            input_tokens: None,
+            output_tokens: None,
+            cost_usd: None,
+        })
+        .collect();
+    store.log_queries(&entries).await.expect("log");
+    assert_eq!(env.count("SELECT count(*) FROM query_log WHERE collection = 'batched'").await, n as i64);
+    let last = format!("SELECT count(*) FROM query_log WHERE query_id = 'batch-{}' AND latency_ms = {}", n - 1, n - 1);
+    assert_eq!(env.count(&last).await, 1, "the last entry, as written");
 }

@@ -48,6 +48,11 @@ const MAX_CANDIDATES: usize = 4_096;
 
 /// Serves queries until `shutdown`, serving again after a broken connection.
 pub async fn run(ctx: Arc<QueryContext>, shutdown: CancellationToken) {
+    let log_stop = CancellationToken::new();
+    let writer = {
+        let (ctx, stop) = (ctx.clone(), log_stop.clone());
+        tokio::spawn(async move { ctx.log.write(ctx.store.as_ref(), stop, LOG_DRAIN).await })
+    };
     let mut backoff = Duration::from_millis(500);
     loop {
         match ctx.requests.serve().await {
@@ -76,14 +81,14 @@ pub async fn run(ctx: Arc<QueryContext>, shutdown: CancellationToken) {
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-    // The query log of the last replies is still being written: let it land.
-    ctx.log_writes.close();
-    if tokio::time::timeout(LOG_DRAIN, ctx.log_writes.wait()).await.is_err() {
-        tracing::warn!(pending = ctx.log_writes.len(), "query log writes still pending at shutdown; left unwritten");
+    // The query log of the last replies may still be queued: let it land.
+    log_stop.cancel();
+    if let Err(error) = writer.await {
+        tracing::warn!(%error, "query log writer failed");
     }
 }
 
-/// How long shutdown waits for pending query log writes.
+/// How long shutdown waits for queued query log entries to be written.
 const LOG_DRAIN: Duration = Duration::from_secs(5);
 
 /// Answers one request (or stores a feedback message). Queries are never retried here: a client
@@ -216,19 +221,11 @@ fn log_entry(query_id: &str, body: &[u8], max_chars: usize) -> QueryLogEntry {
     }
 }
 
-/// Writes the query log in the background: it is for analytics, never a reason to delay or
-/// fail a reply.
+/// Queues the request's query log entry: it is for analytics, never a reason to delay or fail
+/// a reply.
 fn write_log(s: &QueryContext, mut entry: QueryLogEntry, started: Instant) {
     entry.latency_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
-    let store = s.store.clone();
-    s.log_writes.spawn(
-        async move {
-            if let Err(error) = store.log_query(&entry).await {
-                tracing::warn!(%error, "query log write failed");
-            }
-        }
-        .instrument(tracing::Span::current()),
-    );
+    s.log.record(entry);
 }
 
 /// Where the parts of a streamed answer go (`stream: true`), numbered from 0; the final reply
@@ -360,7 +357,6 @@ async fn retrieve(
         messages::CollectionName::new(name.as_str())
             .map_err(|e| ErrorReply::new("invalid_collection", e.to_string()))?;
         let collection = s
-            .store
             .collection(name)
             .await
             .map_err(|e| ErrorReply::new("unavailable", e.to_string()))?

@@ -7,6 +7,7 @@
 //! store knows nothing of stages or workers.
 
 pub mod postgres;
+pub mod query_log;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -440,6 +441,10 @@ pub struct QueryLogEntry {
     pub cost_usd: Option<f64>,
 }
 
+/// Query log rows one insert statement writes at most (13 parameters each: far below both
+/// backends' limits on bound parameters).
+pub const QUERY_LOG_ROWS_PER_INSERT: usize = 256;
+
 /// A client's rating of an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedbackEntry {
@@ -565,8 +570,9 @@ pub trait Store: Send + Sync {
     async fn collection_model(&self, collection_id: i64) -> Result<Option<(String, i64)>, StoreError>;
     /// Fetches chunks and their documents in one query, skipping deleted ones; order follows `ids`.
     async fn fetch_chunks(&self, ids: &[i64]) -> Result<Vec<ChunkHit>, StoreError>;
-    /// Appends to the query log.
-    async fn log_query(&self, entry: &QueryLogEntry) -> Result<(), StoreError>;
+    /// Appends entries to the query log, all or none, in a fixed number of statements (one per
+    /// [`QUERY_LOG_ROWS_PER_INSERT`] entries).
+    async fn log_queries(&self, entries: &[QueryLogEntry]) -> Result<(), StoreError>;
     /// Stores a rating beside the query log (the query's row may not be written yet).
     async fn record_feedback(&self, feedback: &FeedbackEntry) -> Result<(), StoreError>;
     /// Document and chunk counts per collection and status.

@@ -501,13 +501,19 @@ impl Store for PgStore {
     }
 
     async fn fetch_chunks(&self, ids: &[i64]) -> Result<Vec<ChunkHit>, StoreError> {
-        // One query for all chunks and their documents: no N+1.
+        // One query for all chunks and their documents: no N+1. Written as a walk over the ids
+        // (each a primary-key lookup of its chunk, then of its document) because `c.id = ANY($1)`
+        // let the planner pick, on a freshly filled table, a loop over every document
+        // intersecting index bitmaps: 3.3 ms instead of 0.1 for 20 ids over 50 documents, and
+        // after ANALYZE a scan of every document row, growing with the collection.
         let rows = sqlx::query(
             "SELECT c.id, c.document_id, d.filename, c.text, c.char_start, c.char_end,
                     c.page_start, c.heading_path, d.metadata
-             FROM chunks c JOIN documents d ON d.id = c.document_id
-             WHERE c.id = ANY($1) AND c.deleted_at IS NULL AND d.deleted_at IS NULL
-               AND d.status = 'ingested'",
+             FROM unnest($1::bigint[]) WITH ORDINALITY AS wanted (id, n)
+             JOIN chunks c ON c.id = wanted.id
+             JOIN documents d ON d.id = c.document_id
+             WHERE c.deleted_at IS NULL AND d.deleted_at IS NULL AND d.status = 'ingested'
+             ORDER BY wanted.n",
         )
         .bind(ids)
         .fetch_all(&mut *self.conn().await?)
@@ -527,33 +533,22 @@ impl Store for PgStore {
                 metadata: row.try_get("metadata").map_err(map_err)?,
             });
         }
-        hits.sort_by_key(|hit| ids.iter().position(|id| *id == hit.chunk_id));
         Ok(hits)
     }
 
-    async fn log_query(&self, entry: &QueryLogEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO query_log (collection, query, top_k, result_chunk_ids, scores, error_code, latency_ms,
-                 query_id, mode, cache_layer, input_tokens, output_tokens, cost_usd)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(&entry.collection)
-        .bind(&entry.query)
-        .bind(entry.top_k)
-        .bind(&entry.chunk_ids)
-        .bind(&entry.scores)
-        .bind(&entry.error_code)
-        .bind(entry.latency_ms)
-        .bind(&entry.query_id)
-        .bind(&entry.mode)
-        .bind(&entry.cache_layer)
-        .bind(entry.input_tokens)
-        .bind(entry.output_tokens)
-        .bind(entry.cost_usd)
-        .execute(&mut *self.conn().await?)
-        .await
-        .map_err(map_err)?;
-        Ok(())
+    async fn log_queries(&self, entries: &[QueryLogEntry]) -> Result<(), StoreError> {
+        if entries.len() <= super::QUERY_LOG_ROWS_PER_INSERT {
+            // One statement is atomic on its own.
+            if !entries.is_empty() {
+                query_log_insert(entries).build().execute(&mut *self.conn().await?).await.map_err(map_err)?;
+            }
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for part in entries.chunks(super::QUERY_LOG_ROWS_PER_INSERT) {
+            query_log_insert(part).build().execute(&mut *tx).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
     }
 
     async fn record_feedback(&self, feedback: &FeedbackEntry) -> Result<(), StoreError> {
@@ -1010,4 +1005,28 @@ struct ChunkColumns<'a> {
     page_ends: Vec<Option<i32>>,
     headings: Vec<Option<&'a str>>,
     embeddings: Vec<Vec<u8>>,
+}
+
+/// One multi-row insert of query log entries (at most [`super::QUERY_LOG_ROWS_PER_INSERT`]).
+fn query_log_insert(entries: &[QueryLogEntry]) -> sqlx::QueryBuilder<Postgres> {
+    let mut insert = sqlx::QueryBuilder::<Postgres>::new(
+        "INSERT INTO query_log (collection, query, top_k, result_chunk_ids, scores, error_code, latency_ms,
+             query_id, mode, cache_layer, input_tokens, output_tokens, cost_usd) ",
+    );
+    insert.push_values(entries, |mut row, entry| {
+        row.push_bind(&entry.collection)
+            .push_bind(&entry.query)
+            .push_bind(entry.top_k)
+            .push_bind(&entry.chunk_ids)
+            .push_bind(&entry.scores)
+            .push_bind(&entry.error_code)
+            .push_bind(entry.latency_ms)
+            .push_bind(&entry.query_id)
+            .push_bind(&entry.mode)
+            .push_bind(&entry.cache_layer)
+            .push_bind(entry.input_tokens)
+            .push_bind(entry.output_tokens)
+            .push_bind(entry.cost_usd);
+    });
+    insert
 }

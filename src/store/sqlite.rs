@@ -458,13 +458,16 @@ impl Store for SqliteStore {
     }
 
     async fn fetch_chunks(&self, ids: &[i64]) -> Result<Vec<ChunkHit>, StoreError> {
-        // One query for all chunks and their documents: no N+1.
+        // One query for all chunks and their documents: no N+1. A walk over the ids in their
+        // order, each a primary-key lookup of its chunk and its document (as PostgreSQL).
         let rows = sqlx::query(
             "SELECT c.id, c.document_id, d.filename, c.text, c.char_start, c.char_end,
                     c.page_start, c.heading_path, d.metadata
-             FROM chunks c JOIN documents d ON d.id = c.document_id
-             WHERE c.id IN (SELECT value FROM json_each(?1)) AND c.deleted_at IS NULL
-               AND d.deleted_at IS NULL AND d.status = 'ingested'",
+             FROM json_each(?1) AS wanted
+             CROSS JOIN chunks c ON c.id = wanted.value
+             JOIN documents d ON d.id = c.document_id
+             WHERE c.deleted_at IS NULL AND d.deleted_at IS NULL AND d.status = 'ingested'
+             ORDER BY wanted.key",
         )
         .bind(json_ids(ids))
         .fetch_all(&mut *self.db.read().await.map_err(map_err)?)
@@ -485,33 +488,26 @@ impl Store for SqliteStore {
                     .unwrap_or_default(),
             });
         }
-        hits.sort_by_key(|hit| ids.iter().position(|id| *id == hit.chunk_id));
         Ok(hits)
     }
 
-    async fn log_query(&self, entry: &QueryLogEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO query_log (collection, query, top_k, result_chunk_ids, scores, error_code, latency_ms,
-                 query_id, mode, cache_layer, input_tokens, output_tokens, cost_usd)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )
-        .bind(&entry.collection)
-        .bind(&entry.query)
-        .bind(entry.top_k)
-        .bind(json_ids(&entry.chunk_ids))
-        .bind(serde_json::to_string(&entry.scores).unwrap_or_else(|_| "[]".into()))
-        .bind(&entry.error_code)
-        .bind(entry.latency_ms)
-        .bind(&entry.query_id)
-        .bind(&entry.mode)
-        .bind(&entry.cache_layer)
-        .bind(entry.input_tokens)
-        .bind(entry.output_tokens)
-        .bind(entry.cost_usd)
-        .execute(&mut *self.db.write().await.map_err(map_err)?)
-        .await
-        .map_err(map_err)?;
-        Ok(())
+    async fn log_queries(&self, entries: &[QueryLogEntry]) -> Result<(), StoreError> {
+        if entries.len() <= super::QUERY_LOG_ROWS_PER_INSERT {
+            // One statement is atomic on its own.
+            if !entries.is_empty() {
+                query_log_insert(entries)
+                    .build()
+                    .execute(&mut *self.db.write().await.map_err(map_err)?)
+                    .await
+                    .map_err(map_err)?;
+            }
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write().await.map_err(map_err)?;
+        for part in entries.chunks(super::QUERY_LOG_ROWS_PER_INSERT) {
+            query_log_insert(part).build().execute(&mut *tx).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
     }
 
     async fn record_feedback(&self, feedback: &FeedbackEntry) -> Result<(), StoreError> {
@@ -907,4 +903,28 @@ async fn claim_existing_in(
         }
     };
     Ok(claim)
+}
+
+/// One multi-row insert of query log entries (at most [`super::QUERY_LOG_ROWS_PER_INSERT`]).
+fn query_log_insert(entries: &[QueryLogEntry]) -> sqlx::QueryBuilder<Sqlite> {
+    let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+        "INSERT INTO query_log (collection, query, top_k, result_chunk_ids, scores, error_code, latency_ms,
+             query_id, mode, cache_layer, input_tokens, output_tokens, cost_usd) ",
+    );
+    insert.push_values(entries, |mut row, entry| {
+        row.push_bind(&entry.collection)
+            .push_bind(&entry.query)
+            .push_bind(entry.top_k)
+            .push_bind(json_ids(&entry.chunk_ids))
+            .push_bind(serde_json::to_string(&entry.scores).unwrap_or_else(|_| "[]".into()))
+            .push_bind(&entry.error_code)
+            .push_bind(entry.latency_ms)
+            .push_bind(&entry.query_id)
+            .push_bind(&entry.mode)
+            .push_bind(&entry.cache_layer)
+            .push_bind(entry.input_tokens)
+            .push_bind(entry.output_tokens)
+            .push_bind(entry.cost_usd);
+    });
+    insert
 }

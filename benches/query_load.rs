@@ -2,12 +2,15 @@
 //! the query role → PostgreSQL + FAISS (+ BM25 in hybrid mode) → reply, with the hash embedder.
 //!
 //! A collection of `BENCH_CHUNKS` chunks (100,000; synthetic text, so BM25 has real postings) is
-//! ingested, then `BENCH_CLIENTS` clients (1 and 50: a comma-separated list) each send queries
-//! one after another for `BENCH_SECS` (10) per row: every query new (cache misses) or all the
-//! same (cache hits), in dense and hybrid mode, after the collection's rebuild (`auto`: IVF at this size; `BENCH_NO_REBUILD=1`
-//! measures the Flat index the adds built). Reported: queries/s and round-trip p50 / p99 as the
-//! clients see them, and the median of each step the worker timed (`timings_ms` of the replies). Clients and the query role share this process, and the machine's cores with
-//! PostgreSQL and RabbitMQ.
+//! ingested, then `BENCH_CLIENTS` clients (1 and 50: a comma-separated list) each send queries one after
+//! another for `BENCH_SECS` (10) per row: every query new (cache misses) or all the same (cache
+//! hits), in dense and hybrid mode, after the collection's rebuild (`auto`: IVF at this size;
+//! `BENCH_NO_REBUILD=1` measures the Flat index the adds built). Then the most clients again,
+//! sending at random times at `BENCH_OPEN_SHARE` (0.5; 0 skips) of the rate they reached back to
+//! back (an open loop: latency below capacity, counted from when each query was due).
+//! Reported: queries/s and round-trip p50 / p99 as the clients see them, and the median of each
+//! step the worker timed (`timings_ms` of the replies). Clients and the query role share this
+//! process, and the machine's cores with PostgreSQL and RabbitMQ.
 //!
 //! Run: `cargo bench --bench query_load` (needs the test services). Under `cargo test
 //! --all-targets` (no `--bench`) it runs small as a smoke test.
@@ -20,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ragpipe::messages::{CollectionName, QueryRequest, SearchMode};
+use ragpipe::queue::RequestReply;
 use ragpipe::worker::Role;
 
 const WORDS: &[&str] = &[
@@ -34,19 +38,40 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
 }
 
-/// Deterministic text: `sentences` sentences of 12 words drawn from [`WORDS`] by `seed`.
+/// Deterministic text: `sentences` sentences of 12 words drawn from [`WORDS`] by `seed`. Every
+/// chunk holds most of the words, so hash vectors are near-uniform (IVF must probe far) and every
+/// BM25 posting list is long: a worst case for both legs.
 fn text(seed: u64, sentences: usize) -> String {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        WORDS[(state % WORDS.len() as u64) as usize]
-    };
+    let mut random = Random::new(seed);
     (0..sentences)
-        .map(|_| format!("{}.", (0..12).map(|_| next()).collect::<Vec<_>>().join(" ")))
+        .map(|_| format!("{}.", (0..12).map(|_| WORDS[random.below(WORDS.len())]).collect::<Vec<_>>().join(" ")))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Xorshift: reproducible across runs and platforms.
+struct Random(u64);
+
+impl Random {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Uniform in (0, 1].
+    fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
 }
 
 /// Query `n` (one sentence of the same vocabulary) in `mode`, for the 5 best chunks.
@@ -60,6 +85,115 @@ fn cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = info.lines().find_map(|l| l.strip_prefix("model name")).and_then(|l| l.split(':').nth(1));
     format!("{}, {} cores", model.unwrap_or("?").trim(), std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// One row of the table: who asks what, how.
+struct Row {
+    mode: SearchMode,
+    /// Every query the same (cache hits) or each new (misses).
+    repeated: bool,
+    clients: usize,
+    secs: f64,
+    /// `None`: each client asks again as soon as it has its answer (closed loop). `Some(rate)`:
+    /// the clients together send `rate` queries per second at exponentially distributed
+    /// intervals, each client one at a time (open loop); a query's latency counts from when it
+    /// was due, so a client held up by a slow answer does not hide the queueing it causes.
+    offered: Option<f64>,
+}
+
+/// Measures `row`, prints it, and returns the queries per second answered.
+async fn measure(requests: &Arc<dyn RequestReply>, collection: &CollectionName, row: &Row) -> f64 {
+    let (mode, repeated, clients) = (row.mode, row.repeated, row.clients);
+    // Warm the caches (and BM25) first for the cached row; a fresh seed for the other.
+    let seed = 1_000_000 * (mode as usize + 1) + 100_000 * clients + if row.offered.is_some() { 50_000 } else { 0 };
+    let sequence = Arc::new(AtomicUsize::new(if repeated { 0 } else { seed }));
+    // Warm up: the first lexical query of a process builds the BM25 index, and the cached
+    // row's query must be in the cache.
+    let warm = ask(if repeated { 0 } else { usize::MAX / 2 }, mode, collection);
+    ragpipe::client::query(requests.as_ref(), &warm, Duration::from_secs(120)).await.expect("warm");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(row.secs);
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let (requests, sequence, collection) = (requests.clone(), sequence.clone(), collection.clone());
+            // Each client's share of the offered rate, on its own random schedule.
+            let mut arrivals = row.offered.map(|rate| Arrivals::new(rate / clients as f64, client as u64 + 1));
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut due = started;
+                loop {
+                    due = match arrivals.as_mut() {
+                        Some(arrivals) => due + arrivals.next_gap(),
+                        None => Instant::now(),
+                    };
+                    if due >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                    let n = if repeated { 0 } else { sequence.fetch_add(1, Ordering::Relaxed) };
+                    let request = ask(n, mode, &collection);
+                    let reply = ragpipe::client::query(requests.as_ref(), &request, Duration::from_secs(30))
+                        .await
+                        .expect("reply");
+                    assert!(reply.get("error").is_none(), "{reply}");
+                    latencies.push((due.elapsed(), reply["timings_ms"].clone()));
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.extend(task.await.expect("client"));
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(row.secs);
+    let mut latencies: Vec<Duration> = replies.iter().map(|r| r.0).collect();
+    latencies.sort();
+    // Where a round trip goes, as the worker timed it: the median of each step.
+    let mut steps: std::collections::BTreeMap<String, Vec<f64>> = std::collections::BTreeMap::new();
+    for (_, timings) in &replies {
+        for (step, ms) in timings.as_object().into_iter().flatten() {
+            steps.entry(step.clone()).or_default().push(ms.as_f64().unwrap_or(0.0));
+        }
+    }
+    let steps: Vec<String> = steps
+        .into_iter()
+        .map(|(step, mut ms)| {
+            ms.sort_by(f64::total_cmp);
+            format!("{step} {:.2}", ms[ms.len() / 2])
+        })
+        .collect();
+    let rate = latencies.len() as f64 / elapsed;
+    let who = match row.offered {
+        None => format!("{clients}"),
+        Some(offered) => format!("{clients}, {offered:.0}/s offered at random times"),
+    };
+    println!(
+        "| {} | {} | {who} | {rate:.0} | {:.2} | {:.2} | {} |",
+        mode.as_str(),
+        if repeated { "the same (cache hits)" } else { "all different (cache misses)" },
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        steps.join(", "),
+    );
+    rate
+}
+
+/// Exponentially distributed gaps between arrivals (a Poisson process), deterministic by seed.
+struct Arrivals {
+    rate: f64,
+    random: Random,
+}
+
+impl Arrivals {
+    fn new(rate: f64, seed: u64) -> Self {
+        Self { rate: rate.max(1e-3), random: Random::new(seed) }
+    }
+
+    fn next_gap(&mut self) -> Duration {
+        // The inverse of the exponential distribution's CDF.
+        Duration::from_secs_f64(-self.random.unit().ln() / self.rate)
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -105,66 +239,23 @@ async fn main() {
     println!("| mode | queries | clients | queries/s | p50 ms | p99 ms | worker's steps, median ms |");
     println!("|---|---|---:|---:|---:|---:|---|");
     let collection = CollectionName::new("load").expect("name");
-    let requests = Arc::new(queue);
+    let requests: Arc<dyn RequestReply> = queue.requests.clone();
+    let open_share = std::env::var("BENCH_OPEN_SHARE").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.5);
     for mode in [SearchMode::Dense, SearchMode::Hybrid] {
-        for (repeated, clients) in [false, true].into_iter().flat_map(|r| clients.iter().map(move |&c| (r, c))) {
-            // Warm the caches (and BM25) first for the cached row; a fresh seed for the other.
-            let seed = 1_000_000 * (mode as usize + 1) + 100_000 * clients;
-            let sequence = Arc::new(AtomicUsize::new(if repeated { 0 } else { seed }));
-            // Warm up: the first lexical query of a process builds the BM25 index, and the cached
-            // row's query must be in the cache.
-            let warm = ask(if repeated { 0 } else { usize::MAX / 2 }, mode, &collection);
-            ragpipe::client::query(requests.requests.as_ref(), &warm, Duration::from_secs(120)).await.expect("warm");
-            let deadline = Instant::now() + Duration::from_secs_f64(secs);
-            let tasks: Vec<_> = (0..clients)
-                .map(|_| {
-                    let (requests, sequence, collection) = (requests.clone(), sequence.clone(), collection.clone());
-                    tokio::spawn(async move {
-                        let mut latencies = Vec::new();
-                        while Instant::now() < deadline {
-                            let n = if repeated { 0 } else { sequence.fetch_add(1, Ordering::Relaxed) };
-                            let started = Instant::now();
-                            let request = ask(n, mode, &collection);
-                            let reply =
-                                ragpipe::client::query(requests.requests.as_ref(), &request, Duration::from_secs(30))
-                                    .await
-                                    .expect("reply");
-                            assert!(reply.get("error").is_none(), "{reply}");
-                            latencies.push((started.elapsed(), reply["timings_ms"].clone()));
-                        }
-                        latencies
-                    })
-                })
-                .collect();
-            let mut replies = Vec::new();
-            for task in tasks {
-                replies.extend(task.await.expect("client"));
+        for repeated in [false, true] {
+            let mut closed_rate = 0.0;
+            for &clients in &clients {
+                let row = Row { mode, repeated, clients, secs, offered: None };
+                closed_rate = measure(&requests, &collection, &row).await;
             }
-            let mut latencies: Vec<Duration> = replies.iter().map(|r| r.0).collect();
-            latencies.sort();
-            // Where a round trip goes, as the worker timed it: the median of each step.
-            let mut steps: std::collections::BTreeMap<String, Vec<f64>> = std::collections::BTreeMap::new();
-            for (_, timings) in &replies {
-                for (step, ms) in timings.as_object().into_iter().flatten() {
-                    steps.entry(step.clone()).or_default().push(ms.as_f64().unwrap_or(0.0));
-                }
+            // The same clients, each sending at random (Poisson) times at `BENCH_OPEN_SHARE` of
+            // the rate they reached back to back: the latency a service running below its
+            // capacity gives, which back-to-back clients (always queueing) cannot show.
+            let most = clients.iter().copied().max().unwrap_or(1);
+            if full && open_share > 0.0 && most > 1 {
+                let row = Row { mode, repeated, clients: most, secs, offered: Some(closed_rate * open_share) };
+                measure(&requests, &collection, &row).await;
             }
-            let steps: Vec<String> = steps
-                .into_iter()
-                .map(|(step, mut ms)| {
-                    ms.sort_by(f64::total_cmp);
-                    format!("{step} {:.2}", ms[ms.len() / 2])
-                })
-                .collect();
-            println!(
-                "| {} | {} | {clients} | {:.0} | {:.2} | {:.2} | {} |",
-                mode.as_str(),
-                if repeated { "the same (cache hits)" } else { "all different (cache misses)" },
-                latencies.len() as f64 / secs,
-                percentile(&latencies, 0.5),
-                percentile(&latencies, 0.99),
-                steps.join(", "),
-            );
         }
     }
     worker.stop().await;

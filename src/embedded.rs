@@ -61,8 +61,11 @@ impl Database {
         // Under the open lock: the first connection to a new file switches it to WAL, which
         // SQLite may refuse at once ("database is locked") while another process does the same.
         let lock = open_lock(path).await.map_err(fail)?;
+        // No ping before each use (sqlx's default): a connection to a local file cannot have been
+        // cut, and the ping is a round trip to the connection's thread before every statement.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             // Writers queue here behind each other; a long queue is still progress.
             .acquire_timeout(Duration::from_secs(120))
             .connect_with(options.clone())
@@ -73,6 +76,7 @@ impl Database {
         migrated.map_err(|e| fail(format!("migration failed: {e}")))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.read_only(true))
             .await

@@ -571,7 +571,8 @@ pub trait Store: Send + Sync {
     /// Fetches chunks and their documents in one query, skipping deleted ones; order follows `ids`.
     async fn fetch_chunks(&self, ids: &[i64]) -> Result<Vec<ChunkHit>, StoreError>;
     /// Appends entries to the query log, all or none, in a fixed number of statements (one per
-    /// [`QUERY_LOG_ROWS_PER_INSERT`] entries).
+    /// [`QUERY_LOG_ROWS_PER_INSERT`] entries). The log is analytics: a backend may commit it
+    /// without waiting for the disk (PostgreSQL does).
     async fn log_queries(&self, entries: &[QueryLogEntry]) -> Result<(), StoreError>;
     /// Stores a rating beside the query log (the query's row may not be written yet).
     async fn record_feedback(&self, feedback: &FeedbackEntry) -> Result<(), StoreError>;

@@ -142,10 +142,9 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(settings.pool_size)
             // sqlx pings every connection it hands out by default: a round trip before every
-            // statement, which cost the query role 40 % of its throughput (`cargo bench --bench
-            // query_load`, 50 clients). Only a connection idle for a while is likely to have been
-            // cut (a server restart, a proxy's idle timeout); one in steady use that breaks fails
-            // its statement, which the caller retries or reports like any outage.
+            // statement. Only a connection idle for a while is likely to have been cut (a server
+            // restart, a proxy's idle timeout); one in steady use that breaks fails its
+            // statement, which the caller retries or reports like any outage.
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {

@@ -6,6 +6,7 @@
 //! "query_log_lost"}`), not waited for.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -24,13 +25,16 @@ const LINGER: Duration = Duration::from_millis(50);
 pub struct QueryLog {
     sender: mpsc::Sender<QueryLogEntry>,
     receiver: Mutex<Option<mpsc::Receiver<QueryLogEntry>>>,
+    /// Entries are being dropped (the queue is full): warned once until a write succeeds, not
+    /// once per query.
+    dropping: AtomicBool,
 }
 
 impl QueryLog {
     /// A log holding up to `capacity` unwritten entries.
     pub fn new(capacity: usize) -> Self {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        Self { sender, receiver: Mutex::new(Some(receiver)) }
+        Self { sender, receiver: Mutex::new(Some(receiver)), dropping: AtomicBool::new(false) }
     }
 
     /// Queues `entry` for the writer; never waits.
@@ -39,7 +43,9 @@ impl QueryLog {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::ERRORS.with_label_values(&["query_log_lost", "query"]).inc();
-                tracing::warn!("query log queue full (the store is not keeping up): an entry was dropped");
+                if !self.dropping.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("query log queue full (the store is not keeping up): dropping entries");
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 metrics::ERRORS.with_label_values(&["query_log_lost", "query"]).inc();
@@ -74,7 +80,7 @@ impl QueryLog {
                     while batch.len() < BATCH && let Ok(entry) = receiver.try_recv() {
                         batch.push(entry);
                     }
-                    write_batch(store, &mut batch).await;
+                    self.write_batch(store, &mut batch).await;
                 }
             }
         }
@@ -82,7 +88,7 @@ impl QueryLog {
         receiver.close();
         let rest = async {
             while receiver.recv_many(&mut batch, BATCH).await > 0 {
-                write_batch(store, &mut batch).await;
+                self.write_batch(store, &mut batch).await;
             }
         };
         if tokio::time::timeout(drain, rest).await.is_err() {
@@ -91,14 +97,21 @@ impl QueryLog {
             tracing::warn!(left, "query log entries still unwritten at shutdown; left unwritten");
         }
     }
-}
 
-/// Writes and empties `batch`; a failed write is logged and counted, never retried (the entries
-/// are analytics, and the next batch must not wait behind them).
-async fn write_batch(store: &dyn Store, batch: &mut Vec<QueryLogEntry>) {
-    if let Err(error) = store.log_queries(batch).await {
-        metrics::ERRORS.with_label_values(&["query_log_lost", "query"]).inc_by(batch.len() as u64);
-        tracing::warn!(%error, entries = batch.len(), "query log write failed");
+    /// Writes and empties `batch`; a failed write is logged and counted, never retried (the
+    /// entries are analytics, and the next batch must not wait behind them).
+    async fn write_batch(&self, store: &dyn Store, batch: &mut Vec<QueryLogEntry>) {
+        match store.log_queries(batch).await {
+            Ok(()) => {
+                if self.dropping.swap(false, Ordering::Relaxed) {
+                    tracing::info!("query log keeping up again");
+                }
+            }
+            Err(error) => {
+                metrics::ERRORS.with_label_values(&["query_log_lost", "query"]).inc_by(batch.len() as u64);
+                tracing::warn!(%error, entries = batch.len(), "query log write failed");
+            }
+        }
+        batch.clear();
     }
-    batch.clear();
 }

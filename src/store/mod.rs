@@ -445,6 +445,11 @@ pub struct QueryLogEntry {
 /// backends' limits on bound parameters).
 pub const QUERY_LOG_ROWS_PER_INSERT: usize = 256;
 
+/// The head of both backends' multi-row query log insert: the columns, in the order each
+/// backend binds an entry's values.
+pub(crate) const QUERY_LOG_INSERT: &str = "INSERT INTO query_log (collection, query, top_k, result_chunk_ids, \
+     scores, error_code, latency_ms, query_id, mode, cache_layer, input_tokens, output_tokens, cost_usd) ";
+
 /// A client's rating of an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedbackEntry {

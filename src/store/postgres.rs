@@ -1025,10 +1025,7 @@ struct ChunkColumns<'a> {
 
 /// One multi-row insert of query log entries (at most [`super::QUERY_LOG_ROWS_PER_INSERT`]).
 fn query_log_insert(entries: &[QueryLogEntry]) -> sqlx::QueryBuilder<Postgres> {
-    let mut insert = sqlx::QueryBuilder::<Postgres>::new(
-        "INSERT INTO query_log (collection, query, top_k, result_chunk_ids, scores, error_code, latency_ms,
-             query_id, mode, cache_layer, input_tokens, output_tokens, cost_usd) ",
-    );
+    let mut insert = sqlx::QueryBuilder::<Postgres>::new(super::QUERY_LOG_INSERT);
     insert.push_values(entries, |mut row, entry| {
         row.push_bind(&entry.collection)
             .push_bind(&entry.query)

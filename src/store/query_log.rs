@@ -1,9 +1,10 @@
 //! The query log, written behind the replies. Entries wait in a bounded queue in memory; one
 //! writer takes an entry, waits 50 ms for more to gather (up to 256), and stores them in one
 //! statement, so a busy worker costs the store at most ~20 commits a second instead of one per
-//! query. The log is analytics: PostgreSQL commits it asynchronously (no wait for the disk). Analytics never delay or fail a reply: when the store falls so far behind that
-//! the queue is full, entries are dropped and counted (`ragpipe_errors_total{code=
-//! "query_log_lost"}`), not waited for.
+//! query. The log is analytics: PostgreSQL commits it asynchronously (no wait for the disk), and
+//! it never delays or fails a reply: when the store falls so far behind that the queue is full,
+//! entries are dropped and counted (`ragpipe_errors_total{code="query_log_lost"}`), not waited
+//! for.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -10,7 +10,10 @@
 //! back (an open loop: latency below capacity, counted from when each query was due).
 //! Reported: queries/s and round-trip p50 / p99 as the clients see them, and the median of each
 //! step the worker timed (`timings_ms` of the replies). Clients and the query role share this
-//! process, and the machine's cores with PostgreSQL and RabbitMQ.
+//! process, and the machine's cores with PostgreSQL and RabbitMQ. Last, the transport alone: the
+//! same clients asking a responder on a query queue of its own that answers each request at once
+//! with a cached answer's bytes, through the same queue ports: the floor any query has on this
+//! machine, whatever the query role does.
 //!
 //! Run: `cargo bench --bench query_load` (needs the test services). Under `cargo test
 //! --all-targets` (no `--bench`) it runs small as a smoke test.
@@ -90,6 +93,8 @@ fn cpu_model() -> String {
 /// One row of the table: who asks what, how.
 struct Row {
     mode: SearchMode,
+    /// The transport alone (the echo responder) instead of the query role.
+    echo: bool,
     /// Every query the same (cache hits) or each new (misses).
     repeated: bool,
     clients: usize,
@@ -156,8 +161,10 @@ async fn measure(requests: &Arc<dyn RequestReply>, collection: &CollectionName, 
             steps.entry(step.clone()).or_default().push(ms.as_f64().unwrap_or(0.0));
         }
     }
+    // (The echo's replies carry the timings of the answer it repeats: not its own.)
     let steps: Vec<String> = steps
         .into_iter()
+        .filter(|_| !row.echo)
         .map(|(step, mut ms)| {
             ms.sort_by(f64::total_cmp);
             format!("{step} {:.2}", ms[ms.len() / 2])
@@ -170,8 +177,12 @@ async fn measure(requests: &Arc<dyn RequestReply>, collection: &CollectionName, 
     };
     println!(
         "| {} | {} | {who} | {rate:.0} | {:.2} | {:.2} | {} |",
-        mode.as_str(),
-        if repeated { "the same (cache hits)" } else { "all different (cache misses)" },
+        if row.echo { "transport only" } else { mode.as_str() },
+        match (row.echo, repeated) {
+            (true, _) => "answered at once (echo)",
+            (false, true) => "the same (cache hits)",
+            (false, false) => "all different (cache misses)",
+        },
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         steps.join(", "),
@@ -245,7 +256,7 @@ async fn main() {
         for repeated in [false, true] {
             let mut closed_rate = 0.0;
             for &clients in &clients {
-                let row = Row { mode, repeated, clients, secs, offered: None };
+                let row = Row { mode, echo: false, repeated, clients, secs, offered: None };
                 closed_rate = measure(&requests, &collection, &row).await;
             }
             // The same clients, each sending at random (Poisson) times at `BENCH_OPEN_SHARE` of
@@ -253,10 +264,58 @@ async fn main() {
             // capacity gives, which back-to-back clients (always queueing) cannot show.
             let most = clients.iter().copied().max().unwrap_or(1);
             if full && open_share > 0.0 && most > 1 {
-                let row = Row { mode, repeated, clients: most, secs, offered: Some(closed_rate * open_share) };
+                let row =
+                    Row { mode, echo: false, repeated, clients: most, secs, offered: Some(closed_rate * open_share) };
                 measure(&requests, &collection, &row).await;
             }
         }
     }
+
+    // The floor: the same clients and broker, and a responder that does nothing but answer.
+    let answer =
+        ragpipe::client::query(requests.as_ref(), &ask(0, SearchMode::Dense, &collection), Duration::from_secs(30))
+            .await
+            .expect("a cached answer");
+    let echo_env = common::TestEnv::new().await;
+    let echo = ragpipe::queue::connect(&echo_env.settings.broker, &echo_env.embedded_database()).await.expect("queue");
+    let concurrency = env.settings.query.concurrency;
+    let responder =
+        tokio::spawn(echo_responder(echo.requests.clone(), serde_json::to_vec(&answer).expect("json"), concurrency));
+    let mut closed_rate = 0.0;
+    for &clients in &clients {
+        let row = Row { mode: SearchMode::Dense, echo: true, repeated: true, clients, secs, offered: None };
+        closed_rate = measure(&echo.requests, &collection, &row).await;
+    }
+    let most = clients.iter().copied().max().unwrap_or(1);
+    if full && open_share > 0.0 && most > 1 {
+        let row = Row {
+            mode: SearchMode::Dense,
+            echo: true,
+            repeated: true,
+            clients: most,
+            secs,
+            offered: Some(closed_rate * open_share),
+        };
+        measure(&echo.requests, &collection, &row).await;
+    }
+    responder.abort();
+    echo.close().await;
     worker.stop().await;
+}
+
+/// Answers every request on `requests`' queue with `body` at once, `concurrency` at a time, as
+/// the query role takes them (`query::run`).
+async fn echo_responder(requests: Arc<dyn RequestReply>, body: Vec<u8>, concurrency: usize) {
+    use futures::StreamExt;
+    let served = requests.serve().await.expect("serve");
+    served
+        .for_each_concurrent(concurrency, |request| {
+            let body = &body;
+            async move {
+                if let Some(reply) = request.expect("request").reply {
+                    reply.send(body).await.expect("reply");
+                }
+            }
+        })
+        .await;
 }

@@ -178,6 +178,8 @@ pub struct QueryContext {
     pub log: crate::store::query_log::QueryLog,
     /// Collections met so far, by name (see [`IngestContext::collections`]).
     pub(crate) collections: KnownCollections,
+    /// Change-log positions, one read shared by the queries waiting for it (cache keys).
+    pub positions: Arc<crate::store::log_positions::LogPositions>,
 }
 
 impl QueryContext {
@@ -270,6 +272,7 @@ impl Services {
             cache_settings: self.settings.cache.clone(),
             log: crate::store::query_log::QueryLog::new(QUERY_LOG_QUEUE),
             collections: KnownCollections::default(),
+            positions: crate::store::log_positions::LogPositions::new(self.store.clone()),
         }
     }
 

@@ -24,6 +24,7 @@ on_both_backends!(
     fetched_chunks_follow_the_requested_order_and_carry_citations,
     status_counts_documents_and_queries_are_logged,
     a_query_log_batch_longer_than_one_statement_is_written_whole,
+    shared_position_reads_serve_many_queries_and_never_miss_an_earlier_commit,
 );
 
 fn document(collection_id: i64, byte: u8, upload: &str) -> NewDocument {
@@ -532,4 +533,45 @@ async fn a_query_log_batch_longer_than_one_statement_is_written_whole(env: TestE
     assert_eq!(env.count("SELECT count(*) FROM query_log WHERE collection = 'batched'").await, n as i64);
     let last = format!("SELECT count(*) FROM query_log WHERE query_id = 'batch-{}' AND latency_ms = {}", n - 1, n - 1);
     assert_eq!(env.count(&last).await, 1, "the last entry, as written");
+}
+
+async fn shared_position_reads_serve_many_queries_and_never_miss_an_earlier_commit(env: TestEnv) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ragpipe::store::log_positions::LogPositions;
+    let store = env.store().await;
+    let c = store.ensure_collection("positions").await.expect("collection");
+    let positions = LogPositions::new(store.clone());
+    assert_eq!(positions.last_log_seq(c.id).await.expect("empty log"), 0);
+
+    // Many queries at once share reads, and all get the position.
+    let id = process(store.as_ref(), &document(c.id, 30, "p0")).await;
+    store.persist_chunks(id, "m", 3, &chunks(2, 1.0)).await.expect("persist");
+    let expected = store.last_log_seq(c.id).await.expect("seq");
+    let before = positions.reads();
+    let got = futures::future::join_all((0..64).map(|_| positions.last_log_seq(c.id))).await;
+    assert!(got.iter().all(|p| *p.as_ref().expect("position") == expected), "{got:?} vs {expected}");
+    let reads = positions.reads() - before;
+    assert!((1..=16).contains(&reads), "64 queries took {reads} reads");
+
+    // With reads always under way (others asking in a loop), a query asked after a commit
+    // still sees it: it never joins a read that began before it asked.
+    let busy = Arc::new(AtomicBool::new(true));
+    let hammer = {
+        let (positions, busy, collection) = (positions.clone(), busy.clone(), c.id);
+        tokio::spawn(async move {
+            while busy.load(Ordering::Relaxed) {
+                futures::future::join_all((0..8).map(|_| positions.last_log_seq(collection))).await;
+            }
+        })
+    };
+    for byte in 31..51u8 {
+        let id = process(store.as_ref(), &document(c.id, byte, &format!("p{byte}"))).await;
+        store.persist_chunks(id, "m", 3, &chunks(1, f32::from(byte))).await.expect("persist");
+        let committed = store.last_log_seq(c.id).await.expect("seq");
+        assert_eq!(positions.last_log_seq(c.id).await.expect("position"), committed, "after document {byte}");
+    }
+    busy.store(false, Ordering::Relaxed);
+    hammer.await.expect("hammer");
 }

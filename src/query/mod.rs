@@ -374,8 +374,11 @@ async fn retrieve(
     // Only what indexes that had applied their logs up to the key's positions found is cached.
     let mut cacheable = true;
     for collection in &collections {
-        let log_seq =
-            s.store.last_log_seq(collection.id).await.map_err(|e| ErrorReply::new("unavailable", e.to_string()))?;
+        let log_seq = s
+            .positions
+            .last_log_seq(collection.id)
+            .await
+            .map_err(|e| ErrorReply::new("unavailable", e.to_string()))?;
         let (generation, applied) =
             s.indexes.position(collection).await.map_err(|e| ErrorReply::new("index_failed", e.to_string()))?;
         cacheable &= applied >= log_seq;

@@ -6,6 +6,7 @@
 //! `database.url`. Both pass the same conformance suite (`tests/store_conformance.rs`). The
 //! store knows nothing of stages or workers.
 
+pub mod log_positions;
 pub mod postgres;
 pub mod query_log;
 pub mod sqlite;

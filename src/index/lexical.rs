@@ -172,12 +172,20 @@ impl LexicalIndexes {
         Self { store, open: std::sync::Mutex::new(HashMap::new()) }
     }
 
-    /// The `k` best chunks of `collection` for `query`, after applying every log entry committed
-    /// so far (the first call replays the whole log).
+    /// The `k` best chunks of `collection` for `query`, after applying every log entry up to
+    /// `seen` (the first call replays the whole log). `seen` is a change-log position the caller
+    /// read after its query arrived: an index that has applied it reflects every commit before
+    /// the query, and reads nothing from the store; one behind it reads the log to its end.
     ///
     /// # Errors
     /// The store is unavailable.
-    pub async fn search(&self, collection: &Collection, query: &str, k: usize) -> Result<Vec<(i64, f32)>, StoreError> {
+    pub async fn search(
+        &self,
+        collection: &Collection,
+        query: &str,
+        k: usize,
+        seen: i64,
+    ) -> Result<Vec<(i64, f32)>, StoreError> {
         let slot = {
             let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             open.entry(collection.id)
@@ -186,7 +194,10 @@ impl LexicalIndexes {
                 })
                 .clone()
         };
-        self.catch_up(collection.id, &slot).await?;
+        let applied = slot.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).applied;
+        if applied < seen {
+            self.catch_up(collection.id, &slot).await?;
+        }
         let (slot, query) = (slot.clone(), query.to_owned());
         Ok(tokio::task::spawn_blocking(move || {
             slot.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).search(&query, k)

@@ -374,11 +374,8 @@ async fn retrieve(
     // Only what indexes that had applied their logs up to the key's positions found is cached.
     let mut cacheable = true;
     for collection in &collections {
-        let log_seq = s
-            .positions
-            .last_log_seq(collection.id)
-            .await
-            .map_err(|e| ErrorReply::new("unavailable", e.to_string()))?;
+        let log_seq =
+            s.positions.last_log_seq(collection.id).await.map_err(|e| ErrorReply::new("unavailable", e.to_string()))?;
         let (generation, applied) =
             s.indexes.position(collection).await.map_err(|e| ErrorReply::new("index_failed", e.to_string()))?;
         cacheable &= applied >= log_seq;
@@ -416,7 +413,8 @@ async fn retrieve(
         Some(chunks) => chunks,
         None => {
             let wanted = Wanted { mode, top_k, min_score: request.min_score, filter: &filter };
-            let (chunks, searched) = search(s, &collections, query, &wanted, &mut timings)
+            let seen: Vec<i64> = positions.iter().map(|p| p.1).collect();
+            let (chunks, searched) = search(s, &collections, &seen, query, &wanted, &mut timings)
                 .instrument(tracing::info_span!("stage", stage = "retrieve"))
                 .await?;
             // (Lexical mode searches no vector index: `searched` is empty.)
@@ -474,12 +472,15 @@ struct Wanted<'a> {
 
 /// Embeds the query, searches every collection's index and fetches the live chunks that match
 /// the filter: the `top_k` best across the collections, and the vector index generations
-/// searched (none in lexical mode). When
-/// deleted chunks or the filter leave fewer than `top_k`, the search deepens (4× the candidates,
-/// up to [`MAX_CANDIDATES`] per collection) until enough are found or the indexes run out.
+/// searched (none in lexical mode). `seen` holds each collection's change-log position read
+/// after the query arrived. The collections, and the two legs of each, are searched at once.
+/// When deleted chunks or the filter leave fewer than `top_k`, the search deepens (4× the
+/// candidates, up to [`MAX_CANDIDATES`] per collection) until enough are found or the indexes
+/// run out.
 async fn search(
     s: &QueryContext,
     collections: &[Collection],
+    seen: &[i64],
     query: &str,
     wanted: &Wanted<'_>,
     timings: &mut BTreeMap<String, f64>,
@@ -522,27 +523,35 @@ async fn search(
         let mut hits: Vec<(i64, f32, &str)> = Vec::new();
         let mut generations = Vec::with_capacity(collections.len());
         let mut exhausted = true;
-        for collection in collections {
-            let dense = match &vector {
-                Some(vector) => {
-                    let (found, generation) = s
+        let legs = collections.iter().zip(seen).map(|(collection, &seen)| {
+            let vector = vector.as_ref();
+            let dense = async move {
+                match vector {
+                    Some(vector) => s
                         .indexes
                         .search(collection, vector.clone(), k)
                         .await
-                        .map_err(|e| ErrorReply::new("index_failed", e.to_string()))?;
-                    generations.push(generation);
-                    found
+                        .map(|(found, generation)| (found, Some(generation)))
+                        .map_err(|e| ErrorReply::new("index_failed", e.to_string())),
+                    None => Ok((Vec::new(), None)),
                 }
-                None => Vec::new(),
             };
-            let lexical = if lexical_leg {
-                s.lexical
-                    .search(collection, query, k)
-                    .await
-                    .map_err(|e| ErrorReply::new("unavailable", e.to_string()))?
-            } else {
-                Vec::new()
+            let lexical = async move {
+                if lexical_leg {
+                    s.lexical
+                        .search(collection, query, k, seen)
+                        .await
+                        .map_err(|e| ErrorReply::new("unavailable", e.to_string()))
+                } else {
+                    Ok(Vec::new())
+                }
             };
+            async move {
+                futures::future::try_join(dense, lexical).await.map(|(dense, lexical)| (collection, dense, lexical))
+            }
+        });
+        for (collection, (dense, generation), lexical) in futures::future::try_join_all(legs).await? {
+            generations.extend(generation);
             exhausted &= dense.len() < k && lexical.len() < k;
             let found = match (dense_leg, lexical_leg) {
                 (true, true) => {

@@ -126,16 +126,20 @@ async fn a_worker_killed_mid_ingest_again_and_again_loses_and_duplicates_nothing
     let config = config_file(&env);
     let log = env.dir.path().join("worker.log");
     let queue = env.queue().await;
-    let uploads = env.shakespeare_uploads("killed", 80, 12_000);
+    let uploads = env.shakespeare_uploads("killed", 81, 12_000);
+    // The last upload is held back for the last worker: the killed ones may have finished
+    // everything else (their events wait in the stream), and only its event proves the last
+    // worker is up — a SIGTERM before a process has installed its handler kills it outright.
+    let (held_back, first) = uploads.split_last().expect("uploads");
     let mut events = queue.events.subscribe(&[DOCUMENT_INGESTED]).await.expect("subscribe");
-    for upload in &uploads {
+    for upload in first {
         queue.uploads.publish(&messages::encode(upload)).await.expect("publish");
     }
     let mut done = std::collections::HashSet::new();
     for round in 0..4 {
         let worker = spawn_worker(&config, &log);
         // Let some documents finish, then kill while others are in flight.
-        let target = (done.len() + 12).min(uploads.len());
+        let target = (done.len() + 12).min(first.len());
         while done.len() < target {
             let event = tokio::time::timeout(Duration::from_secs(60), events.next())
                 .await
@@ -151,6 +155,7 @@ async fn a_worker_killed_mid_ingest_again_and_again_loses_and_duplicates_nothing
     }
     // A last worker finishes the rest (leases of the killed ones expire) and stops cleanly.
     let worker = spawn_worker(&config, &log);
+    queue.uploads.publish(&messages::encode(held_back)).await.expect("publish");
     while done.len() < uploads.len() {
         let event = tokio::time::timeout(Duration::from_secs(60), events.next())
             .await

@@ -409,15 +409,21 @@ pub const PART_TYPE: &str = "ragpipe.reply.part";
 /// The AMQP `type` of a final reply.
 pub const REPLY_TYPE: &str = "ragpipe.reply";
 
-/// How long an ack or nack may take to be written before it counts as failed.
+/// How long an ack, a nack or an unconfirmed reply may take to be written before it counts as
+/// failed.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Awaits an ack or nack, bounded: one racing a connection break may never be written, and the
 /// message is redelivered anyway once the connection is gone.
 async fn settle(sent: impl std::future::Future<Output = lapin::Result<bool>>) -> Result<(), QueueError> {
+    written(sent, "not settled").await
+}
+
+/// Awaits a frame being written, for at most [`SETTLE_TIMEOUT`]; `what` names the failure.
+async fn written<T>(sent: impl std::future::Future<Output = lapin::Result<T>>, what: &str) -> Result<(), QueueError> {
     match tokio::time::timeout(SETTLE_TIMEOUT, sent).await {
         Ok(result) => result.map(|_| ()).map_err(unavailable),
-        Err(_) => Err(QueueError::Unavailable(format!("not settled within {SETTLE_TIMEOUT:?}: connection lost"))),
+        Err(_) => Err(QueueError::Unavailable(format!("{what} within {SETTLE_TIMEOUT:?}: connection lost"))),
     }
 }
 
@@ -445,15 +451,10 @@ impl AmqpReply {
         }
         let options = BasicPublishOptions::default();
         // Bounded: a publish racing a connection break may never be written.
-        let written = async {
+        let sent = async {
             self.channel.basic_publish("".into(), self.reply_to.as_str().into(), options, body, properties).await?.await
         };
-        match tokio::time::timeout(SETTLE_TIMEOUT, written).await {
-            Ok(result) => result.map(|_| ()).map_err(unavailable),
-            Err(_) => {
-                Err(QueueError::Unavailable(format!("reply not written within {SETTLE_TIMEOUT:?}: connection lost")))
-            }
-        }
+        written(sent, "reply not written").await
     }
 }
 
